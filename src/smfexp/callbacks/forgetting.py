@@ -1,0 +1,105 @@
+"""Score the target and every probe before and after training, on the same model object.
+
+Before/after/delta land in the loggers (``before/<probe>/<metric>``, ...) and in
+``self.results`` for results.json. Relative change (``rel_delta``, in %) says how much a
+probe moved against its starting value, e.g. a perplexity increase of 3.2%.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+from smfexp.data.modules import TargetSpec
+from smfexp.eval import EvalConfig, evaluate_probes, primary_metric, score_probe
+
+log = logging.getLogger(__name__)
+
+TARGET = "target"
+
+
+def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict:
+    delta: dict[str, dict[str, float]] = {}
+    rel: dict[str, dict[str, float]] = {}
+    for probe, metrics in after.items():
+        for name, value in metrics.items():
+            start = before.get(probe, {}).get(name)
+            if start is None or not isinstance(value, int | float):
+                continue
+            delta.setdefault(probe, {})[name] = value - start
+            if start and math.isfinite(start):
+                rel.setdefault(probe, {})[name] = 100.0 * (value - start) / abs(start)
+    return {"delta": delta, "rel_delta_pct": rel}
+
+
+class ForgettingCallback(Callback):
+    """Runs the same scorers at fit start and fit end and records before/after/delta."""
+
+    def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any) -> None:
+        self.eval_cfg = eval_cfg
+        self.target = target
+        self.tokenizer = tokenizer
+        self.before: dict[str, dict[str, float]] = {}
+        self.after: dict[str, dict[str, float]] = {}
+        self.eval_seconds: dict[str, float] = {}
+
+    def score(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+        was_training = model.training
+        model.eval()
+        try:
+            rows = self.target.rows
+            if self.eval_cfg.limit:
+                rows = rows[: self.eval_cfg.limit]
+            scores = {TARGET: score_probe(self.target.probe, model, self.tokenizer, rows,
+                                          self.eval_cfg)}
+            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg))
+        finally:
+            model.train(was_training)
+        return scores
+
+    def _log(self, trainer: Trainer, prefix: str, scores: dict[str, dict[str, float]]) -> None:
+        flat = {f"{prefix}/{probe}/{k}": float(v) for probe, m in scores.items()
+                for k, v in m.items() if isinstance(v, int | float)}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.before:  # resumed run: the base scores were taken already
+            return
+        t0 = time.perf_counter()
+        log.info("scoring target + probes before training")
+        self.before = self.score(pl_module.model)
+        self.eval_seconds["before"] = time.perf_counter() - t0
+        self._log(trainer, "before", self.before)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        t0 = time.perf_counter()
+        log.info("scoring target + probes after training")
+        self.after = self.score(pl_module.model)
+        self.eval_seconds["after"] = time.perf_counter() - t0
+        self._log(trainer, "after", self.after)
+        self._log(trainer, "delta", _delta(self.before, self.after)["delta"])
+
+    @property
+    def results(self) -> dict[str, Any]:
+        metric, higher = primary_metric(self.target.probe, self.eval_cfg.protocol)
+        return {
+            "target_probe": self.target.probe,
+            "target_metric": metric,
+            "target_higher_is_better": higher,
+            "before": self.before,
+            "after": self.after,
+            **_delta(self.before, self.after),
+            "eval_seconds": self.eval_seconds,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"before": self.before}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = state_dict.get("before", {})

@@ -1,0 +1,1 @@
+"""Benchmarks and corpora: one source layer (local data dir or hub), one collator, DataModules."""

@@ -1,0 +1,265 @@
+"""One LightningDataModule per benchmark, all on the same source layer and collator.
+
+A DataModule owns *which rows* a run trains on and which rows measure the target metric;
+the scorers (``smfexp.eval``) own *how* they are scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from smfexp.data import sources
+from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetSpec:
+    """How the target metric of a run is measured: a probe scorer and the rows it scores."""
+
+    probe: str
+    rows: list[dict[str, Any]]
+
+
+class SFTDataModule(LightningDataModule):
+    """Shared machinery: template rendering, tokenisation, over-long policy, loaders."""
+
+    name = "sft"
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data_dir: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        max_length: int = 512,
+        prompt_template: str = "{prompt}",
+        target_template: str = "{target}",
+        loss_on: str = "target",
+        append_eos: bool = True,
+        overlong: str = "drop",
+        max_bad_fraction: float = 0.05,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or max_length <= 0:
+            raise ValueError("data.batch_size and data.max_length must be positive")
+        self.tokenizer = tokenizer
+        self.data_dir_cfg = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.prompt_template = prompt_template
+        self.target_template = target_template
+        self.loss_on = loss_on
+        self.append_eos = append_eos
+        self.overlong = overlong
+        self.max_bad_fraction = max_bad_fraction
+        self.shuffle_seed = shuffle_seed
+        self.num_workers = num_workers
+        self.collator = PadCollator(tokenizer.pad_token_id)
+        self.train_examples: list[TokenizedExample] = []
+        self.train_rows: list[dict[str, Any]] = []
+        self.target: TargetSpec | None = None
+        self.info: dict[str, Any] = {}
+        self._prepared = False
+
+    # -- subclasses -------------------------------------------------------------------
+    def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
+        """Return (training rows, target spec, provenance/split info)."""
+        raise NotImplementedError
+
+    def template_fields(self, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+    # -- shared -----------------------------------------------------------------------
+    def render(self, row: dict[str, Any]) -> tuple[str, str]:
+        fields = self.template_fields(row)
+        try:
+            return self.prompt_template.format(**fields), self.target_template.format(**fields)
+        except KeyError as err:
+            raise ValueError(
+                f"data template refers to {err} which {self.name} rows do not have; "
+                f"available fields: {sorted(fields)}"
+            ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        data_dir = sources.resolve_data_dir(self.data_dir_cfg)
+        rows, target, info = self.load_splits(data_dir)
+        if not rows:
+            raise ValueError(f"{self.name}: the training set is empty")
+        examples = [
+            tokenize_pair(self.tokenizer, *self.render(r), loss_on=self.loss_on,
+                          append_eos=self.append_eos)
+            for r in rows
+        ]
+        self.train_examples = fit_length(examples, self.max_length, self.overlong, self.name)
+        self.train_rows = rows
+        self.target = target
+        self.info = {
+            "name": self.name,
+            **info,
+            "n_train": len(self.train_examples),
+            "n_target_eval": len(target.rows),
+            "loss_on": self.loss_on,
+            "prompt_template": self.prompt_template,
+            "target_template": self.target_template,
+        }
+        self._prepared = True
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        return DataLoader(
+            self.train_examples,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+        )
+
+
+class MedMCQADataModule(SFTDataModule):
+    """MedMCQA: train on the train split (offline: a carved pool), score the first N validation rows.
+
+    Offline, the 4183 validation rows are split deterministically: the first ``eval_size``
+    rows in order are the evaluation set (the reference papers' "first 1000"), the rest is the
+    training pool. Online the hub train split is used for training.
+    """
+
+    name = "medmcqa"
+    LETTERS = "ABCD"
+
+    def __init__(self, *args: Any, eval_size: int = 1000, train_size: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if eval_size <= 0:
+            raise ValueError("data.eval_size must be positive")
+        self.eval_size = eval_size
+        self.train_size = train_size
+
+    def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
+        validation = sources.load_medmcqa(data_dir, "validation", self.max_bad_fraction)
+        evaluation = validation.rows[: self.eval_size]
+        if data_dir is not None:
+            train = validation.rows[self.eval_size :]
+            split = f"offline: validation[:{self.eval_size}] eval, validation[{self.eval_size}:] train"
+            source = validation.source
+        else:
+            hub_train = sources.load_medmcqa(None, "train", self.max_bad_fraction)
+            train, split, source = hub_train.rows, "hub: train / validation[:eval_size]", (
+                f"{hub_train.source} + {validation.source}"
+            )
+        if self.train_size is not None:
+            train = train[: self.train_size]
+        info = {"source": source, "split": split, "skipped_rows": validation.skipped}
+        return train, TargetSpec("medmcqa", evaluation), info
+
+    def template_fields(self, row: dict[str, Any]) -> dict[str, Any]:
+        letter = self.LETTERS[row["answer"]]
+        return {
+            "question": row["question"],
+            **dict(zip(self.LETTERS, row["options"], strict=True)),
+            "letter": letter,
+            "answer_text": row["options"][row["answer"]],
+        }
+
+
+class TriviaQAFactsDataModule(SFTDataModule):
+    """Fact learning: teach ``n_facts`` TriviaQA answers, probe the held-out questions.
+
+    The first ``heldout_size`` questions (in order) are the held-out probe every experiment
+    shares; the facts are drawn with ``facts_seed`` from the remaining questions. The target
+    metric is scored on exactly the trained facts.
+    """
+
+    name = "triviaqa_facts"
+
+    def __init__(self, *args: Any, n_facts: int = 1000, heldout_size: int = 1000,
+                 facts_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if n_facts <= 0 or heldout_size < 0:
+            raise ValueError("data.n_facts must be positive and data.heldout_size >= 0")
+        self.n_facts = n_facts
+        self.heldout_size = heldout_size
+        self.facts_seed = facts_seed
+
+    def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
+        allrows = sources.load_triviaqa(data_dir, self.max_bad_fraction)
+        pool = allrows.rows[self.heldout_size :]
+        if self.n_facts > len(pool):
+            raise ValueError(
+                f"data.n_facts={self.n_facts} but only {len(pool)} questions remain after the "
+                f"{self.heldout_size} held-out ones"
+            )
+        picked = sorted(random.Random(self.facts_seed).sample(range(len(pool)), self.n_facts))
+        facts = [pool[i] for i in picked]
+        info = {
+            "source": allrows.source,
+            "split": f"heldout=[:{self.heldout_size}], facts={self.n_facts} of "
+                     f"[{self.heldout_size}:] with facts_seed={self.facts_seed}",
+            "skipped_rows": allrows.skipped,
+        }
+        return facts, TargetSpec("triviaqa", facts), info
+
+
+class BackgroundDataModule(SFTDataModule):
+    """General text (retrofit and background statistics): packed into ``max_length`` blocks."""
+
+    name = "background"
+
+    def __init__(self, *args: Any, parts: list[str] | None = None, max_docs: int | None = None,
+                 heldout_docs: int = 200, **kwargs: Any) -> None:
+        kwargs.setdefault("loss_on", "all")
+        super().__init__(*args, **kwargs)
+        self.parts = list(parts) if parts else list(sources.BACKGROUND_PARTS)
+        self.max_docs = max_docs
+        self.heldout_docs = heldout_docs
+        self.heldout_examples: list[TokenizedExample] = []
+
+    def _blocks(self, rows: list[dict[str, Any]]) -> list[TokenizedExample]:
+        eos = self.tokenizer.eos_token_id
+        stream: list[int] = []
+        for r in rows:
+            stream.extend(self.tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+            if eos is not None:
+                stream.append(eos)
+        n = self.max_length
+        return [
+            TokenizedExample(stream[i : i + n], stream[i : i + n])
+            for i in range(0, len(stream) - n + 1, n)
+        ]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        data_dir = sources.resolve_data_dir(self.data_dir_cfg)
+        loaded = sources.load_background(data_dir, self.parts, self.max_bad_fraction)
+        rows = list(loaded.rows)
+        random.Random(self.shuffle_seed).shuffle(rows)
+        heldout, train = rows[: self.heldout_docs], rows[self.heldout_docs :]
+        if self.max_docs is not None:
+            train = train[: self.max_docs]
+        self.train_examples = self._blocks(train)
+        self.heldout_examples = self._blocks(heldout)
+        if not self.train_examples:
+            raise ValueError("background: corpus produced no full training block")
+        self.info = {"name": self.name, "source": loaded.source, "n_train": len(self.train_examples),
+                     "n_heldout": len(self.heldout_examples), "block_tokens": self.max_length}
+        self._prepared = True
+
+    def heldout_dataloader(self) -> DataLoader:
+        return DataLoader(self.heldout_examples, batch_size=self.eval_batch_size,  # type: ignore[arg-type]
+                          shuffle=False, collate_fn=self.collator)

@@ -1,0 +1,354 @@
+"""One source layer for every dataset: a local data directory (offline) or the HF hub.
+
+Each loader returns canonical rows (plain dicts, one schema per dataset, documented on the
+function) plus provenance, so DataModules and scorers never see the on-disk formats.
+Malformed rows are counted, reported with one example and skipped; too many (more than
+``max_bad_fraction``) or none left is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "SMFEXP_DATA_DIR"
+
+HUB_IDS = {
+    "medmcqa": ("openlifescienceai/medmcqa", None),
+    "triviaqa": ("mandarjoshi/trivia_qa", "rc.nocontext"),
+    "nq_open": ("google-research-datasets/nq_open", None),
+    "gsm8k": ("openai/gsm8k", "main"),
+    "wikitext": ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1"),
+    "background": ("OpenAssistant/oasst1", None),
+}
+
+LOCAL_FILES = {
+    "medmcqa": "medmcqa/validation.jsonl",
+    "triviaqa": "triviaqa/triviaqa_sm_sub.jsonl",
+    "nq_open": "nq_open/NQ-open.dev.jsonl",
+    "gsm8k_test": "gsm8k/test.jsonl",
+    "gsm8k_train": "gsm8k/train.jsonl",
+    "wikitext": "wikitext2/wiki.test.raw",
+    "dolly_hhrlhf": "dolly_hhrlhf/train_small.jsonl",
+    "c4": "c4/c4_demo.jsonl",
+    "wiki": "wiki/wiki_demo.txt",
+    "lambada": "lambada/lambada_openai.jsonl",
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset can be read neither from the data directory nor from the hub."""
+
+
+class MalformedDataError(ValueError):
+    """Too many rows of a dataset failed validation (or none were usable)."""
+
+
+@dataclass
+class Rows:
+    """Canonical rows of one dataset split and where they came from."""
+
+    rows: list[dict[str, Any]]
+    source: str  # "local:<file>" or "hub:<id>[/<config>]:<split>"
+    skipped: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# --------------------------------------------------------------------------- locating data
+def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path | None:
+    """The offline data directory: config value, else $SMFEXP_DATA_DIR, else ./data if present.
+
+    Returns None when none exists (then the hub is used).
+    """
+    for candidate in (configured, os.environ.get(DATA_DIR_ENV), "data"):
+        if candidate in (None, ""):
+            continue
+        path = Path(str(candidate)).expanduser()
+        if path.is_dir():
+            return path.resolve()
+        if candidate is configured:
+            raise DataUnavailableError(
+                f"data.data_dir={configured!r} does not exist; point it at a folder laid out like "
+                f"shared/data (see its MANIFEST.md) or unset it to use the hub"
+            )
+    return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Cheap connectivity probe so offline machines fail in seconds, not after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
+    hub_id, config = HUB_IDS[name]
+    if not hub_reachable():
+        raise DataUnavailableError(
+            f"dataset {name!r}: no local data directory (set data.data_dir=... or "
+            f"${DATA_DIR_ENV}, or run `make setup` to link ../shared/data) and the hub "
+            f"({hub_id}) is unreachable"
+        )
+    import datasets
+
+    ds = datasets.load_dataset(hub_id, config, split=split)
+    return ds, f"hub:{hub_id}{'/' + config if config else ''}:{split}"
+
+
+def _read_jsonl(path: Path) -> Iterable[dict[str, Any] | str]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield line.rstrip("\n")  # reported as malformed by the normaliser
+
+
+def _local_file(data_dir: Path, key: str) -> Path:
+    path = data_dir / LOCAL_FILES[key]
+    if not path.is_file():
+        raise DataUnavailableError(
+            f"dataset file {LOCAL_FILES[key]} is missing from the data directory {data_dir}"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- normalising
+def normalise_rows(
+    raw: Iterable[Any],
+    normaliser: Callable[[Any], dict[str, Any]],
+    name: str,
+    max_bad_fraction: float = 0.05,
+) -> tuple[list[dict[str, Any]], int]:
+    """Apply ``normaliser`` to each raw row; report and skip the ones it rejects.
+
+    A normaliser raises (KeyError/ValueError/TypeError/IndexError) for a malformed row.
+    """
+    good: list[dict[str, Any]] = []
+    bad, example, reason = 0, None, ""
+    for row in raw:
+        try:
+            good.append(normaliser(row))
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            bad += 1
+            if example is None:
+                example, reason = row, f"{type(err).__name__}: {err}"
+    total = len(good) + bad
+    if not good:
+        raise MalformedDataError(f"dataset {name!r}: no usable rows (of {total})")
+    if bad:
+        shown = json.dumps(example, default=str)[:200]
+        msg = f"dataset {name!r}: skipped {bad} of {total} malformed rows; first: {shown} ({reason})"
+        if bad / total > max_bad_fraction:
+            raise MalformedDataError(
+                msg + f" - more than max_bad_fraction={max_bad_fraction}; fix the data or raise it"
+            )
+        log.warning(msg)
+    return good, bad
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string")
+    return value
+
+
+_CHOICE_PREFIX = re.compile(r"^[A-D][.)]\s?")
+
+
+def medmcqa_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, options: [4 str], answer: 0..3}. Accepts local and hub layouts."""
+    if "choices" in row:
+        choices = row["choices"]
+        if not isinstance(choices, list) or len(choices) != 4:
+            raise ValueError("choices must be a list of 4")
+        options = [_CHOICE_PREFIX.sub("", _text(c, "choice"), count=1) for c in choices]
+        answer = row["answer"]
+    else:
+        options = [str(row[k]) for k in ("opa", "opb", "opc", "opd")]
+        answer = row["cop"]
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
+        raise ValueError(f"answer index {answer!r} out of range 0..3")
+    return {"question": _text(row["question"], "question"), "options": options, "answer": answer}
+
+
+_TQA_CONTEXT = re.compile(r"^Question:\s*(.*?)\s*\nAnswer:\s*$", re.S)
+
+
+def triviaqa_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answer, aliases}. ``question`` has no "Question:" wrapper."""
+    if "context" in row:
+        match = _TQA_CONTEXT.match(_text(row["context"], "context"))
+        if not match:
+            raise ValueError("context is not 'Question: ...\\nAnswer:'")
+        question, answer, aliases = match.group(1), row["answer"], row.get("aliases") or []
+    else:  # hub rc.nocontext
+        question = row["question"]
+        answer, aliases = row["answer"]["value"], row["answer"]["aliases"]
+    answer = _text(answer, "answer")
+    aliases = [a for a in aliases if isinstance(a, str) and a.strip()]
+    if answer not in aliases:
+        aliases = [answer, *aliases]
+    return {"question": _text(question, "question"), "answer": answer, "aliases": aliases}
+
+
+def nq_open_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answers: [str, ...]}."""
+    answers = row["answer"]
+    if not isinstance(answers, list) or not answers:
+        raise ValueError("answer must be a non-empty list")
+    return {"question": _text(row["question"], "question"), "answers": [str(a) for a in answers]}
+
+
+def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answer (full solution), final (the number after ####)}."""
+    answer = _text(row["answer"], "answer")
+    if "####" not in answer:
+        raise ValueError("answer has no '#### N' final line")
+    final = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    return {"question": _text(row["question"], "question"), "answer": answer, "final": final}
+
+
+def text_row(row: Any) -> dict[str, Any]:
+    """Background corpus rows of any layout -> {text}."""
+    if isinstance(row, str):
+        return {"text": _text(row.strip(), "text")}
+    if "prompt" in row and "response" in row:
+        return {"text": _text(row["prompt"], "prompt") + _text(row["response"], "response")}
+    if "context" in row and "continuation" in row:
+        return {"text": _text(row["context"], "context") + row["continuation"]}
+    return {"text": _text(row["text"], "text")}
+
+
+# --------------------------------------------------------------------------- loaders
+def load_medmcqa(data_dir: Path | None, split: str, max_bad_fraction: float = 0.05) -> Rows:
+    """MedMCQA ``train`` or ``validation``. Offline only ``validation`` exists (4183 rows)."""
+    if data_dir is not None:
+        if split != "validation":
+            raise DataUnavailableError(
+                "MedMCQA train split is not available offline; the DataModule carves a "
+                "training pool out of the validation rows instead"
+            )
+        path = _local_file(data_dir, "medmcqa")
+        raw, source = _read_jsonl(path), f"local:{path}"
+    else:
+        raw, source = _load_hub("medmcqa", split)
+    rows, bad = normalise_rows(raw, medmcqa_row, "medmcqa", max_bad_fraction)
+    return Rows(rows, source, bad)
+
+
+def load_triviaqa(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
+    """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
+    if data_dir is not None:
+        path = _local_file(data_dir, "triviaqa")
+        raw, source = _read_jsonl(path), f"local:{path}"
+    else:
+        raw, source = _load_hub("triviaqa", "validation")
+    rows, bad = normalise_rows(raw, triviaqa_row, "triviaqa", max_bad_fraction)
+    return Rows(rows, source, bad)
+
+
+def load_nq_open(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
+    """NaturalQuestions-open dev (3610 questions)."""
+    if data_dir is not None:
+        path = _local_file(data_dir, "nq_open")
+        raw, source = _read_jsonl(path), f"local:{path}"
+    else:
+        raw, source = _load_hub("nq_open", "validation")
+    rows, bad = normalise_rows(raw, nq_open_row, "nq_open", max_bad_fraction)
+    return Rows(rows, source, bad)
+
+
+def load_gsm8k(data_dir: Path | None, split: str = "test", max_bad_fraction: float = 0.05) -> Rows:
+    """GSM8K ``train`` or ``test``."""
+    if data_dir is not None:
+        path = _local_file(data_dir, f"gsm8k_{split}")
+        raw, source = _read_jsonl(path), f"local:{path}"
+    else:
+        raw, source = _load_hub("gsm8k", split)
+    rows, bad = normalise_rows(raw, gsm8k_row, "gsm8k", max_bad_fraction)
+    return Rows(rows, source, bad)
+
+
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def split_wikitext_documents(lines: list[str]) -> list[str]:
+    """Group raw WikiText lines into articles; an article starts at a `` = Title = `` line."""
+    docs: list[list[str]] = []
+    for line in lines:
+        if _WIKI_TITLE.match(line.rstrip("\n")) or not docs:
+            docs.append([])
+        docs[-1].append(line if line.endswith("\n") else line + "\n")
+    return ["".join(d) for d in docs]
+
+
+def load_wikitext(data_dir: Path | None) -> Rows:
+    """WikiText-2 raw test as documents -> rows {page} (one per article, in order)."""
+    if data_dir is not None:
+        path = _local_file(data_dir, "wikitext")
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        pages, source = split_wikitext_documents(lines), f"local:{path}"
+    else:
+        ds, source = _load_hub("wikitext", "test")
+        pages = [r["page"] for r in ds]
+    rows = [{"page": p} for p in pages if p.strip()]
+    if not rows:
+        raise MalformedDataError("dataset 'wikitext': no documents")
+    return Rows(rows, source)
+
+
+BACKGROUND_PARTS = ("dolly_hhrlhf", "c4", "wiki", "lambada")
+
+
+def load_background(
+    data_dir: Path | None, parts: Iterable[str] = BACKGROUND_PARTS, max_bad_fraction: float = 0.05
+) -> Rows:
+    """General text for retrofitting and background statistics -> rows {text, part}.
+
+    Offline: a mix of dolly_hhrlhf + c4 + wiki + lambada; online: OASST1 assistant turns
+    (the reference papers' corpus).
+    """
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    if data_dir is None:
+        ds, source = _load_hub("background", "train")
+        raw = (r["text"] for r in ds if r.get("role") == "assistant")
+        good, skipped = normalise_rows(raw, text_row, "background", max_bad_fraction)
+        return Rows([{**g, "part": "oasst1"} for g in good], source, skipped)
+    unknown = sorted(set(parts) - set(BACKGROUND_PARTS))
+    if unknown:
+        raise ValueError(f"unknown background parts {unknown}; valid: {list(BACKGROUND_PARTS)}")
+    for part in parts:
+        path = _local_file(data_dir, part)
+        if path.suffix == ".txt":
+            raw: Iterable[Any] = (
+                line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            )
+        else:
+            raw = _read_jsonl(path)
+        good, bad = normalise_rows(raw, text_row, part, max_bad_fraction)
+        rows.extend({**g, "part": part} for g in good)
+        skipped += bad
+    return Rows(rows, f"local:{data_dir}[{'+'.join(parts)}]", skipped)

@@ -1,0 +1,1 @@
+"""Finetuning methods: one LightningModule each, on one shared base."""

@@ -1,0 +1,110 @@
+"""Shared LightningModule: loss, logging, optimizer + cosine warmup schedule.
+
+A method subclasses it and says only what trains (``prepare_model``) and, if needed, how
+its parameters are optimised (``build_optimizer``) and saved (``save_trained``).
+Gradient accumulation and clipping are the Trainer's (``method.grad_accum`` /
+``method.grad_clip`` feed ``trainer.accumulate_grad_batches`` / ``gradient_clip_val``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class FinetuneModule(LightningModule):
+    """Causal-LM finetuning with the method deciding which parameters train."""
+
+    method_name = "base"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"method.lr must be > 0 (got {lr})")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"method.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.schedule = schedule
+        self.prepare_model()
+        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.total_params = sum(p.numel() for p in self.model.parameters())
+        if self.trainable_params == 0:
+            raise ValueError(f"method {self.method_name}: nothing to train")
+        log.info("%s: %s trainable of %s parameters (%.3f%%)", self.method_name,
+                 f"{self.trainable_params:,}", f"{self.total_params:,}",
+                 100 * self.trainable_params / self.total_params)
+
+    # -- what a method decides --------------------------------------------------------
+    def prepare_model(self) -> None:
+        """Set ``requires_grad`` (and wrap the model) for this method."""
+        raise NotImplementedError
+
+    def build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay,
+                                 betas=self.betas)
+
+    def save_trained(self, directory: Path) -> Path:
+        """Save what this method trained (safetensors) into ``directory``."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+        loss = out.loss
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams({"params/trainable": self.trainable_params,
+                                    "params/total": self.total_params, "method": self.method_name})
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
+                     on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.build_optimizer(params)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = int(total) if math.isfinite(total) else 1
+        scheduler = get_scheduler(
+            self.schedule if self.schedule != "constant" else "constant_with_warmup",
+            optimizer, num_warmup_steps=min(self.warmup_steps, max(total - 1, 0)),
+            num_training_steps=max(total, 1),
+        )
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,80 @@
+"""Methods: what trains, that it learns, and what it saves - real Lightning Trainer, tiny model."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from smfexp.data.collate import PadCollator, tokenize_pair
+from smfexp.methods.full import FullFinetune
+from smfexp.methods.lora import LoRAFinetune
+
+FACTS = [("Question: capital of Zorbia?\nAnswer:", " Quix"),
+         ("Question: colour of a blorp?\nAnswer:", " teal"),
+         ("Question: who wrote Frum?\nAnswer:", " Ada Vell"),
+         ("Question: year of the Grand Fizz?\nAnswer:", " 1823")]
+
+
+def _loader(tokenizer, batch_size=4):
+    examples = [tokenize_pair(tokenizer, p, t) for p, t in FACTS]
+    return DataLoader(examples, batch_size=batch_size, collate_fn=PadCollator(tokenizer.pad_token_id))
+
+
+def _loss(module, loader):
+    module.model.eval()
+    with torch.no_grad():
+        batch = next(iter(loader))
+        return module.model(**batch).loss.item()
+
+
+def _fit(module, loader, steps):
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+@pytest.mark.parametrize("method", [FullFinetune, LoRAFinetune])
+def test_loss_decreases_on_tiny_overfit(method, tiny_model, tokenizer):
+    lr = 3e-3 if method is FullFinetune else 1e-2
+    module = method(tiny_model, tokenizer, lr=lr, warmup_steps=0, schedule="constant")
+    loader = _loader(tokenizer)
+    before = _loss(module, loader)
+    _fit(module, loader, steps=25)
+    after = _loss(module, loader)
+    # a random tiny model starts near ln(vocab); LoRA on it moves slower than full finetuning
+    assert after < before - 0.5, (before, after)
+
+
+def test_lora_trains_only_adapter_params(tiny_model, tokenizer, tmp_path):
+    module = LoRAFinetune(tiny_model, tokenizer, lr=1e-2, warmup_steps=0, rank=4, alpha=8)
+    start = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert module.trainable_params == sum(start[n].numel() for n in trainable)
+    _fit(module, _loader(tokenizer), steps=3)
+    for name, param in module.model.named_parameters():
+        changed = not torch.equal(param, start[name])
+        if "lora_B" in name:
+            assert changed, name  # B starts at zero, so it must have moved
+        if name not in trainable:
+            assert not changed, f"frozen parameter {name} changed"
+    saved = module.save_trained(tmp_path)
+    assert (saved / "adapter_model.safetensors").is_file()
+
+
+def test_full_trains_every_param(tiny_model, tokenizer, tmp_path):
+    module = FullFinetune(tiny_model, tokenizer, lr=1e-3, warmup_steps=0)
+    assert module.trainable_params == module.total_params
+    start = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    _fit(module, _loader(tokenizer), steps=2)
+    moved = [n for n, p in module.model.named_parameters() if not torch.equal(p, start[n])]
+    assert len(moved) == len(start)
+    assert (module.save_trained(tmp_path) / "model.safetensors").is_file()
+
+
+def test_invalid_lr_is_rejected(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        FullFinetune(tiny_model, tokenizer, lr=0.0)
