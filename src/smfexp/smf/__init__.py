@@ -1,0 +1,66 @@
+"""Algorithmic core of Sparse Memory Finetuning: access counting, background statistics,
+row selectors and row-exact sparse optimizers. Works on plain tensors/parameters only."""
+
+from smfexp.smf.background import (
+    BackgroundStats,
+    LayerBackground,
+    background_cache_path,
+    compute_background_stats,
+    load_or_compute_background_stats,
+)
+from smfexp.smf.counting import AccessCounter
+from smfexp.smf.selectors import (
+    NEEDS_BACKGROUND,
+    SELECTORS,
+    Selection,
+    Selector,
+    all_selector,
+    batch_distribution,
+    get_selector,
+    kl_scores,
+    kl_selector,
+    random_selector,
+    select,
+    selector_score_stats,
+    tfidf_scores,
+    tfidf_selector,
+    top_t,
+)
+from smfexp.smf.sparse_optim import (
+    DenseMaskedAdamW,
+    RowSparseAdam,
+    RowSparseSGD,
+    clip_grad_norm_,
+    grad_row_ids,
+    selected_grad_rows,
+)
+
+__all__ = [
+    "NEEDS_BACKGROUND",
+    "SELECTORS",
+    "AccessCounter",
+    "BackgroundStats",
+    "DenseMaskedAdamW",
+    "LayerBackground",
+    "RowSparseAdam",
+    "RowSparseSGD",
+    "Selection",
+    "Selector",
+    "all_selector",
+    "background_cache_path",
+    "batch_distribution",
+    "clip_grad_norm_",
+    "compute_background_stats",
+    "get_selector",
+    "grad_row_ids",
+    "kl_scores",
+    "kl_selector",
+    "load_or_compute_background_stats",
+    "random_selector",
+    "select",
+    "selected_grad_rows",
+    "selector_score_stats",
+    "tfidf_scores",
+    "tfidf_selector",
+    "top_t",
+]

@@ -1,0 +1,241 @@
+"""Background-corpus slot statistics for the tfidf and kl selectors.
+
+Computed once per (model, memory, background corpus, batching) and cached: ``df`` (number of
+background batches reading a slot at least once), ``reads`` (total reads) and ``n_batches``.
+Batch size changes ``df``, so it belongs in the cache key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from smfexp.smf.counting import AccessCounter
+from smfexp.utils.io import atomic_write_json, stable_hash
+
+log = logging.getLogger(__name__)
+
+FORMAT = "smfexp.background/v1"
+
+
+@dataclass(frozen=True)
+class LayerBackground:
+    """One memory layer's background statistics, as the selectors consume them."""
+
+    df: Tensor  # [n_slots] int64
+    reads: Tensor  # [n_slots] int64
+    n_batches: int
+
+    def to(self, device: torch.device | str) -> LayerBackground:
+        return LayerBackground(self.df.to(device), self.reads.to(device), self.n_batches)
+
+
+@dataclass
+class BackgroundStats:
+    """Statistics for all memory layers (index = position in the model's memory-layer list)."""
+
+    df: list[Tensor]
+    reads: list[Tensor]
+    n_batches: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.df) != len(self.reads):
+            raise ValueError("df and reads must have one tensor per layer")
+        for i, (d, r) in enumerate(zip(self.df, self.reads, strict=True)):
+            if d.shape != r.shape or d.dim() != 1:
+                raise ValueError(f"layer {i}: df {tuple(d.shape)} / reads {tuple(r.shape)}")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.df)
+
+    def layer(self, i: int) -> LayerBackground:
+        return LayerBackground(self.df[i], self.reads[i], self.n_batches)
+
+    def to(self, device: torch.device | str) -> BackgroundStats:
+        return BackgroundStats(
+            [d.to(device) for d in self.df],
+            [r.to(device) for r in self.reads],
+            self.n_batches,
+            dict(self.meta),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Small human-readable description (coverage = share of slots ever read)."""
+        return {
+            "n_batches": self.n_batches,
+            "layers": [
+                {
+                    "n_slots": int(d.numel()),
+                    "total_reads": int(r.sum()),
+                    "coverage": float((d > 0).double().mean()) if d.numel() else 0.0,
+                }
+                for d, r in zip(self.df, self.reads, strict=True)
+            ],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file atomically; ``meta`` (e.g. the cache key) goes in its header.
+
+        A ``<name>.json`` summary is written beside it for people browsing the cache; the
+        loader only trusts the safetensors header.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, Tensor] = {}
+        for i, (d, r) in enumerate(zip(self.df, self.reads, strict=True)):
+            tensors[f"layer{i}.df"] = d.detach().to("cpu", torch.int64).contiguous()
+            tensors[f"layer{i}.reads"] = r.detach().to("cpu", torch.int64).contiguous()
+        metadata = {
+            "format": FORMAT,
+            "n_layers": str(self.n_layers),
+            "n_batches": str(self.n_batches),
+            "meta": json.dumps(self.meta, sort_keys=True, default=str),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        atomic_write_json(path.with_suffix(".json"), {"meta": self.meta, **self.summary()})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> BackgroundStats:
+        """Read and validate a file written by :meth:`save`; raises ``ValueError`` if invalid."""
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            md = fh.metadata() or {}
+            if md.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a {FORMAT} file (format={md.get('format')!r})")
+            n_layers, n_batches = int(md["n_layers"]), int(md["n_batches"])
+            meta = json.loads(md.get("meta", "{}"))
+            df = [fh.get_tensor(f"layer{i}.df") for i in range(n_layers)]
+            reads = [fh.get_tensor(f"layer{i}.reads") for i in range(n_layers)]
+        if n_batches < 0:
+            raise ValueError(f"{path}: negative n_batches")
+        for i, (d, r) in enumerate(zip(df, reads, strict=True)):
+            if d.dtype != torch.int64 or r.dtype != torch.int64 or d.shape != r.shape:
+                raise ValueError(f"{path}: layer {i} has malformed tensors")
+            if d.numel() and (int(d.min()) < 0 or int(d.max()) > n_batches or int(r.min()) < 0):
+                raise ValueError(f"{path}: layer {i} has counts out of range")
+        return cls(df, reads, n_batches, meta).to(device)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _progress(it: Iterable, enabled: bool, total: int | None) -> Iterable:
+    if not enabled:
+        return it
+    try:
+        from rich.progress import track
+    except ImportError:  # pragma: no cover - rich is a dependency, but stay usable without
+        return it
+    return track(it, description="background stats", total=total)
+
+
+def compute_background_stats(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping[str, Tensor]],
+    memory_layers: list,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> BackgroundStats:
+    """Run the model over background batches and count which slots each batch reads.
+
+    Each memory layer must expose ``values`` ([n_slots, v_dim]) and, after a forward,
+    ``last_indices`` ([B, T, K]). Only tokens with ``attention_mask`` = 1 are counted.
+    The model is put in eval mode for the pass and its training flag restored afterwards.
+    """
+    device = _model_device(model)
+    n_slots = [int(layer.values.shape[0]) for layer in memory_layers]
+    count_device = memory_layers[0].values.device if memory_layers else device
+    counter = AccessCounter(n_slots, device=count_device)
+    df = [torch.zeros(n, dtype=torch.int64, device=count_device) for n in n_slots]
+    reads = [torch.zeros(n, dtype=torch.int64, device=count_device) for n in n_slots]
+    n_batches = 0
+    try:
+        total: int | None = len(dataloader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _progress(dataloader, progress, total):
+                if max_batches is not None and n_batches >= max_batches:
+                    break
+                input_ids = batch["input_ids"].to(device)
+                mask = batch.get("attention_mask")
+                mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
+                model(input_ids=input_ids, attention_mask=mask)
+                counter.reset()
+                for li, layer in enumerate(memory_layers):
+                    if layer.last_indices is None:
+                        raise RuntimeError(f"memory layer {li} did not record last_indices")
+                    counter.add(li, layer.last_indices, mask)
+                    c = counter.counts(li)
+                    reads[li] += c
+                    df[li] += (c > 0).long()
+                n_batches += 1
+    finally:
+        model.train(was_training)
+    return BackgroundStats(df, reads, n_batches)
+
+
+def background_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:
+    return Path(cache_dir) / f"background-{stable_hash(key)}.safetensors"
+
+
+def load_or_compute_background_stats(
+    cache_dir: str | os.PathLike,
+    key: Mapping[str, Any],
+    compute_fn: Callable[[], BackgroundStats],
+    device: torch.device | str = "cpu",
+) -> BackgroundStats:
+    """Return cached stats for ``key``, or compute, save and return them.
+
+    The full key is stored in the file and compared on load, so a corrupt file, a foreign
+    file or a hash collision triggers a rebuild instead of silently wrong statistics.
+    """
+    path = background_cache_path(cache_dir, key)
+    norm_key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    if path.exists():
+        try:
+            stats = BackgroundStats.load(path, device=device)
+        except Exception as exc:  # corrupt / truncated / foreign file
+            log.warning("background cache %s unreadable (%s); rebuilding", path, exc)
+        else:
+            if stats.meta.get("key") == norm_key:
+                log.info("background stats loaded from %s", path)
+                return stats
+            log.warning("background cache %s was built for another key; rebuilding", path)
+    stats = compute_fn()
+    stats.meta = {**stats.meta, "key": norm_key}
+    stats.save(path)
+    log.info("background stats saved to %s", path)
+    return stats.to(device)

@@ -1,0 +1,181 @@
+"""Run stage 1 once per (model, memory, corpus, budget, seed) and reuse it across a sweep."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from smfexp.data.modules import BackgroundDataModule
+from smfexp.memory import MemoryConfig, load_memory
+from smfexp.memory.attach import detach_memory, memory_config
+from smfexp.methods.retrofit import RetrofitModule, mean_loss
+from smfexp.utils.io import atomic_directory, atomic_write_json, cache_root, stable_hash
+from smfexp.utils.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+REPORT = "retrofit.json"
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        out = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(out, dict)
+        return out
+    return dict(cfg)
+
+
+def retrofit_key(model_cfg: Any, memory: MemoryConfig, retro: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes the retrofitted weights (not where outputs go, not progress)."""
+    model = _plain(model_cfg)
+    budget = {
+        k: retro[k]
+        for k in (
+            "steps",
+            "lr",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "warmup_steps",
+            "weight_decay",
+            "parts",
+            "max_docs",
+            "heldout_docs",
+            "seed",
+            "precision",
+        )
+        if k in retro
+    }
+    return {
+        "model": {k: model.get(k) for k in ("name", "source", "path", "revision", "tiny", "seed")},
+        "memory": memory.to_dict(),
+        "retrofit": budget,
+    }
+
+
+def retrofit_dir(key: dict[str, Any]) -> Path:
+    return cache_root() / "retrofit" / f"{key['model']['name']}-{stable_hash(key)}"
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / REPORT).is_file() and (directory / "memory.safetensors").is_file()
+
+
+def ensure_retrofit(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_cfg: Any,
+    memory_cfg: Any,
+    retrofit_cfg: Any,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Leave ``model`` with retrofitted memories; train them only if no cached copy exists.
+
+    Returns the checkpoint directory and its report (held-out background loss before/after).
+    """
+    memory = MemoryConfig.from_config(_plain(memory_cfg))
+    retro = _plain(retrofit_cfg)
+    n_blocks = model.config.num_hidden_layers
+    memory.validate(n_blocks)
+    key = retrofit_key(model_cfg, memory, retro)
+    directory = retrofit_dir(key)
+    if _is_complete(directory):
+        try:
+            load_memory(model, directory)
+            report = json.loads((directory / REPORT).read_text())
+            if report.get("key") == json.loads(json.dumps(key)):
+                log.info("reusing retrofit %s", directory)
+                return directory, report
+            log.warning("retrofit cache %s has a different key; rebuilding", directory)
+        except (ValueError, OSError, json.JSONDecodeError) as err:
+            log.warning("retrofit cache %s is unusable (%s); rebuilding", directory, err)
+        detach_memory(model)
+    return directory, _train_retrofit(
+        model, tokenizer, memory, retro, key, directory, data_dir, progress
+    )
+
+
+def _train_retrofit(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    memory: MemoryConfig,
+    retro: dict[str, Any],
+    key: dict[str, Any],
+    directory: Path,
+    data_dir: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    L.seed_everything(retro.get("seed", 0), workers=True)
+    data = BackgroundDataModule(
+        tokenizer,
+        data_dir=data_dir,
+        batch_size=retro["batch_size"],
+        max_length=retro["max_length"],
+        parts=retro.get("parts"),
+        max_docs=retro.get("max_docs"),
+        heldout_docs=retro.get("heldout_docs", 200),
+        shuffle_seed=retro.get("seed", 0),
+    )
+    data.setup()
+    heldout_batches = retro.get("heldout_batches", 8)
+    base_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
+    if memory_config(model) is not None:
+        detach_memory(model)
+    module = RetrofitModule(
+        model,
+        tokenizer,
+        memory=memory,
+        lr=retro["lr"],
+        weight_decay=retro.get("weight_decay", 0.0),
+        warmup_steps=retro.get("warmup_steps", 0),
+        schedule="cosine",
+    )
+    attached_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
+    precision = resolve_precision(retro.get("precision", "auto"))
+    trainer = L.Trainer(
+        max_steps=retro["steps"],
+        accumulate_grad_batches=retro.get("grad_accum", 1),
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        precision=precision,
+        max_epochs=-1,
+    )
+    log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"], directory)
+    trainer.fit(module, train_dataloaders=data.train_dataloader())
+    after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
+    report = {
+        "key": key,
+        "heldout_loss": {
+            "base_model": base_loss,
+            "attached_untrained": attached_loss,
+            "retrofitted": after_loss,
+        },
+        "steps": trainer.global_step,
+        "trainable_params": module.trainable_params,
+        "seconds": time.perf_counter() - t0,
+        "corpus": data.info,
+    }
+    with atomic_directory(directory) as tmp:
+        module.save_trained(tmp)
+        atomic_write_json(tmp / REPORT, report)
+    log.info(
+        "retrofit done: held-out background loss base %.4f -> retrofitted %.4f (%.0f s)",
+        base_loss,
+        after_loss,
+        report["seconds"],
+    )
+    return report

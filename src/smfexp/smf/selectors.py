@@ -1,0 +1,194 @@
+"""Row selectors for sparse memory finetuning (one call per layer per optimizer step).
+
+Every selector looks only at the slots the step actually read (c_i > 0), scores them in
+float64 and keeps the ``t`` best. Ties are broken by slot index (lower index wins), so a
+selection is a deterministic function of its inputs. Formulas: docs/RESEARCH.md, "Selectors".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from smfexp.smf.background import LayerBackground
+
+Selector = Callable[[Tensor, LayerBackground | None, int, torch.Generator | None], Tensor]
+
+
+class Selection(NamedTuple):
+    """Selected slot indices (ascending) and their scores (float64, same order)."""
+
+    indices: Tensor
+    scores: Tensor
+
+
+def batch_distribution(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Read slots (ascending) and p_i = c_i / sum_j c_j over them, in float64.
+
+    One ``nonzero`` per call: everything after it is proportional to the number of read
+    slots, not to the table size.
+    """
+    if counts.dim() != 1:
+        raise ValueError(f"counts must be 1-D [n_slots], got {tuple(counts.shape)}")
+    read = (counts > 0).nonzero().squeeze(1)
+    c = counts.index_select(0, read).double()
+    return read, c / c.sum() if c.numel() else c
+
+
+def _background_at(values: Tensor, read: Tensor) -> Tensor:
+    """Gather background entries for the read slots without moving the whole table."""
+    return values.index_select(0, read.to(values.device)).to(read.device, torch.float64)
+
+
+def _check_background(counts: Tensor, background: LayerBackground | None, name: str) -> None:
+    if background is None:
+        raise ValueError(f"selector {name!r} needs background statistics")
+    if background.df.shape[0] != counts.shape[0]:
+        raise ValueError(
+            f"background has {background.df.shape[0]} slots, counts have {counts.shape[0]}"
+        )
+
+
+def tfidf_scores(counts: Tensor, background: LayerBackground | None) -> tuple[Tensor, Tensor]:
+    """score_i = p_i * ln((N + 1) / (df_i + 1)) on read slots (Lin et al. 2025)."""
+    _check_background(counts, background, "tfidf")
+    assert background is not None
+    read, p = batch_distribution(counts)
+    df = _background_at(background.df, read)
+    idf = torch.log((background.n_batches + 1) / (df + 1))
+    return read, p * idf
+
+
+def kl_scores(counts: Tensor, background: LayerBackground | None) -> tuple[Tensor, Tensor]:
+    """score_i = p_i * ln(p_i / q_i), q_i = (b_i + 1) / sum_j (b_j + 1) (Goyal et al. 2026)."""
+    _check_background(counts, background, "kl")
+    assert background is not None
+    read, p = batch_distribution(counts)
+    # The normaliser runs over every slot of the table (add-one smoothing of unread ones).
+    log_total = torch.log(background.reads.sum().to(read.device, torch.float64) + counts.numel())
+    log_q = torch.log(_background_at(background.reads, read) + 1) - log_total
+    return read, p * (torch.log(p) - log_q)
+
+
+def top_t(read: Tensor, scores: Tensor, t: int) -> Selection:
+    """The ``t`` highest scores; stable sort so equal scores keep ascending slot order."""
+    if t < 0:
+        raise ValueError(f"t must be >= 0, got {t}")
+    order = torch.sort(scores, descending=True, stable=True).indices[:t]
+    keep = order.sort().values  # read is ascending, so this orders the result by slot index
+    return Selection(read.index_select(0, keep), scores.index_select(0, keep))
+
+
+def _select_tfidf(counts, background, t, generator=None) -> Selection:
+    return top_t(*tfidf_scores(counts, background), t)
+
+
+def _select_kl(counts, background, t, generator=None) -> Selection:
+    return top_t(*kl_scores(counts, background), t)
+
+
+def _select_random(counts, background, t, generator=None) -> Selection:
+    """``t`` read slots uniformly without replacement; the score reported is p_i."""
+    if t < 0:
+        raise ValueError(f"t must be >= 0, got {t}")
+    read, p = batch_distribution(counts)
+    device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(read.numel(), generator=generator, device=device)[:t]
+    keep = perm.sort().values.to(read.device)
+    return Selection(read.index_select(0, keep), p.index_select(0, keep))
+
+
+def _select_all(counts, background, t, generator=None) -> Selection:
+    """Every read slot (dense memory finetuning); ``t`` is ignored."""
+    return Selection(*batch_distribution(counts))
+
+
+_SELECTIONS: dict[str, Callable[..., Selection]] = {
+    "tfidf": _select_tfidf,
+    "kl": _select_kl,
+    "random": _select_random,
+    "all": _select_all,
+}
+
+NEEDS_BACKGROUND: dict[str, bool] = {"tfidf": True, "kl": True, "random": False, "all": False}
+
+
+def tfidf_selector(
+    counts: Tensor,
+    background: LayerBackground | None,
+    t: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    return _select_tfidf(counts, background, t, generator).indices
+
+
+def kl_selector(
+    counts: Tensor,
+    background: LayerBackground | None,
+    t: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    return _select_kl(counts, background, t, generator).indices
+
+
+def random_selector(
+    counts: Tensor,
+    background: LayerBackground | None,
+    t: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    return _select_random(counts, background, t, generator).indices
+
+
+def all_selector(
+    counts: Tensor,
+    background: LayerBackground | None,
+    t: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    return _select_all(counts, background, t, generator).indices
+
+
+SELECTORS: dict[str, Selector] = {
+    "tfidf": tfidf_selector,
+    "kl": kl_selector,
+    "random": random_selector,
+    "all": all_selector,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; valid: {', '.join(sorted(SELECTORS))}")
+
+
+def get_selector(name: str) -> Selector:
+    """Selector function by name; ``ValueError`` lists the valid names."""
+    _check_name(name)
+    return SELECTORS[name]
+
+
+def select(
+    name: str,
+    counts: Tensor,
+    background: LayerBackground | None,
+    t: int,
+    generator: torch.Generator | None = None,
+) -> Selection:
+    """Like ``get_selector(name)(...)`` but also returns the scores, for logging."""
+    _check_name(name)
+    return _SELECTIONS[name](counts, background, t, generator)
+
+
+def selector_score_stats(scores: Tensor) -> dict[str, float]:
+    """min / mean / max (and count) of the selected rows' scores; one host sync."""
+    n = int(scores.numel())
+    if n == 0:
+        return {"n": 0.0, "min": math.nan, "mean": math.nan, "max": math.nan}
+    s = scores.detach().double()
+    lo, mean, hi = torch.stack([s.min(), s.mean(), s.max()]).tolist()
+    return {"n": float(n), "min": lo, "mean": mean, "max": hi}
