@@ -1,14 +1,16 @@
-"""Turn the errors a user can fix into one readable line instead of a traceback wall."""
+"""User-fixable errors become one readable line; every failure leaves a results.json."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
-from collections.abc import Iterator
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
 
 from smfexp.data.sources import DataUnavailableError, MalformedDataError
 from smfexp.models.loading import ModelUnavailableError
+from smfexp.utils.io import atomic_write_json
 
 log = logging.getLogger("smfexp")
 
@@ -18,16 +20,32 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     MalformedDataError,
     ValueError,
     NotImplementedError,
+    FileNotFoundError,
 )
 
 
-@contextlib.contextmanager
-def friendly_errors() -> Iterator[None]:
-    """Print ``error: <message>`` and exit 2 for user-fixable errors; re-raise the rest."""
-    try:
-        yield
-    except USER_ERRORS as err:
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message for errors the user can fix; None for bugs (keep the traceback)."""
+    if isinstance(err, USER_ERRORS):
         if log.isEnabledFor(logging.DEBUG):
             log.exception("details")
-        print(f"error: {err}\n(add hydra.verbose=smfexp for the traceback)", file=sys.stderr)
-        sys.exit(2)
+        return str(err)
+    return None
+
+
+def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> None:
+    """Write ``results.json`` with ``status: failed`` so reports show the job as failed."""
+    try:
+        out = Path(cfg.paths.output_dir)
+    except Exception:  # no resolvable output dir: nothing to record into
+        return
+    atomic_write_json(out / "results.json", {
+        "status": "failed",
+        "error": message or f"{type(err).__name__}: {err}",
+        "traceback": "".join(traceback.format_exception(err))[-4000:],
+        "method": cfg.method.get("name"),
+        "selector": cfg.selector.get("name") if cfg.method.get("uses_selector") else None,
+        "seed": cfg.get("seed"),
+        "model": cfg.model.get("name"),
+        "output_dir": str(out),
+    })

@@ -15,47 +15,69 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
 from smfexp.eval import EvalConfig
+from smfexp.loggers import build_loggers, finish_loggers
 from smfexp.models.loading import load_model
 from smfexp.utils.io import atomic_write_json
+from smfexp.utils.precision import resolve_precision
+from smfexp.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
 # method config keys that configure the Trainer/DataModule rather than the LightningModule
-_NON_MODULE_KEYS = ("name", "epochs", "batch_size", "grad_accum", "grad_clip", "uses_selector")
+_NON_MODULE_KEYS = ("name", "epochs", "batch_size", "grad_accum", "grad_clip", "uses_selector",
+                    "background")
 
 
-def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """``auto``: bf16-mixed on a GPU with bf16, float32 elsewhere; anything else is kept."""
-    if str(precision) != "auto":
-        return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() \
-            and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def build_method(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any) -> L.LightningModule:
+def build_method(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any,
+                 **extra: Any) -> L.LightningModule:
+    """Instantiate ``cfg.method``; methods that accumulate/clip themselves get those keys."""
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(method_cfg, dict)
+    target = hydra.utils.get_class(method_cfg.pop("_target_"))
+    own = ("grad_accum", "grad_clip") if getattr(target, "manual_accumulation", False) else ()
     for key in _NON_MODULE_KEYS:
-        method_cfg.pop(key, None)
-    return hydra.utils.instantiate(method_cfg, model=model, tokenizer=tokenizer,
-                                   _convert_="all")
+        if key not in own:
+            method_cfg.pop(key, None)
+    # called directly, not via instantiate: extras (background statistics) are not configs
+    return target(model=model, tokenizer=tokenizer, **method_cfg, **extra)
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    loggers: list[Logger] = []
-    for name, conf in (cfg.get("logger") or {}).items():
-        if name == "csv":
-            loggers.append(CSVLogger(**conf))
-        elif conf is not None and "_target_" in conf:
-            loggers.append(hydra.utils.instantiate(conf))
-    return loggers
+def run_metadata(cfg: DictConfig) -> dict[str, Any]:
+    """Name, group (the sweep) and tags of a job, for experiment trackers."""
+    uses_selector = bool(cfg.method.get("uses_selector"))
+    selector = cfg.selector.name if uses_selector else None
+    group = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            group = Path(hc.sweep.dir).name
+    except ValueError:  # not inside a Hydra app (tests, notebooks)
+        pass
+    tags = [t for t in (cfg.method.name, selector, cfg.data.get("_target_", "").rsplit(".", 1)[-1],
+                        cfg.model.name) if t]
+    name = "-".join(str(t) for t in (cfg.method.name, selector, f"s{cfg.seed}") if t)
+    config = OmegaConf.to_container(cfg, resolve=False)
+    return {"group": group, "tags": tags, "name": name, "config": config}
+
+
+def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``before/<probe>/<metric>`` ... keys (the names the W&B panels use)."""
+    flat: dict[str, Any] = {}
+    for section in ("before", "after", "delta", "rel_delta_pct"):
+        for probe, metrics in (results.get(section) or {}).items():
+            for metric, value in metrics.items():
+                flat[f"{section}/{probe}/{metric}"] = value
+    for key in ("method", "selector", "seed", "model", "protocol", "status", "objective"):
+        if results.get(key) is not None:
+            flat[key] = results[key]
+    return flat
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -71,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns (and writes) the results.json content."""
     t_start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    eval_cfg = EvalConfig.from_config(cfg.eval)  # validates before anything heavy
+    validate_train_config(cfg)  # one-line errors before anything heavy
+    eval_cfg = EvalConfig.from_config(cfg.eval)
     L.seed_everything(cfg.seed, workers=True)
 
     t0 = time.perf_counter()
@@ -79,16 +102,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     load_seconds = time.perf_counter() - t0
     datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
     datamodule.setup("fit")
-    module = build_method(cfg, model, tokenizer)
+    extra: dict[str, Any] = {}
+    if cfg.method.name == "smf":
+        from smfexp.smf.prepare import prepare_smf
+
+        extra = prepare_smf(cfg, model, tokenizer)
+    retrofit_info = extra.pop("retrofit_info", None)
+    module = build_method(cfg, model, tokenizer, **extra)
+    if getattr(module, "manual_accumulation", False):
+        # the module accumulates and clips itself (per optimizer step), not the Trainer
+        trainer_overrides = {"accumulate_grad_batches": 1, "gradient_clip_val": None}
+    else:
+        trainer_overrides = {}
 
     forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
+    trainer_kwargs.update(trainer_overrides)
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     str(trainer_kwargs.get("accelerator")))
     callbacks = [forgetting, *build_callbacks(cfg)]
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
-    trainer = L.Trainer(**trainer_kwargs, logger=build_loggers(cfg), callbacks=callbacks,
+    loggers = build_loggers(cfg, run_metadata(cfg))
+    trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
                         default_root_dir=str(output_dir), enable_progress_bar=enable_bar)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -117,9 +153,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_with_eval": fit_seconds,
         },
         "trained_artifact": saved,
+        "retrofit": retrofit_info,
         "output_dir": str(output_dir),
     }
     results.update(getattr(module, "extra_results", dict)())
     atomic_write_json(output_dir / "results.json", results)
+    finish_loggers(loggers, summary_metrics(results))
     log.info("results written to %s", output_dir / "results.json")
     return results

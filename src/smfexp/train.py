@@ -1,8 +1,13 @@
-"""``python -m smfexp.train``: compose the config, print it, run one experiment."""
+"""``python -m smfexp.train``: compose the config, print it, run one experiment.
+
+In a multirun a failed job writes ``results.json`` with ``status: failed`` and the sweep
+goes on (the report shows it as failed); a single run prints the error and exits non-zero.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -15,14 +20,28 @@ log = logging.getLogger("smfexp.train")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    from smfexp.errors import friendly_errors
+def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from smfexp.errors import record_failure, user_error_message
     from smfexp.runner import train
 
     print(OmegaConf.to_yaml(cfg, resolve=False), file=sys.stderr)
-    with friendly_errors():
+    try:
         results = train(cfg)
-    return results.get("objective")
+    except Exception as err:
+        message = user_error_message(err)
+        record_failure(cfg, err, message)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("job failed: %s", message or repr(err))
+            return math.nan
+        if message is None:
+            raise
+        print(f"error: {message}\n(add hydra.verbose=smfexp for the traceback)",
+              file=sys.stderr)
+        sys.exit(2)
+    return float(results.get("objective", math.nan))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ probe moved against its starting value, e.g. a perplexity increase of 3.2%.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -16,7 +17,13 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
-from smfexp.eval import EvalConfig, evaluate_probes, primary_metric, score_probe
+from smfexp.eval import (
+    EvalConfig,
+    evaluate_probes,
+    load_probe_rows,
+    primary_metric,
+    score_probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
     for probe, metrics in after.items():
         for name, value in metrics.items():
             start = before.get(probe, {}).get(name)
-            if start is None or not isinstance(value, int | float):
+            if name == "n" or start is None or not isinstance(value, int | float):
                 continue
             delta.setdefault(probe, {})[name] = value - start
             if start and math.isfinite(start):
@@ -41,9 +48,13 @@ class ForgettingCallback(Callback):
     """Runs the same scorers at fit start and fit end and records before/after/delta."""
 
     def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any) -> None:
+        if target.replaces_probe in eval_cfg.probes:
+            probes = [p for p in eval_cfg.probes if p != target.replaces_probe]
+            eval_cfg = dataclasses.replace(eval_cfg, probes=probes)
         self.eval_cfg = eval_cfg
         self.target = target
         self.tokenizer = tokenizer
+        self.probe_rows: dict[str, list[dict[str, Any]]] = {}  # loaded once, scored twice
         self.before: dict[str, dict[str, float]] = {}
         self.after: dict[str, dict[str, float]] = {}
         self.eval_seconds: dict[str, float] = {}
@@ -57,7 +68,10 @@ class ForgettingCallback(Callback):
                 rows = rows[: self.eval_cfg.limit]
             scores = {TARGET: score_probe(self.target.probe, model, self.tokenizer, rows,
                                           self.eval_cfg)}
-            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg))
+            if not self.probe_rows:
+                self.probe_rows = {p: load_probe_rows(p, self.eval_cfg)
+                                   for p in self.eval_cfg.probes}
+            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.probe_rows))
         finally:
             model.train(was_training)
         return scores

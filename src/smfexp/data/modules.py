@@ -28,6 +28,8 @@ class TargetSpec:
 
     probe: str
     rows: list[dict[str, Any]]
+    # a forgetting probe that would only re-measure the target (same benchmark) is skipped
+    replaces_probe: str | None = None
 
 
 class SFTDataModule(LightningDataModule):
@@ -132,7 +134,7 @@ class SFTDataModule(LightningDataModule):
 
 
 class MedMCQADataModule(SFTDataModule):
-    """MedMCQA: train on the train split (offline: a carved pool), score the first N validation rows.
+    """MedMCQA: train on the train split (offline: a carved pool), score validation[:N].
 
     Offline, the 4183 validation rows are split deterministically: the first ``eval_size``
     rows in order are the evaluation set (the reference papers' "first 1000"), the rest is the
@@ -155,7 +157,8 @@ class MedMCQADataModule(SFTDataModule):
         evaluation = validation.rows[: self.eval_size]
         if data_dir is not None:
             train = validation.rows[self.eval_size :]
-            split = f"offline: validation[:{self.eval_size}] eval, validation[{self.eval_size}:] train"
+            n = self.eval_size
+            split = f"offline: validation[:{n}] eval, validation[{n}:] train"
             source = validation.source
         else:
             hub_train = sources.load_medmcqa(None, "train", self.max_bad_fraction)
@@ -165,7 +168,7 @@ class MedMCQADataModule(SFTDataModule):
         if self.train_size is not None:
             train = train[: self.train_size]
         info = {"source": source, "split": split, "skipped_rows": validation.skipped}
-        return train, TargetSpec("medmcqa", evaluation), info
+        return train, TargetSpec("medmcqa", evaluation, replaces_probe="medmcqa"), info
 
     def template_fields(self, row: dict[str, Any]) -> dict[str, Any]:
         letter = self.LETTERS[row["answer"]]
@@ -256,7 +259,8 @@ class BackgroundDataModule(SFTDataModule):
         self.heldout_examples = self._blocks(heldout)
         if not self.train_examples:
             raise ValueError("background: corpus produced no full training block")
-        self.info = {"name": self.name, "source": loaded.source, "n_train": len(self.train_examples),
+        self.info = {"name": self.name, "source": loaded.source,
+                     "n_train": len(self.train_examples),
                      "n_heldout": len(self.heldout_examples), "block_tokens": self.max_length}
         self._prepared = True
 

@@ -8,7 +8,6 @@ Malformed rows are counted, reported with one example and skipped; too many (mor
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -159,7 +158,8 @@ def normalise_rows(
         raise MalformedDataError(f"dataset {name!r}: no usable rows (of {total})")
     if bad:
         shown = json.dumps(example, default=str)[:200]
-        msg = f"dataset {name!r}: skipped {bad} of {total} malformed rows; first: {shown} ({reason})"
+        msg = (f"dataset {name!r}: skipped {bad} of {total} malformed rows; "
+               f"first: {shown} ({reason})")
         if bad / total > max_bad_fraction:
             raise MalformedDataError(
                 msg + f" - more than max_bad_fraction={max_bad_fraction}; fix the data or raise it"

@@ -87,6 +87,8 @@ class FinetuneModule(LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
+        # load_model returns eval mode (for scoring); dropout etc. must be live while training
+        self.model.train()
         for logger in self.loggers:
             logger.log_hyperparams({"params/trainable": self.trainable_params,
                                     "params/total": self.total_params, "method": self.method_name})

@@ -1,0 +1,93 @@
+"""What to evaluate and how: one validated dataclass shared by the CLI and the training callback."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOLS = ("harness", "paper")
+PROBE_NAMES = ("medmcqa", "triviaqa", "wikitext", "gsm8k", "nq_open")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class EvalConfig:
+    """Scoring settings. Mirrors ``conf/eval/*.yaml``.
+
+    - ``protocol``: ``harness`` (identical to lm-evaluation-harness 0.4.13) or ``paper``
+      (the SMF comparison paper's prompts and metrics); results always record which.
+    - ``limit``: rows per probe (documents for wikitext); ``None`` = the whole held-out split.
+    - ``max_length``: context window; ``None`` = the harness rule (model config, else 2048).
+    - ``max_batch_tokens``: cap on padded tokens per forward pass, so long WikiText windows
+      are batched by size, not by count.
+    """
+
+    protocol: str = "harness"
+    probes: list[str] = field(default_factory=lambda: ["medmcqa", "triviaqa", "wikitext"])
+    limit: int | None = 1000
+    batch_size: int = 16
+    max_length: int | None = None
+    chat_template: bool = False
+    precision: str = "fp32"
+    progress: bool = True
+    gsm8k_generate: bool = False
+    data_dir: str | None = None
+    max_batch_tokens: int = 16384
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probes, str):
+            self.probes = [self.probes]
+        self.probes = [str(p) for p in self.probes]
+        self.validate()
+
+    def validate(self) -> None:
+        """Fail early with the valid choices; a typo must not silently skip a probe."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"eval.protocol={self.protocol!r} is not valid; choose one of {list(PROTOCOLS)}"
+            )
+        unknown = [p for p in self.probes if p not in PROBE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBE_NAMES)}")
+        if len(set(self.probes)) != len(self.probes):
+            raise ValueError(f"eval.probes lists a probe twice: {self.probes}")
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise ValueError(
+                f"eval.limit={self.limit!r} must be a positive integer (rows per probe) or null"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"eval.precision={self.precision!r} is not valid; choose one of {list(PRECISIONS)}"
+            )
+        for name in ("batch_size", "max_batch_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"eval.{name}={value!r} must be a positive integer")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"eval.max_length={self.max_length!r} must be >= 2 or null")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EvalConfig:
+        """Build from an OmegaConf node or a mapping; unknown keys are an error."""
+        if isinstance(cfg, EvalConfig):
+            return dataclasses.replace(cfg)
+        if cfg is None:
+            return cls()
+        if not isinstance(cfg, Mapping) and not hasattr(cfg, "items"):
+            raise ValueError(f"eval config must be a mapping, got {type(cfg).__name__}")
+        data = {str(k): cfg[k] for k in cfg if not str(k).startswith("_")}
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown eval config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
+            )
+        if "probes" in data and data["probes"] is not None and not isinstance(data["probes"], str):
+            data["probes"] = list(data["probes"])
+        if data.get("data_dir") is not None:
+            data["data_dir"] = str(data["data_dir"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,99 @@
+"""NaturalQuestions-open (dev): a second world-knowledge forgetting probe (Lin et al. 2025).
+
+harness (lm_eval ``nq_open``, zero-shot): ``Answer these questions:\\n\\nQ: {q}?\\nA:``
+(the task description is a system turn under a chat template), greedy until "\\n" "." ","
+(256 tokens), whitespace stripped, ``exact_match`` after removing articles, case and
+punctuation, any gold answer. paper: ``Question: {q}\\nAnswer:``, greedy up to 32 tokens until
+the first newline. Both report SQuAD ``f1`` (max over gold answers) and ``answer_logprob``: the
+mean per-token log-likelihood of the *first* gold answer given the prompt, averaged over
+questions. Under ``paper``, ``exact_match`` uses SQuAD normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smfexp.data.sources import Rows, load_nq_open
+from smfexp.eval.base import (
+    Probe,
+    ProbeResult,
+    answer_delimiter,
+    data_dir,
+    encoder_for,
+    mean,
+    require_rows,
+    take,
+    wrap,
+)
+from smfexp.eval.config import EvalConfig
+from smfexp.eval.core import generate_until, loglikelihood
+from smfexp.eval.normalize import NQ_IGNORE, harness_exact_match, max_f1, squad_exact_match
+
+DESCRIPTION = "Answer these questions:\n\n"
+HARNESS_UNTIL = ("\n", ".", ",")
+HARNESS_MAX_GEN_TOKS = 256
+PAPER_UNTIL = ("\n",)
+PAPER_MAX_GEN_TOKS = 32
+
+
+def load(cfg: EvalConfig) -> Rows:
+    return take(load_nq_open(data_dir(cfg)), cfg, what="nq_open")
+
+
+def build_prompt(tokenizer: Any, row: dict[str, Any], cfg: EvalConfig) -> str:
+    if cfg.protocol == "harness":
+        return wrap(tokenizer, cfg, f"Q: {row['question']}?\nA:", system=DESCRIPTION)
+    return wrap(tokenizer, cfg, f"Question: {row['question']}\nAnswer:")
+
+
+def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig) -> ProbeResult:
+    require_rows(rows, "nq_open")
+    enc = encoder_for(model, tokenizer, cfg)
+    prompts = [build_prompt(tokenizer, r, cfg) for r in rows]
+    harness = cfg.protocol == "harness"
+    gens = generate_until(
+        model,
+        enc,
+        prompts,
+        HARNESS_UNTIL if harness else PAPER_UNTIL,
+        HARNESS_MAX_GEN_TOKS if harness else PAPER_MAX_GEN_TOKS,
+        cfg,
+        desc="nq_open generate",
+    )
+    preds = [g.strip() for g in gens]
+    if harness:
+        em = [
+            harness_exact_match(p, r["answers"], NQ_IGNORE, True, True)
+            for p, r in zip(preds, rows, strict=True)
+        ]
+    else:
+        em = [squad_exact_match(p, r["answers"]) for p, r in zip(preds, rows, strict=True)]
+    f1 = [max_f1(p, r["answers"]) for p, r in zip(preds, rows, strict=True)]
+    delim = answer_delimiter(cfg)
+    lls = loglikelihood(
+        model,
+        enc,
+        [(p, delim + r["answers"][0]) for p, r in zip(prompts, rows, strict=True)],
+        cfg,
+        desc="nq_open answer",
+    )
+    samples = [
+        {"generation": g, "pred": p, "exact_match": e, "f1": f, "answer_logprob": ll.mean}
+        for g, p, e, f, ll in zip(gens, preds, em, f1, lls, strict=True)
+    ]
+    metrics = {
+        "exact_match": mean(em),
+        "f1": mean(f1),
+        "answer_logprob": mean([x.mean for x in lls]),
+        "n": float(len(rows)),
+    }
+    return ProbeResult(metrics, samples)
+
+
+PROBE = Probe(
+    name="nq_open",
+    load=load,
+    score=score,
+    primary={"harness": ("exact_match", True), "paper": ("f1", True)},
+    doc=__doc__ or "",
+)

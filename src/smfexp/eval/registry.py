@@ -1,0 +1,90 @@
+"""Probe registry and the entry points the CLI and the forgetting callback call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from smfexp.data.sources import Rows
+from smfexp.eval import gsm8k, medmcqa, nq_open, triviaqa, wikitext
+from smfexp.eval.base import Probe, ProbeResult
+from smfexp.eval.config import PROBE_NAMES, PROTOCOLS, EvalConfig
+from smfexp.eval.core import scoring_mode
+
+log = logging.getLogger(__name__)
+
+PROBES: Mapping[str, Probe] = MappingProxyType(
+    {m.PROBE.name: m.PROBE for m in (medmcqa, triviaqa, wikitext, gsm8k, nq_open)}
+)
+assert tuple(PROBES) == PROBE_NAMES
+
+
+def _probe(name: str) -> Probe:
+    if name not in PROBES:
+        raise ValueError(f"unknown eval probe {name!r}; valid: {list(PROBES)}")
+    return PROBES[name]
+
+
+def load_probe_data(name: str, cfg: EvalConfig) -> Rows:
+    """Held-out rows of a probe with their provenance (``Rows.source``)."""
+    return _probe(name).load(cfg)
+
+
+def load_probe_rows(name: str, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The first ``cfg.limit`` rows of a probe's fixed held-out split, in order."""
+    return load_probe_data(name, cfg).rows
+
+
+def score_probe_samples(
+    name: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig
+) -> ProbeResult:
+    """Like :func:`score_probe`, plus per-example predictions and log-likelihoods."""
+    with scoring_mode(model, cfg.precision):
+        return _probe(name).score(model, tokenizer, list(rows), cfg)
+
+
+def score_probe(
+    name: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig
+) -> dict[str, float]:
+    """Score canonical rows (held-out probe rows, or e.g. the trained TriviaQA facts)."""
+    return score_probe_samples(name, model, tokenizer, rows, cfg).metrics
+
+
+def evaluate_probes(
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    rows_override: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{probe: {metric: value}}`` for every probe in ``cfg.probes``.
+
+    ``rows_override[probe]`` replaces the loaded rows (the callback caches them across calls).
+    """
+    rows_override = rows_override or {}
+    unknown = sorted(set(rows_override) - set(PROBES))
+    if unknown:
+        raise ValueError(f"rows_override has unknown probe(s) {unknown}; valid: {list(PROBES)}")
+    out: dict[str, dict[str, float]] = {}
+    for name in cfg.probes:
+        rows = rows_override[name] if name in rows_override else load_probe_rows(name, cfg)
+        t0 = time.perf_counter()
+        out[name] = score_probe(name, model, tokenizer, rows, cfg)
+        log.info(
+            "%s (%s, %d rows) scored in %.1f s: %s",
+            name,
+            cfg.protocol,
+            len(rows),
+            time.perf_counter() - t0,
+            out[name],
+        )
+    return out
+
+
+def primary_metric(probe: str, protocol: str) -> tuple[str, bool]:
+    """(metric name, higher_is_better) that summarises a probe under a protocol."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {list(PROTOCOLS)}")
+    return _probe(probe).primary[protocol]

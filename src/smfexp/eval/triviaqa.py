@@ -1,0 +1,113 @@
+"""TriviaQA: closed-book world knowledge (held-out probe) and the facts to learn (target).
+
+The offline file holds 3000 questions: the first 1000, in order, are the held-out probe every
+experiment shares; the training DataModule draws facts from the other 2000
+(:func:`split_heldout`).
+
+harness (lm_eval ``triviaqa``): ``Question: {q}?\\nAnswer:``, greedy until "\\n" "." ","
+(256 tokens), whitespace stripped, ``exact_match`` against any alias after lowercasing and
+deleting punctuation. paper: ``Question: {q}\\nAnswer:``, greedy 32 tokens, ``acc`` = any
+normalised alias is a substring of the normalised generation.
+Both report ``answer_logprob``: the mean per-token log-likelihood (nats) of the *primary*
+answer (``row["answer"]``, preceded by a space) given the protocol's prompt, averaged over
+questions — continuous, so forgetting shows even when exact match is ~0.
+Offline rows list the primary answer among the aliases even if the source omitted it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smfexp.data.sources import Rows, load_triviaqa
+from smfexp.eval.base import (
+    Probe,
+    ProbeResult,
+    answer_delimiter,
+    data_dir,
+    encoder_for,
+    mean,
+    require_rows,
+    take,
+    wrap,
+)
+from smfexp.eval.config import EvalConfig
+from smfexp.eval.core import generate_until, loglikelihood
+from smfexp.eval.normalize import harness_exact_match, paper_substring_match
+
+HELDOUT_ROWS = 1000
+HARNESS_UNTIL = ("\n", ".", ",")
+HARNESS_MAX_GEN_TOKS = 256  # HFLM.max_gen_toks
+PAPER_MAX_GEN_TOKS = 32
+
+
+def split_heldout(
+    rows: list[dict[str, Any]], heldout: int = HELDOUT_ROWS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(held-out probe, fact pool): the first ``heldout`` rows in file order, and the rest."""
+    return rows[:heldout], rows[heldout:]
+
+
+def load(cfg: EvalConfig) -> Rows:
+    return take(load_triviaqa(data_dir(cfg)), cfg, cap=HELDOUT_ROWS, what="triviaqa")
+
+
+def prompt(row: dict[str, Any], protocol: str) -> str:
+    if protocol == "harness":
+        return f"Question: {row['question']}?\nAnswer:"
+    return f"Question: {row['question']}\nAnswer:"
+
+
+def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig) -> ProbeResult:
+    require_rows(rows, "triviaqa")
+    enc = encoder_for(model, tokenizer, cfg)
+    prompts = [wrap(tokenizer, cfg, prompt(r, cfg.protocol)) for r in rows]
+    if cfg.protocol == "harness":
+        gens = generate_until(
+            model, enc, prompts, HARNESS_UNTIL, HARNESS_MAX_GEN_TOKS, cfg, desc="triviaqa generate"
+        )
+        preds = [g.strip() for g in gens]  # remove_whitespace + take_first
+        hits = [
+            harness_exact_match(p, r["aliases"], ignore_case=True, ignore_punctuation=True)
+            for p, r in zip(preds, rows, strict=True)
+        ]
+        name = "exact_match"
+    else:
+        gens = generate_until(
+            model, enc, prompts, (), PAPER_MAX_GEN_TOKS, cfg, desc="triviaqa generate"
+        )
+        preds = gens
+        hits = [paper_substring_match(g, r["aliases"]) for g, r in zip(gens, rows, strict=True)]
+        name = "acc"
+    delim = answer_delimiter(cfg)
+    lls = loglikelihood(
+        model,
+        enc,
+        [(p, delim + r["answer"]) for p, r in zip(prompts, rows, strict=True)],
+        cfg,
+        desc="triviaqa answer",
+    )
+    samples = [
+        {
+            "generation": g,
+            "pred": p,
+            name: h,
+            "answer_logprob": ll.mean,
+            "answer_loglikelihood": ll.logprob,
+        }
+        for g, p, h, ll in zip(gens, preds, hits, lls, strict=True)
+    ]
+    metrics = {
+        name: mean(hits),
+        "answer_logprob": mean([x.mean for x in lls]),
+        "n": float(len(rows)),
+    }
+    return ProbeResult(metrics, samples)
+
+
+PROBE = Probe(
+    name="triviaqa",
+    load=load,
+    score=score,
+    primary={"harness": ("exact_match", True), "paper": ("acc", True)},
+    doc=__doc__ or "",
+)

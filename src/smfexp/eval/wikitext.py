@@ -1,0 +1,97 @@
+"""WikiText-2 (raw, test): general language modelling, the main forgetting probe.
+
+harness (lm_eval ``wikitext``): each document, detokenized, scored by rolling log-likelihood in
+disjoint ``max_length`` windows (the first conditioned on BOS, or EOS if none);
+``word_perplexity`` = exp(-sum ll / sum words of the *original* page), ``byte_perplexity`` and
+``bits_per_byte`` over its UTF-8 bytes; ``token_perplexity`` is added for reference.
+paper: the non-empty lines of the selected documents (each keeping its newline, as in the HF
+dataset rows) joined by "\\n\\n", token ``perplexity`` with the Hugging Face sliding-window
+recipe (windows of 1024 tokens, stride 512; the model maximum if smaller).
+``limit`` counts documents (62 in the test split).
+
+Offline caveat: the local raw file has its blank lines removed, so offline pages contain
+fewer newlines than the hub's ``EleutherAI/wikitext_document_level`` pages and the harness
+numbers differ slightly from hub-data numbers; on identical pages they are identical
+(``tests/test_eval_parity.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from smfexp.data.sources import Rows, load_wikitext
+from smfexp.eval.base import Probe, ProbeResult, data_dir, encoder_for, require_rows, take
+from smfexp.eval.config import EvalConfig
+from smfexp.eval.core import loglikelihood_tokens, rolling_loglikelihood, sliding_windows
+from smfexp.eval.normalize import wikitext_detokenizer, wikitext_word_count
+
+PAPER_WINDOW = 1024
+PAPER_STRIDE = 512
+
+
+def load(cfg: EvalConfig) -> Rows:
+    return take(load_wikitext(data_dir(cfg)), cfg, what="wikitext")
+
+
+def paper_text(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        line if line.endswith("\n") else line + "\n"
+        for row in rows
+        for line in row["page"].splitlines(keepends=True)
+        if line.strip()
+    ]
+    return "\n\n".join(lines)
+
+
+def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig) -> ProbeResult:
+    require_rows(rows, "wikitext")
+    enc = encoder_for(model, tokenizer, cfg)
+    if cfg.protocol == "harness":
+        pages = [r["page"] for r in rows]
+        lls = rolling_loglikelihood(
+            model, enc, [wikitext_detokenizer(p) for p in pages], cfg, desc="wikitext"
+        )
+        total = math.fsum(x.logprob for x in lls)
+        words = sum(wikitext_word_count(p) for p in pages)
+        n_bytes = sum(len(p.encode("utf-8")) for p in pages)
+        tokens = sum(x.n_tokens for x in lls)
+        metrics = {
+            "word_perplexity": math.exp(-total / words),
+            "byte_perplexity": math.exp(-total / n_bytes),
+            "bits_per_byte": -total / n_bytes / math.log(2),
+            "token_perplexity": math.exp(-total / tokens),
+            "n": float(len(rows)),
+        }
+        samples = [
+            {
+                "loglikelihood": x.logprob,
+                "n_tokens": x.n_tokens,
+                "words": wikitext_word_count(p),
+                "bytes": len(p.encode("utf-8")),
+            }
+            for x, p in zip(lls, pages, strict=True)
+        ]
+        return ProbeResult(metrics, samples)
+    window = min(PAPER_WINDOW, enc.max_length)
+    ids = tokenizer(paper_text(rows))["input_ids"]
+    windows = sliding_windows(ids, window, min(PAPER_STRIDE, window))
+    lls = loglikelihood_tokens(model, windows, window, cfg, desc="wikitext")
+    total = math.fsum(x.logprob for x in lls)
+    tokens = sum(x.n_tokens for x in lls)
+    metrics = {
+        "perplexity": math.exp(-total / tokens),
+        "loss": -total / tokens,
+        "n": float(len(rows)),
+        "n_tokens": float(tokens),
+    }
+    return ProbeResult(metrics, [{"loglikelihood": x.logprob, "n_tokens": x.n_tokens} for x in lls])
+
+
+PROBE = Probe(
+    name="wikitext",
+    load=load,
+    score=score,
+    primary={"harness": ("word_perplexity", False), "paper": ("perplexity", False)},
+    doc=__doc__ or "",
+)

@@ -1,0 +1,97 @@
+"""Experiment loggers: Lightning CSV always, Weights & Biases online or as offline files.
+
+W&B never prompts and never hangs here: with no API key or no route to the W&B server the
+run is written offline (``wandb sync <run dir>/wandb/offline-run-*`` uploads it later), and
+that is said once. One W&B run per job: the runner finishes it at the end of every job, so
+multirun jobs never share a run; jobs of one sweep share a W&B group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+WANDB_HOST = "api.wandb.ai"
+
+
+def wandb_online_possible(timeout: float = 2.0) -> tuple[bool, str]:
+    """(can go online, reason if not) - an API key and a reachable server are both needed."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return False, f"WANDB_MODE={mode}"
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        netrc = Path.home() / ".netrc"
+        has_key = netrc.is_file() and WANDB_HOST in netrc.read_text(errors="ignore")
+    if not has_key:
+        return False, "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
+    base = os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}")
+    host = base.split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True, ""
+    except OSError:
+        return False, f"{host} is unreachable"
+
+
+def _wandb_logger(conf: dict[str, Any], run_meta: dict[str, Any]) -> WandbLogger:
+    offline = conf.pop("offline", "auto")
+    if str(offline) == "auto":
+        online, why = wandb_online_possible()
+        offline = not online
+        if offline:
+            log.warning("W&B: writing offline run files (%s); upload later with `wandb sync`",
+                        why)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    group = conf.pop("group", "auto")
+    tags = conf.pop("tags", "auto")
+    Path(conf.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        offline=bool(offline),
+        group=run_meta.get("group") if group == "auto" else group,
+        tags=run_meta.get("tags") if tags == "auto" else list(tags or []),
+        name=conf.pop("name", None) or run_meta.get("name"),
+        config=run_meta.get("config"),
+        settings={"silent": True, "console": "off"},
+        **conf,
+    )
+
+
+def build_loggers(cfg: DictConfig, run_meta: dict[str, Any]) -> list[Logger]:
+    """Loggers named in ``cfg.logger`` (``csv``, ``wandb``)."""
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        conf = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(conf, dict)
+        if name == "csv":
+            loggers.append(CSVLogger(**conf))
+        elif name == "wandb":
+            loggers.append(_wandb_logger(conf, run_meta))
+        else:
+            raise ValueError(f"logger {name!r} is not known; valid: csv, wandb")
+    return loggers
+
+
+def finish_loggers(loggers: list[Logger], summary: dict[str, Any]) -> None:
+    """Put the before/after/delta numbers in the W&B summary and close the run."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            run = logger.experiment
+            run.summary.update(summary)
+            rows = [[k, v] for k, v in sorted(summary.items())]
+            run.log({"results": wandb.Table(columns=["metric", "value"], data=rows)})
+            run.finish()
+        else:
+            logger.finalize("success")

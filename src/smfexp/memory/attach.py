@@ -1,0 +1,296 @@
+"""Model surgery: put product-key memories beside (or instead of) chosen decoder MLPs.
+
+``attach_memory`` swaps ``layers[i].mlp`` for a :class:`MemoryBlock` that owns the original
+MLP, so ``detach_memory`` can put it back and nothing outside the block has to know.
+All state lives on the model instance (its blocks and ``model._smf_memory_config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from smfexp.memory.pkm import ProductKeyMemory
+
+MODES = ("additive", "replacement")
+_CONFIG_ATTR = "_smf_memory_config"
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class MemoryConfig:
+    """Where and how big the memories are. Mirrors ``conf/memory/*.yaml``.
+
+    ``layers`` holds absolute block indices (int) or fractions of depth in (0, 1);
+    a fraction f maps to block floor(f * n_blocks), i.e. 7, 15, 22 for 30 blocks.
+    """
+
+    layers: list[int | float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    n_keys: int = 128
+    heads: int = 4
+    knn: int = 16
+    k_dim: int = 256
+    v_dim: int | None = None  # None: the model's hidden size
+    mode: str = "additive"
+    gate_init: float = 0.01
+    gate_trainable: bool = True
+    query_norm: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MemoryConfig:
+        """Build from a dict or OmegaConf node; unknown keys are an error (typos are silent)."""
+        if isinstance(cfg, MemoryConfig):
+            return dataclasses.replace(cfg)
+        if not isinstance(cfg, Mapping) and not hasattr(cfg, "items"):
+            raise ValueError(f"memory config must be a mapping, got {type(cfg).__name__}")
+        data = {str(k): cfg[k] for k in cfg if not str(k).startswith("_")}
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown memory config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
+            )
+        if "layers" in data:
+            layers = data["layers"]
+            data["layers"] = [layers] if isinstance(layers, int | float) else list(layers)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolve_layers(self, n_layers: int) -> list[int]:
+        """Absolute, sorted block indices for a model with ``n_layers`` blocks."""
+        out = []
+        for entry in self.layers:
+            if isinstance(entry, bool) or not isinstance(entry, int | float):
+                raise ValueError(f"memory layer {entry!r} is neither an int index nor a fraction")
+            if isinstance(entry, int):
+                idx = entry
+            elif 0.0 < entry < 1.0:
+                idx = math.floor(entry * n_layers + 1e-9)
+            else:
+                raise ValueError(
+                    f"memory layer {entry!r}: floats must be fractions of depth in (0, 1)"
+                )
+            if not 0 <= idx < n_layers:
+                raise ValueError(f"memory layer {entry!r} is out of range for {n_layers} blocks")
+            out.append(idx)
+        if len(set(out)) != len(out):
+            raise ValueError(f"memory layers {self.layers} map to duplicate blocks {out}")
+        return sorted(out)
+
+    def validate(self, n_layers: int) -> list[int]:
+        """Raise ValueError (one line) for impossible values; return the resolved layers."""
+        for name in ("n_keys", "heads", "knn", "k_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"memory.{name} must be a positive int, got {value!r}")
+        if self.v_dim is not None and (not isinstance(self.v_dim, int) or self.v_dim <= 0):
+            raise ValueError(f"memory.v_dim must be a positive int or null, got {self.v_dim!r}")
+        if self.knn > self.n_keys:
+            raise ValueError(f"memory.knn={self.knn} exceeds memory.n_keys={self.n_keys}")
+        if self.k_dim % 2:
+            raise ValueError(f"memory.k_dim={self.k_dim} must be even (two product halves)")
+        if self.mode not in MODES:
+            raise ValueError(f"memory.mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if not math.isfinite(float(self.gate_init)):
+            raise ValueError(f"memory.gate_init must be finite, got {self.gate_init!r}")
+        if self.mode == "additive" and self.gate_init == 0 and not self.gate_trainable:
+            raise ValueError(
+                "memory.gate_init=0 with gate_trainable=false: the memory gets no gradient"
+            )
+        if not self.layers:
+            raise ValueError("memory.layers is empty")
+        return self.resolve_layers(n_layers)
+
+
+# --------------------------------------------------------------------------- the wrapper
+class MemoryBlock(nn.Module):
+    """Replaces a block's ``mlp``: ``mlp(x) + g * memory(x)`` (additive) or ``memory(x)``."""
+
+    def __init__(
+        self, mlp: nn.Module, memory: ProductKeyMemory, cfg: MemoryConfig, layer_idx: int
+    ) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.memory = memory
+        self.mode = cfg.mode
+        self.layer_idx = layer_idx
+        self.config = cfg
+        if cfg.mode == "additive":
+            # 0-dim so that g * bf16 stays bf16 (0-dim tensors do not promote).
+            self.gate = nn.Parameter(
+                torch.tensor(float(cfg.gate_init), device=memory.values.device),
+                requires_grad=cfg.gate_trainable,
+            )
+        else:
+            self.gate = None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        mem = self.memory(x)
+        if self.gate is None:
+            return mem
+        out = self.mlp(x, *args, **kwargs)
+        if isinstance(out, tuple):  # MLPs that also return aux outputs (e.g. router logits)
+            return (out[0] + (self.gate * mem).to(out[0].dtype), *out[1:])
+        return out + (self.gate * mem).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_idx}, mode={self.mode}"
+
+
+# --------------------------------------------------------------------------- finding blocks
+_BLOCK_PATHS = (
+    "model.layers",
+    "layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+)
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _is_block_list(obj: Any) -> bool:
+    return isinstance(obj, nn.ModuleList) and len(obj) > 0 and all(hasattr(b, "mlp") for b in obj)
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of transformer blocks (each with an ``mlp``), for any HF decoder."""
+    candidates = []
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            decoder = get_decoder()
+        except (AttributeError, NotImplementedError, TypeError):
+            decoder = None
+        if decoder is not None:
+            candidates += [getattr(decoder, "layers", None), getattr(decoder, "h", None)]
+    candidates += [_get_path(model, p) for p in _BLOCK_PATHS]
+    for blocks in candidates:
+        if _is_block_list(blocks):
+            return blocks
+    raise ValueError(
+        f"cannot find decoder blocks in {type(model).__name__}: expected an nn.ModuleList of "
+        f"blocks with an `.mlp` at get_decoder().layers or one of {', '.join(_BLOCK_PATHS)}"
+    )
+
+
+def model_hidden_size(model: nn.Module) -> int:
+    """The decoder's hidden size (from the HF config, else the first MLP's input width)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if text is not None and isinstance(getattr(text, name, None), int):
+            return getattr(text, name)
+    mlp = decoder_blocks(model)[0].mlp
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[0].in_features
+    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------- public API
+def attach_memory(model: nn.Module, cfg: MemoryConfig | Mapping[str, Any]) -> list[MemoryBlock]:
+    """Wrap the chosen blocks' MLPs with memories; returns the new blocks in layer order."""
+    cfg = MemoryConfig.from_config(cfg)
+    if getattr(model, _CONFIG_ATTR, None) is not None:
+        raise ValueError("model already has memory attached; call detach_memory(model) first")
+    blocks = decoder_blocks(model)
+    indices = cfg.validate(len(blocks))
+    hidden = model_hidden_size(model)
+    wrappers = []
+    for i in indices:
+        mlp = blocks[i].mlp
+        device = next((p.device for p in mlp.parameters()), torch.device("cpu"))
+        memory = ProductKeyMemory(
+            hidden,
+            n_keys=cfg.n_keys,
+            heads=cfg.heads,
+            knn=cfg.knn,
+            k_dim=cfg.k_dim,
+            v_dim=cfg.v_dim,
+            query_norm=cfg.query_norm,
+        ).to(device=device, dtype=torch.float32)
+        wrapper = MemoryBlock(mlp, memory, cfg, layer_idx=i)
+        blocks[i].mlp = wrapper
+        wrappers.append(wrapper)
+    setattr(model, _CONFIG_ATTR, cfg)
+    return wrappers
+
+
+def memory_blocks(model: nn.Module) -> list[MemoryBlock]:
+    """The attached :class:`MemoryBlock` wrappers in layer order (empty if none)."""
+    return sorted(
+        (m for m in model.modules() if isinstance(m, MemoryBlock)), key=lambda b: b.layer_idx
+    )
+
+
+def memory_modules(model: nn.Module) -> list[ProductKeyMemory]:
+    """The attached memories in layer order."""
+    return [b.memory for b in memory_blocks(model)]
+
+
+def memory_layer_indices(model: nn.Module) -> list[int]:
+    """Block indices that carry a memory, ascending."""
+    return [b.layer_idx for b in memory_blocks(model)]
+
+
+def memory_config(model: nn.Module) -> MemoryConfig | None:
+    """The config the memories were attached with, or None."""
+    return getattr(model, _CONFIG_ATTR, None)
+
+
+def detach_memory(model: nn.Module) -> list[ProductKeyMemory]:
+    """Put the original MLPs back; returns the removed memories (e.g. to save them first)."""
+    blocks = decoder_blocks(model)
+    removed = []
+    for block in blocks:
+        if isinstance(block.mlp, MemoryBlock):
+            removed.append(block.mlp.memory)
+            block.mlp = block.mlp.mlp
+    if hasattr(model, _CONFIG_ATTR):
+        delattr(model, _CONFIG_ATTR)
+    return removed
+
+
+def memory_parameters(model: nn.Module, values_only: bool = False) -> list[nn.Parameter]:
+    """Parameters to train: every memory parameter and the trainable gates, or only values."""
+    params: list[nn.Parameter] = []
+    for block in memory_blocks(model):
+        if values_only:
+            params.append(block.memory.values)
+            continue
+        params.extend(block.memory.parameters())
+        if block.gate is not None and block.config.gate_trainable:
+            params.append(block.gate)
+    return params
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Freeze everything except the memories (and gates if trainable); returns #trainable."""
+    if not memory_blocks(model):
+        raise ValueError("freeze_backbone: the model has no memory attached")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = memory_parameters(model)
+    for p in trainable:
+        p.requires_grad_(True)
+    return sum(p.numel() for p in trainable)
+
+
+def set_sparse_values(model: nn.Module, flag: bool) -> None:
+    """Make value gradients sparse COO (only read rows) or dense, for every memory."""
+    for memory in memory_modules(model):
+        memory.sparse_grad = bool(flag)

@@ -1,0 +1,137 @@
+"""Product-key memory layer (Lample et al. 2019) with the Memory+ output gate (Berges et al. 2024).
+
+One forward, for hidden states ``x`` of shape [B, T, D]:
+
+1. ``q = query_proj(x)`` split into ``heads`` queries of ``k_dim``; each query is split in two
+   halves of ``k_dim / 2``.
+2. Each half is scored against its own ``n_keys`` sub-keys; the top ``knn`` of each half are kept.
+3. Pairs of the two lists are the candidates, score = sum; their top ``knn`` are exactly the
+   top ``knn`` over all ``n_keys**2`` slots (a slot outside the two per-half top lists is beaten
+   by ``knn`` slots built from them). With both lists sorted, the pair of ranks (a, b) is beaten
+   by the (a+1)(b+1)-1 pairs of lower ranks, so only pairs with (a+1)(b+1) <= knn can make the
+   cut: 50 candidates instead of 256 for knn 16.
+4. slot = i1 * n_keys + i2; softmax over the ``knn`` kept scores.
+5. One ``embedding_bag`` over all tokens and heads gathers the score-weighted sum of value rows.
+6. Memory+: ``out_proj(bag * silu(gate_proj(x)))``.
+
+The value table is the only large tensor and the one sparse finetuning updates, so it is a
+plain float32 ``nn.Parameter`` whose gradient can be made sparse (``sparse_grad``): an
+optimizer then sees only the rows this step read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProductKeyMemory(nn.Module):
+    """A key-value memory with ``n_keys**2`` slots read through product keys."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        n_keys: int = 128,
+        heads: int = 4,
+        knn: int = 16,
+        k_dim: int = 256,
+        v_dim: int | None = None,
+        query_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if k_dim % 2:
+            raise ValueError(f"k_dim must be even (two halves per query), got {k_dim}")
+        if not 0 < knn <= n_keys:
+            raise ValueError(f"knn must be in [1, n_keys={n_keys}], got {knn}")
+        self.hidden_size = hidden_size
+        self.n_keys, self.heads, self.knn, self.k_dim = n_keys, heads, knn, k_dim
+        self.v_dim = v_dim or hidden_size
+        half = k_dim // 2
+
+        self.query_proj = nn.Linear(hidden_size, heads * k_dim, bias=False)
+        # Normalising each head's query keeps the key scores on one scale, which spreads reads
+        # over more slots (the role BatchNorm plays in Lample et al.).
+        self.query_norm = nn.LayerNorm(k_dim) if query_norm else None
+        self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, half))
+        self.values = nn.Parameter(torch.empty(n_keys * n_keys, self.v_dim))
+        self.gate_proj = nn.Linear(hidden_size, self.v_dim, bias=False)
+        self.out_proj = nn.Linear(self.v_dim, hidden_size, bias=False)
+
+        # Rank pairs (a, b) with (a+1)(b+1) <= knn: the only pairs that can reach the top-knn.
+        pairs = [(a, b) for a in range(knn) for b in range(knn) if (a + 1) * (b + 1) <= knn]
+        self.register_buffer("_rank_a", torch.tensor([a for a, _ in pairs]), persistent=False)
+        self.register_buffer("_rank_b", torch.tensor([b for _, b in pairs]), persistent=False)
+
+        # Runtime switches and read-out for callers (not parameters, not saved).
+        self.sparse_grad = False
+        self.last_indices: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+        self.reset_parameters()
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_keys * self.n_keys
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Keys uniform in +-1/sqrt(half) (Lample et al.), values N(0, 1/v_dim)."""
+        bound = 1.0 / math.sqrt(self.k_dim // 2)
+        self.keys.uniform_(-bound, bound)
+        self.values.normal_(0.0, self.v_dim**-0.5)
+        for lin in (self.query_proj, self.gate_proj, self.out_proj):
+            lin.reset_parameters()
+        if self.query_norm is not None:
+            self.query_norm.reset_parameters()
+
+    def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scores, slot indices), each [..., heads, knn], of the top-knn slots per head."""
+        heads, knn, half = self.heads, self.knn, self.k_dim // 2
+        q = self.query_proj(x).unflatten(-1, (heads, self.k_dim))  # [..., h, k_dim]
+        if self.query_norm is not None:
+            q = self.query_norm(q)
+        q = q.unflatten(-1, (2, half))  # [..., h, 2, half]
+        keys = self.keys.to(q.dtype)
+        # [..., h, 2, n_keys]: both halves of every head in one batched matmul.
+        sub_scores = torch.einsum("...hsd,hskd->...hsk", q, keys)
+        s, i = sub_scores.topk(knn, dim=-1)  # sorted, [..., h, 2, knn]
+        a, b = self._rank_a, self._rank_b
+        cand = s[..., 0, :].index_select(-1, a) + s[..., 1, :].index_select(-1, b)  # [..., h, P]
+        best, pick = cand.topk(knn, dim=-1)  # [..., h, knn]
+        i1 = i[..., 0, :].gather(-1, a[pick])
+        i2 = i[..., 1, :].gather(-1, b[pick])
+        return best, i1 * self.n_keys + i2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Memory+ read of ``x`` [..., hidden] -> [..., hidden] (same dtype as ``x``)."""
+        if not torch.is_autocast_enabled(x.device.type):
+            x_in = x.to(self.query_proj.weight.dtype)
+        else:
+            x_in = x
+        scores, idx = self.lookup(x_in)
+        weights = scores.float().softmax(dim=-1)  # softmax in fp32 whatever the autocast
+        lead = idx.shape[:-2]
+        idx = idx.flatten(-2)  # [..., heads*knn]
+        weights = weights.flatten(-2)
+        self.last_indices = idx.detach()
+        self.last_weights = weights.detach()
+        # One bag per token over all heads' reads: summing over heads is free inside the bag.
+        bag = F.embedding_bag(
+            idx.reshape(-1, idx.shape[-1]),
+            self.values,
+            per_sample_weights=weights.reshape(-1, idx.shape[-1]).to(self.values.dtype),
+            mode="sum",
+            sparse=self.sparse_grad,
+        ).view(*lead, self.v_dim)
+        gate = F.silu(self.gate_proj(x_in))
+        out = self.out_proj(bag.to(gate.dtype) * gate)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden={self.hidden_size}, n_keys={self.n_keys} ({self.n_slots} slots), "
+            f"heads={self.heads}, knn={self.knn}, k_dim={self.k_dim}, v_dim={self.v_dim}, "
+            f"sparse_grad={self.sparse_grad}"
+        )

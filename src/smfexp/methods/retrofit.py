@@ -1,0 +1,50 @@
+"""Stage 1 of SMF: heal freshly attached memories on general text, backbone frozen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from smfexp.memory import MemoryConfig, attach_memory, freeze_backbone, save_memory
+from smfexp.memory.attach import memory_config, set_sparse_values
+from smfexp.methods.base import FinetuneModule
+
+
+class RetrofitModule(FinetuneModule):
+    """Trains every memory parameter (keys, query, projections, values, gate) densely."""
+
+    method_name = "retrofit"
+
+    def __init__(self, *args: Any, memory: MemoryConfig | dict, **kwargs: Any) -> None:
+        self.memory_cfg = MemoryConfig.from_config(memory)
+        super().__init__(*args, **kwargs)
+
+    def prepare_model(self) -> None:
+        if memory_config(self.model) is None:
+            attach_memory(self.model, self.memory_cfg)
+        set_sparse_values(self.model, False)
+        freeze_backbone(self.model)
+
+    def save_trained(self, directory: Path) -> Path:
+        return save_memory(self.model, Path(directory))
+
+
+@torch.inference_mode()
+def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | None = None) -> float:
+    """Token-weighted mean causal-LM loss over (at most ``max_batches`` of) a loader."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**batch).loss) * n
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)

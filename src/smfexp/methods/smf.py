@@ -1,0 +1,214 @@
+"""Sparse Memory Finetuning: per optimizer step, update only the top-t memory value rows.
+
+One optimizer step, readable top to bottom (``training_step``):
+1. forward a micro-batch; count which memory slots its real tokens read (on device, no sync);
+2. backward: value gradients are sparse (only rows read), the backbone is frozen, so the
+   backward pass stops at the lowest memory layer;
+3. at the accumulation boundary: all-reduce the counts (data parallel ranks agree), let the
+   selector pick ``top_t`` rows per layer from counts + background statistics, clip, and let
+   the row-sparse optimizer change exactly those rows - every other row stays bit-identical.
+Manual optimization keeps that order explicit (Lightning's automatic loop would select per
+micro-batch or hide it in hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import get_scheduler
+
+from smfexp.memory import memory_blocks, save_memory, set_sparse_values
+from smfexp.methods.base import FinetuneModule
+from smfexp.smf.background import BackgroundStats
+from smfexp.smf.counting import AccessCounter
+from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
+from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD, clip_grad_norm_
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+COUNT_TOKENS = ("attention", "loss")
+
+
+def loss_bearing_mask(labels: Tensor) -> Tensor:
+    """Positions whose output is scored: logits[t] predicts labels[t + 1]."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+
+class SparseMemoryFinetune(FinetuneModule):
+    method_name = "smf"
+    manual_accumulation = True
+
+    def __init__(
+        self,
+        *args: Any,
+        background: BackgroundStats | None = None,
+        selector: str = "tfidf",
+        top_t: int = 512,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        train_gate: bool = False,
+        count_tokens: str = "attention",
+        grad_accum: int = 1,
+        grad_clip: float | None = 1.0,
+        selector_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if selector not in SELECTORS:
+            raise ValueError(f"selector={selector!r}; valid: {', '.join(sorted(SELECTORS))}")
+        if top_t <= 0:
+            raise ValueError(f"selector.top_t must be > 0 (got {top_t})")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"method.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if count_tokens not in COUNT_TOKENS:
+            raise ValueError(f"method.count_tokens={count_tokens!r}; valid: "
+                             f"{', '.join(COUNT_TOKENS)}")
+        if grad_accum < 1:
+            raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
+        if NEEDS_BACKGROUND[selector] and background is None:
+            raise ValueError(f"selector {selector!r} needs background statistics")
+        self.selector = selector
+        self.top_t = top_t
+        self.optimizer_name = optimizer
+        self.momentum = momentum
+        self.train_gate = train_gate
+        self.count_tokens = count_tokens
+        self.grad_accum = grad_accum
+        self.grad_clip = grad_clip
+        self.selector_seed = selector_seed
+        self.background = background
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+        self.memories = [b.memory for b in memory_blocks(self.model)]
+        self.counter = AccessCounter([m.n_slots for m in self.memories])
+        # rows ever updated, per layer (bool per slot: 1 byte/slot, e.g. 1 MB for 1M slots)
+        self.touched = [torch.zeros(m.n_slots, dtype=torch.bool) for m in self.memories]
+        self.generator: torch.Generator | None = None
+
+    # -- what trains --------------------------------------------------------------------
+    def prepare_model(self) -> None:
+        blocks = memory_blocks(self.model)
+        if not blocks:
+            raise ValueError("method=smf needs a model with memory layers (retrofit first)")
+        self.model.requires_grad_(False)
+        for block in blocks:
+            block.memory.values.requires_grad_(True)
+            if block.gate is not None:
+                block.gate.requires_grad_(self.train_gate)
+                if float(block.gate) == 0.0 and not self.train_gate:
+                    raise ValueError(
+                        f"memory gate of layer {block.layer_idx} is 0 and frozen: the values "
+                        f"would get no gradient; set method.train_gate=true or a nonzero gate"
+                    )
+        set_sparse_values(self.model, True)
+
+    def configure_optimizers(self) -> Any:
+        values = [m.values for m in self.memories]
+        if self.optimizer_name == "sgd":
+            opt = RowSparseSGD(values, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+        else:
+            opt = RowSparseAdam(values, lr=self.lr, betas=self.betas,
+                                weight_decay=self.weight_decay)
+        optimizers = [opt]
+        if self.train_gate:
+            gates = [b.gate for b in memory_blocks(self.model) if b.gate is not None]
+            optimizers.append(torch.optim.SGD(gates, lr=self.lr) if self.optimizer_name == "sgd"
+                              else torch.optim.Adam(gates, lr=self.lr, betas=self.betas))
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 1
+        steps = max(math.ceil(total / self.grad_accum), 1)
+        schedulers = [get_scheduler(
+            self.schedule if self.schedule != "constant" else "constant_with_warmup", o,
+            num_warmup_steps=min(self.warmup_steps, max(steps - 1, 0)), num_training_steps=steps,
+        ) for o in optimizers]
+        return optimizers, schedulers
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        device = self.memories[0].values.device
+        self.counter.to(device)
+        self.touched = [t.to(device) for t in self.touched]
+        if self.background is not None:
+            self.background = self.background.to(device)
+        self.generator = torch.Generator(device=device).manual_seed(self.selector_seed)
+
+    # -- one micro-batch / one optimizer step ------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"])
+        self.manual_backward(out.loss / self.grad_accum)
+        mask = (batch["attention_mask"] if self.count_tokens == "attention"
+                else loss_bearing_mask(batch["labels"]))
+        for layer, memory in enumerate(self.memories):
+            self.counter.add(layer, memory.last_indices, mask)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=batch["input_ids"].shape[0])
+        if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
+            self._sparse_step()
+        return out.loss.detach()
+
+    def _sparse_step(self) -> None:
+        wrapped = self.optimizers()
+        values_opt = wrapped[0] if isinstance(wrapped, list) else wrapped
+        raw = self.optimizers(use_pl_optimizer=False)
+        raw = raw if isinstance(raw, list) else [raw]
+        self.counter.all_reduce()
+        stats: dict[str, float] = {}
+        for layer, memory in enumerate(self.memories):
+            counts = self.counter.counts(layer)
+            bg = self.background.layer(layer) if self.background is not None else None
+            chosen = select(self.selector, counts, bg, self.top_t, self.generator)
+            values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
+            self.touched[layer][chosen.indices] = True
+            score = selector_score_stats(chosen.scores)
+            stats[f"smf/L{layer}/rows_read"] = float((counts > 0).sum())
+            stats[f"smf/L{layer}/rows_selected"] = float(chosen.indices.numel())
+            stats[f"smf/L{layer}/touched_frac"] = float(self.touched[layer].float().mean())
+            stats[f"smf/L{layer}/score_max"] = score["max"]
+            stats[f"smf/L{layer}/score_mean"] = score["mean"]
+        self.counter.reset()
+        if self.grad_clip:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            stats["train/grad_norm"] = float(clip_grad_norm_(trainable, self.grad_clip))
+        values_opt.step()  # the wrapped step counts as the trainer's global step
+        for opt in raw[1:]:  # gate optimizer: unwrapped so one SMF step = one global step
+            opt.step()
+        for opt in raw:
+            opt.zero_grad(set_to_none=True)
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sched.step()
+        stats["train/lr"] = values_opt.param_groups[0]["lr"]
+        self.log_dict(stats, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The lr is logged by ``_sparse_step`` (one value per optimizer step)."""
+
+    # -- outputs -------------------------------------------------------------------------
+    def save_trained(self, directory: Path) -> Path:
+        return save_memory(self.model, Path(directory) / "memory")
+
+    def extra_results(self) -> dict[str, Any]:
+        rows = [int(t.sum()) for t in self.touched]
+        row_bytes = [m.values.shape[1] * m.values.element_size() for m in self.memories]
+        return {
+            "smf": {
+                "selector": self.selector,
+                "top_t": self.top_t,
+                "optimizer": self.optimizer_name,
+                "train_gate": self.train_gate,
+                "count_tokens": self.count_tokens,
+                "updated_rows_per_layer": rows,
+                "slots_per_layer": [m.n_slots for m in self.memories],
+                "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),
+                "background_batches": self.background.n_batches if self.background else None,
+            }
+        }

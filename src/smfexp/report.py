@@ -1,0 +1,93 @@
+"""``python -m smfexp.report <dir>``: compare target gain vs forgetting across runs.
+
+<dir> is a run dir, a multirun dir (also a partial sweep) or any folder above them.
+Writes summary.md/csv, runs.csv, pareto.png and training_curves.png into ``--out``
+(default ``<dir>/report``) and prints the Markdown table. Hydra-free on purpose: reporting
+must work on a laptop that only has the output folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smfexp.reporting import Report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m smfexp.report",
+        description="Summarise smfexp runs: target gain vs forgetting (tables + plots).",
+    )
+    p.add_argument("dir", type=Path, help="run dir, multirun dir, or any folder above them")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <dir>/report)")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
+                   help="also save a W&B workspace for this project (needs network + API key)")
+    p.add_argument("--wandb-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="give up publishing after this long (default 60)")
+    return p
+
+
+def _publish(report: Report, target: str, out: Path, timeout: float) -> str:
+    from smfexp.reporting import summary_keys, training_keys
+    from smfexp.reporting.tables import display_columns
+    from smfexp.reporting.wandb_workspace import publish_workspace, spec_json, workspace_spec
+    from smfexp.utils.io import atomic_write_text
+
+    entity, _, project = target.partition("/")
+    if not entity or not project or "/" in project:
+        raise ValueError(f"--wandb expects ENTITY/PROJECT, got {target!r}")
+    runs = report.runs
+    keys = [*summary_keys(runs), *training_keys(runs)]
+    metrics: dict[str, set[str]] = {}
+    for col in display_columns(runs):
+        metrics.setdefault(col.probe, set()).add(col.metric)
+    spec = workspace_spec(entity, project, keys, metrics=metrics)
+    atomic_write_text(out / "wandb_workspace.json", spec_json(spec) + "\n")
+    return publish_workspace(entity, project, keys, metrics=metrics, timeout=timeout)
+
+
+def _quick_check(root: Path) -> str | None:
+    """Fail in milliseconds, before pandas/matplotlib/torch load, when there is nothing to do."""
+    if not root.is_dir():
+        return f"{root} is not a directory"
+    if next(root.rglob("results.json"), None) is None:
+        return f"no results.json found under {root}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    problem = _quick_check(args.dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from smfexp.reporting import NoResultsError, write_report
+
+    out = args.out if args.out is not None else args.dir / "report"
+    try:
+        report = write_report(args.dir, out)
+    except NoResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    print(f"report written to {out}", file=sys.stderr)
+    if args.wandb:
+        from smfexp.reporting.wandb_workspace import PublishError
+
+        try:
+            url = _publish(report, args.wandb, out, args.wandb_timeout)
+        except (PublishError, ValueError) as err:
+            print(f"error: W&B workspace not published: {err}", file=sys.stderr)
+            return 1
+        print(f"W&B workspace: {url}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

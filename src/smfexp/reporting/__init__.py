@@ -1,0 +1,65 @@
+"""Turn run/multirun directories into a gain-vs-forgetting comparison (tables, plots, W&B).
+
+``write_report`` is what ``python -m smfexp.report`` and the notebook call; the submodules
+are usable on their own (``collect`` -> DataFrame, ``tables``, ``plots``, ``wandb_workspace``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from smfexp.reporting.collect import (
+    NoResultsError,
+    collect_runs,
+    load_runs,
+    summary_keys,
+    training_keys,
+)
+from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
+from smfexp.reporting.tables import markdown_report, summarize
+from smfexp.utils.io import atomic_write_text
+
+__all__ = [
+    "NoResultsError",
+    "Report",
+    "collect_runs",
+    "load_runs",
+    "summarize",
+    "summary_keys",
+    "training_keys",
+    "write_report",
+]
+
+
+@dataclass
+class Report:
+    """What ``write_report`` produced: the data (for notebooks) and the files it wrote."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    markdown: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def write_report(root: str | Path, out: str | Path | None = None) -> Report:
+    """Collect every run under ``root`` and write summary.md/csv, runs.csv and the PNGs.
+
+    ``out`` defaults to ``<root>/report``; it is never scanned for runs itself.
+    """
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    runs = collect_runs(root, exclude=[out])
+    summary = summarize(runs)
+    markdown = markdown_report(runs, summary, title=f"Report for {root.resolve()}")
+    files = {
+        "summary.md": atomic_write_text(out / "summary.md", markdown),
+        "summary.csv": atomic_write_text(out / "summary.csv", summary.to_csv(index=False)),
+        "runs.csv": atomic_write_text(out / "runs.csv", runs.to_csv(index=False)),
+        "pareto.png": save_png(pareto_figure(runs), out / "pareto.png"),
+        "training_curves.png": save_png(training_curves_figure(runs),
+                                        out / "training_curves.png"),
+    }
+    return Report(runs=runs, summary=summary, markdown=markdown, files=files)

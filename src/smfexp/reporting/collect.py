@@ -1,0 +1,325 @@
+"""Find run directories under any path and load their results.json into one DataFrame.
+
+One row per run. Score columns are named exactly like the W&B summary keys the runs log
+(``before/<probe>/<metric>``, ``after/...``, ``delta/...``) so tables, plots and the workspace
+spec all speak the same names. Sweeps are read while they run: a job dir with a Hydra config
+but no results.json yet is an ``incomplete`` row, an unreadable file a ``failed`` one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RESULTS = "results.json"
+STAGES = ("before", "after", "delta", "rel_delta_pct")
+SCORE_STAGES = ("before", "after", "delta")  # what the runs log to W&B
+NO_SELECTOR = "-"
+TARGET = "target"
+
+# Used only when smfexp.eval cannot be imported (e.g. a torch-less analysis machine).
+_FALLBACK_PRIMARY: dict[str, dict[str, tuple[str, bool]]] = {
+    "medmcqa": {"harness": ("acc", True), "paper": ("acc", True)},
+    "triviaqa": {"harness": ("exact_match", True), "paper": ("acc", True)},
+    "wikitext": {"harness": ("word_perplexity", False), "paper": ("perplexity", False)},
+    "gsm8k": {"harness": ("loss", False), "paper": ("loss", False)},
+    "nq_open": {"harness": ("exact_match", True), "paper": ("f1", True)},
+}
+_LOWER_IS_BETTER = re.compile(r"perplexity|loss|bits_per|error", re.IGNORECASE)
+
+
+class NoResultsError(ValueError):
+    """The directory holds no results.json: nothing to report."""
+
+
+def primary_metric(probe: str, protocol: str | None) -> tuple[str, bool] | None:
+    """(metric, higher_is_better) of a probe, from the real registry when importable."""
+    protocol = protocol if isinstance(protocol, str) and protocol else "harness"
+    try:
+        from smfexp.eval import primary_metric as registry_primary
+
+        return registry_primary(probe, protocol)
+    except (ImportError, ValueError, KeyError):
+        return _FALLBACK_PRIMARY.get(probe, {}).get(protocol)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction guess for metrics without a registry entry (perplexity/loss go down)."""
+    return not _LOWER_IS_BETTER.search(metric)
+
+
+def score_key(stage: str, probe: str, metric: str) -> str:
+    return f"{stage}/{probe}/{metric}"
+
+
+def parse_score_key(key: str) -> tuple[str, str, str] | None:
+    """``delta/medmcqa/acc`` -> ``("delta", "medmcqa", "acc")``; None for other columns."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] not in STAGES:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def summary_keys(df: pd.DataFrame) -> list[str]:
+    """The W&B summary keys the runs carry with at least one value (before/after/delta)."""
+    keys = []
+    for col in df.columns:
+        parsed = parse_score_key(str(col))
+        if parsed and parsed[0] in SCORE_STAGES and df[col].notna().any():
+            keys.append(str(col))
+    return sorted(keys)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort job dirs 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
+
+
+def _skipped(path: Path, root: Path, exclude: Iterable[Path]) -> bool:
+    rel = path.relative_to(root).parts
+    if any(p.startswith(".") for p in rel[:-1]):
+        return True
+    return any(path.is_relative_to(ex) for ex in exclude)
+
+
+def find_run_dirs(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Run dirs under ``root`` (itself included): those with a results.json or a Hydra config.
+
+    Hidden dirs and ``exclude`` (e.g. the report output dir) are skipped.
+    """
+    root = Path(root).resolve()
+    excluded = [Path(e).resolve() for e in exclude]
+    found: set[Path] = set()
+    for pattern in (RESULTS, ".hydra/config.yaml"):
+        for hit in root.rglob(pattern):
+            run_dir = hit.parent if hit.name == RESULTS else hit.parent.parent
+            if not _skipped(run_dir / RESULTS, root, excluded):
+                found.add(run_dir)
+    return sorted(found, key=_natural_key)
+
+
+def _flat_scores(results: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for stage in STAGES:
+        block = results.get(stage)
+        if not isinstance(block, Mapping):
+            continue
+        for probe, metrics in block.items():
+            if not isinstance(metrics, Mapping):
+                continue
+            for metric, value in metrics.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out[score_key(stage, str(probe), str(metric))] = float(value)
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # a half-written Hydra file must not stop the report
+        return None
+
+
+def _hydra_info(run_dir: Path) -> dict[str, Any]:
+    """What the Hydra files say about a run: the fallback for failed/incomplete runs."""
+    hydra_dir = run_dir / ".hydra"
+    info: dict[str, Any] = {}
+    overrides = _read_yaml(hydra_dir / "overrides.yaml")
+    if isinstance(overrides, list):
+        info["overrides"] = " ".join(str(o) for o in overrides)
+    hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml")
+    choices = {}
+    if isinstance(hydra_cfg, Mapping):
+        choices = (hydra_cfg.get("hydra") or {}).get("runtime", {}).get("choices") or {}
+    cfg = _read_yaml(hydra_dir / "config.yaml")
+    cfg = cfg if isinstance(cfg, Mapping) else {}
+    method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else {}
+    info["method"] = method.get("name") or choices.get("method")
+    if method.get("uses_selector", info["method"] == "smf"):
+        sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
+        info["selector"] = sel.get("name") or choices.get("selector")
+    info["seed"] = cfg.get("seed")
+    model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
+    info["model"] = model.get("name") or choices.get("model")
+    info["data"] = choices.get("data")
+    ev = cfg.get("eval") if isinstance(cfg.get("eval"), Mapping) else {}
+    info["protocol"] = ev.get("protocol")
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _is_train_job(run_dir: Path) -> bool:
+    cfg = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    return isinstance(cfg, Mapping) and cfg.get("task_name", "train") == "train"
+
+
+def _data_name(data: Any) -> str | None:
+    if isinstance(data, Mapping):
+        return data.get("name")
+    return str(data) if data is not None else None
+
+
+def _status(results: Mapping[str, Any]) -> str:
+    status = results.get("status")
+    if isinstance(status, str) and status:
+        return status.lower()
+    return "ok" if results.get("after") else "failed"
+
+
+def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """One flat record for a run dir; never raises on missing keys or a broken file."""
+    run_dir = Path(run_dir).resolve()
+    root = Path(root).resolve() if root is not None else run_dir.parent
+    rel = run_dir.relative_to(root).as_posix() if run_dir.is_relative_to(root) else str(run_dir)
+    record: dict[str, Any] = {
+        "run_id": run_dir.name if rel == "." else rel,
+        "run_dir": str(run_dir),
+        "status": "incomplete",
+        "error": None,
+    }
+    hydra = _hydra_info(run_dir)
+    results: Mapping[str, Any] = {}
+    path = run_dir / RESULTS
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, Mapping):
+                raise ValueError("not a JSON object")
+            results = loaded
+            record["status"] = _status(results)
+            record["error"] = results.get("error")
+        except (OSError, ValueError) as err:
+            record.update(status="failed", error=f"unreadable {RESULTS}: {err}")
+    else:
+        record["error"] = f"no {RESULTS} yet (running, killed or crashed)"
+    data = results.get("data") if isinstance(results.get("data"), Mapping) else {}
+    smf = results.get("smf") if isinstance(results.get("smf"), Mapping) else {}
+    wall = results.get("wall_seconds")
+    record.update(
+        method=results.get("method") or hydra.get("method"),
+        selector=results.get("selector") or hydra.get("selector") or NO_SELECTOR,
+        seed=results.get("seed", hydra.get("seed")),
+        model=results.get("model") or hydra.get("model"),
+        data=_data_name(results.get("data")) or hydra.get("data"),
+        protocol=results.get("protocol") or hydra.get("protocol"),
+        precision=results.get("precision"),
+        n_train=data.get("n_train"),
+        target_probe=results.get("target_probe"),
+        target_metric=results.get("target_metric"),
+        target_higher_is_better=results.get("target_higher_is_better"),
+        steps=results.get("steps"),
+        trainable_params=results.get("trainable_params"),
+        wall_seconds=wall.get("total") if isinstance(wall, Mapping) else wall,
+        smf_bytes_changed=smf.get("bytes_changed"),
+        overrides=hydra.get("overrides"),
+    )
+    for key in ("method", "model", "data", "protocol"):
+        if record[key] is None:
+            record[key] = "?"
+    if record["status"] == "ok":
+        record.update(_flat_scores(results))
+    return record
+
+
+def collect_runs(root: str | Path, exclude: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """All runs under ``root`` as a DataFrame (one row per run dir).
+
+    Raises :class:`NoResultsError` when there is not a single results.json under ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NoResultsError(f"{root} is not a directory")
+    run_dirs = find_run_dirs(root, exclude)
+    if not any((d / RESULTS).is_file() for d in run_dirs):
+        raise NoResultsError(f"no {RESULTS} found under {root}")
+    # a Hydra dir without results that is not a training job (e.g. a retrofit run) is noise
+    records = [load_run(d, root) for d in run_dirs if (d / RESULTS).is_file() or _is_train_job(d)]
+    records = [r for r in records if r["status"] != "incomplete" or r["method"] != "?"]
+    return normalize_runs(pd.DataFrame(records))
+
+
+def normalize_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Stable dtypes after a CSV round trip (runs.csv) so grouping never drops a row."""
+    df = df.copy()
+    for col in ("method", "model", "data", "protocol", "status"):
+        if col in df:
+            df[col] = df[col].fillna("?").astype(str)
+    if "selector" in df:
+        df["selector"] = df["selector"].fillna(NO_SELECTOR).astype(str)
+    if "target_higher_is_better" in df:
+        df["target_higher_is_better"] = df["target_higher_is_better"].map(_to_bool)
+    score_cols = [c for c in df.columns if parse_score_key(str(c))]
+    df[score_cols] = df[score_cols].apply(pd.to_numeric, errors="coerce")
+    return df
+
+
+def _to_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+        return bool(value)
+    return None
+
+
+def load_runs(path: str | Path) -> pd.DataFrame:
+    """Runs from a report dir (its runs.csv) or from a run/multirun dir (its results.json)."""
+    path = Path(path)
+    runs_csv = path / "runs.csv"
+    if runs_csv.is_file():
+        return normalize_runs(pd.read_csv(runs_csv))
+    return collect_runs(path, exclude=[path / "report"])
+
+
+def metrics_csv(run_dir: str | Path) -> Path | None:
+    """The newest Lightning CSV log of a run (``csv/version_<n>/metrics.csv``), if any."""
+    run_dir = Path(run_dir)
+    hits = list(run_dir.glob("csv/version_*/metrics.csv")) or [
+        p for p in run_dir.glob("*/version_*/metrics.csv") if not p.parts[-3].startswith(".")
+    ]
+    if not hits:
+        return None
+    return max(hits, key=lambda p: _natural_key(p.parent))
+
+
+def load_training_log(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's CSV metrics (``step``, ``train/loss``, ...), or None if absent/unreadable."""
+    path = metrics_csv(run_dir)
+    if path is None:
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def training_keys(df: pd.DataFrame) -> list[str]:
+    """``train/*`` metric names logged by at least one run (they are W&B summary keys too)."""
+    keys: set[str] = set()
+    for run_dir in df.get("run_dir", pd.Series(dtype=str)).dropna():
+        log = load_training_log(run_dir)
+        if log is not None:
+            keys.update(c for c in log.columns
+                        if str(c).startswith("train/") and log[c].notna().any())
+    return sorted(keys)
+
+
+def probes_in(df: pd.DataFrame, stage: str = "delta") -> list[str]:
+    """Probe names with ``stage`` scores, target first, then in first-seen order."""
+    seen: dict[str, None] = {}
+    for col in df.columns:
+        parsed = parse_score_key(str(col))
+        if parsed and parsed[0] == stage and df[col].notna().any():
+            seen.setdefault(parsed[1], None)
+    probes = list(seen)
+    return ([TARGET] if TARGET in seen else []) + [p for p in probes if p != TARGET]

@@ -1,0 +1,260 @@
+"""Mean ± std over seeds per (model, data, protocol, method, selector), as CSV and Markdown.
+
+A failed run never contributes a number: a group whose runs all failed shows ``failed (n)``
+in every score cell, and a partly failed group states its failure count next to its numbers.
+The base model (the ``before`` scores every run records) is one ``base`` row per context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from smfexp.reporting.collect import (
+    NO_SELECTOR,
+    TARGET,
+    higher_is_better,
+    parse_score_key,
+    primary_metric,
+    probes_in,
+    score_key,
+)
+
+CONTEXT_KEYS = ("model", "data", "protocol")
+GROUP_KEYS = (*CONTEXT_KEYS, "method", "selector")
+METHOD_ORDER = ("base", "smf", "lora", "full")
+SELECTOR_ORDER = (NO_SELECTOR, "tfidf", "kl", "random", "all")
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One displayed score: a probe's metric and which direction is better."""
+
+    probe: str
+    metric: str
+    higher_is_better: bool
+
+    def header(self, prefix: str = "") -> str:
+        arrow = "↑" if self.higher_is_better else "↓"
+        return f"{prefix}{self.probe} {self.metric} {arrow}"
+
+
+def std(values: Sequence[float] | pd.Series) -> float:
+    """Sample std (ddof=1) over seeds; NaN for a single run (no spread to report)."""
+    arr = np.asarray(pd.Series(values).dropna(), dtype=float)
+    return float(np.std(arr, ddof=1)) if arr.size > 1 else math.nan
+
+
+def rank(value: str, order: Sequence[str]) -> tuple[int, str]:
+    """Sort key: known names in their fixed order, unknown ones after, alphabetically."""
+    return (order.index(value) if value in order else len(order), value)
+
+
+def _status_counts(statuses: pd.Series) -> dict[str, int]:
+    counts = statuses.value_counts()
+    return {
+        "n_runs": len(statuses),
+        "n_ok": int(counts.get("ok", 0)),
+        "n_failed": int(sum(v for k, v in counts.items() if k not in ("ok", "incomplete"))),
+        "n_incomplete": int(counts.get("incomplete", 0)),
+    }
+
+
+def status_text(n_ok: int, n_failed: int, n_incomplete: int) -> str:
+    """``3`` when all ran, else e.g. ``2 ok, 1 failed``: failures are counted, never hidden."""
+    if not n_failed and not n_incomplete:
+        return str(n_ok)
+    parts = [f"{n_ok} ok"] if n_ok else []
+    parts += [f"{n_failed} failed"] if n_failed else []
+    parts += [f"{n_incomplete} incomplete"] if n_incomplete else []
+    return ", ".join(parts)
+
+
+def _stats(prefix: str, values: pd.Series) -> dict[str, float]:
+    vals = values.dropna()
+    return {
+        f"{prefix}:mean": float(vals.mean()) if len(vals) else math.nan,
+        f"{prefix}:std": std(vals),
+        f"{prefix}:n": len(vals),
+    }
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per group plus a ``base`` row per context; ``score/...`` = after (before for base).
+
+    Columns: the group keys, run counts, ``status``, then ``<score|delta|rel_delta_pct>/
+    <probe>/<metric>:<mean|std|n>`` for every score the runs carry.
+    """
+    score_cols = [c for c in df.columns if parse_score_key(str(c))]
+    rows: list[dict] = []
+    for context, ctx_df in df.groupby(list(CONTEXT_KEYS), sort=True, dropna=False):
+        ctx = dict(zip(CONTEXT_KEYS, context, strict=True))
+        ok = ctx_df[ctx_df["status"] == "ok"]
+        if len(ok):
+            base: dict = {**ctx, "method": BASE, "selector": NO_SELECTOR, "n_runs": len(ok),
+                          "n_ok": len(ok), "n_failed": 0, "n_incomplete": 0,
+                          "status": str(len(ok))}
+            for col in score_cols:
+                stage, probe, metric = parse_score_key(col)  # type: ignore[misc]
+                if stage == "before":
+                    base.update(_stats(score_key("score", probe, metric), ok[col]))
+            rows.append(base)
+        for (method, selector), grp in ctx_df.groupby(["method", "selector"], dropna=False):
+            counts = _status_counts(grp["status"])
+            row: dict = {**ctx, "method": method, "selector": selector, **counts}
+            row["status"] = status_text(counts["n_ok"], counts["n_failed"],
+                                        counts["n_incomplete"])
+            grp_ok = grp[grp["status"] == "ok"]
+            for col in score_cols:
+                stage, probe, metric = parse_score_key(col)  # type: ignore[misc]
+                if stage == "before":
+                    continue
+                name = "score" if stage == "after" else stage
+                row.update(_stats(score_key(name, probe, metric), grp_ok[col]))
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["_m"] = out["method"].map(lambda m: rank(m, METHOD_ORDER))
+    out["_s"] = out["selector"].map(lambda s: rank(s, SELECTOR_ORDER))
+    out = out.sort_values([*CONTEXT_KEYS, "_m", "_s"], kind="stable").drop(columns=["_m", "_s"])
+    return out.reset_index(drop=True)
+
+
+def display_columns(df: pd.DataFrame) -> list[Column]:
+    """Target metric(s) first, then each probe's primary metric for the protocols present."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    cols: list[Column] = []
+    present = {str(c) for c in df.columns}
+
+    def add(probe: str, metric: str, hib: bool | None) -> None:
+        if score_key("after", probe, metric) not in present:
+            return
+        col = Column(probe, metric, higher_is_better(metric) if hib is None else bool(hib))
+        if all((c.probe, c.metric) != (probe, metric) for c in cols):
+            cols.append(col)
+
+    if "target_metric" in ok:
+        pairs = ok[["target_metric", "target_higher_is_better"]].dropna(subset=["target_metric"])
+        for metric, hib in pairs.drop_duplicates("target_metric").itertuples(index=False):
+            add(TARGET, str(metric), hib)
+    protocols = sorted({str(p) for p in df.get("protocol", pd.Series(["harness"])).dropna()})
+    for probe in probes_in(df, "after"):
+        if probe == TARGET and any(c.probe == TARGET for c in cols):
+            continue
+        before = len(cols)
+        for protocol in protocols:
+            found = primary_metric(probe, protocol)
+            if found:
+                add(probe, *found)
+        if len(cols) == before:  # unknown probe or its primary metric missing: first one logged
+            metrics = sorted(p[2] for c in present if (p := parse_score_key(c))
+                             and p[0] == "after" and p[1] == probe)
+            if metrics:
+                add(probe, metrics[0], None)
+    return cols
+
+
+def fmt(value: float, signed: bool = False) -> str:
+    """4 significant digits: enough to compare methods, short enough for a table."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def fmt_mean_std(mean: float, sd: float, signed: bool = False) -> str:
+    if isinstance(mean, float) and math.isnan(mean):
+        return "–"
+    if isinstance(sd, float) and math.isnan(sd):
+        return fmt(mean, signed)
+    return f"{fmt(mean, signed)} ± {sd:.2g}"
+
+
+def _cell(row: pd.Series, key: str, signed: bool) -> str:
+    if row["n_ok"] == 0:
+        if row["n_failed"]:
+            return f"failed ({int(row['n_failed'])})"
+        return f"incomplete ({int(row['n_incomplete'])})"
+    n = row.get(f"{key}:n", 0)
+    n = 0 if pd.isna(n) else int(n)
+    if n == 0:
+        return "–"
+    sd = row[f"{key}:std"]
+    if row["method"] == BASE and sd == 0:  # every run saw the same base model: no spread
+        sd = math.nan
+    text = fmt_mean_std(row[f"{key}:mean"], sd, signed)
+    return text if n == row["n_ok"] else f"{text} (n={n})"
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(header), line(["---"] * len(header))]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _key_columns(summary: pd.DataFrame) -> list[str]:
+    keys = ["method", "selector", "data", "protocol"]
+    return (["model"] if summary["model"].nunique() > 1 else []) + keys
+
+
+def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
+    """Scores (with the base row) and after − before changes, one Markdown table each."""
+    if summary.empty:
+        return "_no runs_\n"
+    keys = _key_columns(summary)
+    scores = _md_table(
+        [*keys, "runs", *(c.header() for c in columns)],
+        ([*(str(r[k]) for k in keys), str(r["status"]),
+          *(_cell(r, score_key("score", c.probe, c.metric), False) for c in columns)]
+         for _, r in summary.iterrows()),
+    )
+    trained = summary[summary["method"] != BASE]
+    deltas = _md_table(
+        [*keys, "runs", *(c.header("Δ ") for c in columns)],
+        ([*(str(r[k]) for k in keys), str(r["status"]),
+          *(_cell(r, score_key("delta", c.probe, c.metric), True) for c in columns)]
+         for _, r in trained.iterrows()),
+    )
+    return (
+        "### Scores after training (base = before training)\n\n"
+        f"{scores}\n\n"
+        "### Change (after − before)\n\n"
+        f"{deltas}\n\n"
+        "mean ± sample std (ddof=1) over seeds; ↑/↓ = the better direction, so forgetting is a "
+        "Δ against the arrow. `(n=k)`: only k runs logged that score. Failed runs count in "
+        "`runs` and never contribute numbers.\n"
+    )
+
+
+def problem_runs(df: pd.DataFrame, limit: int = 160) -> str:
+    """Markdown list of failed/incomplete runs with their one-line error."""
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return ""
+    lines = ["### Failed / incomplete runs", ""]
+    for _, r in bad.iterrows():
+        label = r["method"] if r["selector"] == NO_SELECTOR else f"{r['method']}/{r['selector']}"
+        err = str(r.get("error") or "").strip().splitlines()
+        msg = (err[0] if err else "no error message")[:limit]
+        lines.append(f"- `{r['run_id']}` ({label}, seed {r.get('seed')}): {r['status']}: {msg}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(df: pd.DataFrame, summary: pd.DataFrame, title: str) -> str:
+    """The whole summary.md: heading, both tables, failed-run list."""
+    columns = display_columns(df)
+    models = sorted(df["model"].dropna().unique()) if "model" in df else []
+    line = f"{len(df)} runs; model: {', '.join(f'`{m}`' for m in models)}\n" if models else ""
+    parts = [f"## {title}\n", line, markdown_tables(summary, columns)]
+    problems = problem_runs(df)
+    if problems:
+        parts.append(problems)
+    return "\n".join(parts)

@@ -1,0 +1,31 @@
+"""``python -m smfexp.retrofit``: heal memory layers on the background corpus (cached)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="retrofit", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from smfexp.errors import friendly_errors
+    from smfexp.models.loading import load_model
+    from smfexp.smf.retrofit_cache import ensure_retrofit
+
+    with friendly_errors():
+        model, tokenizer = load_model(cfg.model)
+        directory, report = ensure_retrofit(model, tokenizer, cfg.model, cfg.memory,
+                                            cfg.retrofit, data_dir=cfg.paths.data_dir)
+    losses = report["heldout_loss"]
+    print(f"retrofit checkpoint: {directory}", file=sys.stderr)
+    print(json.dumps({"heldout_loss": losses, "seconds": round(report["seconds"], 1)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
