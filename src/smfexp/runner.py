@@ -60,10 +60,12 @@ def run_metadata(cfg: DictConfig) -> dict[str, Any]:
             group = Path(hc.sweep.dir).name
     except ValueError:  # not inside a Hydra app (tests, notebooks)
         pass
-    tags = [t for t in (cfg.method.name, selector, cfg.data.get("_target_", "").rsplit(".", 1)[-1],
-                        cfg.model.name) if t]
+    data_name = cfg.data.get("name")
+    tags = [t for t in (cfg.method.name, selector, data_name, cfg.model.name) if t]
     name = "-".join(str(t) for t in (cfg.method.name, selector, f"s{cfg.seed}") if t)
-    config = OmegaConf.to_container(cfg, resolve=False)
+    config = {"method": cfg.method.name, "selector": selector, "data": data_name,
+              "model": cfg.model.name, "seed": cfg.seed,
+              "config": OmegaConf.to_container(cfg, resolve=False)}
     return {"group": group, "tags": tags, "name": name, "config": config}
 
 

@@ -40,6 +40,7 @@ class SFTDataModule(LightningDataModule):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
+        name: str | None = None,
         data_dir: str | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 16,
@@ -54,6 +55,7 @@ class SFTDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        self.name = name or self.name
         if batch_size <= 0 or max_length <= 0:
             raise ValueError("data.batch_size and data.max_length must be positive")
         self.tokenizer = tokenizer

@@ -165,7 +165,8 @@ def training_curves_figure(df: pd.DataFrame, keys: Sequence[str] = ("train/loss"
     """Training curves from each run's Lightning CSV log, one colour per method/selector."""
     logs = []
     for _, run in df.iterrows():
-        log = load_training_log(run["run_dir"]) if "run_dir" in run else None
+        run_dir = run.get("run_dir")
+        log = load_training_log(run_dir) if isinstance(run_dir, str) and run_dir else None
         if log is not None and "step" in log:
             logs.append((run, log))
     present = [k for k in keys if any(k in log and log[k].notna().any() for _, log in logs)]
