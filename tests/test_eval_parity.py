@@ -17,7 +17,6 @@ Known, deliberate differences (not tested, documented in the probe modules):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -28,91 +27,10 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval")
 
 from smfexp.eval import EvalConfig, load_probe_rows, score_probe_samples  # noqa: E402
+from smfexp.eval.reference import metric as _agg  # noqa: E402
+from smfexp.eval.reference import run_harness, write_task  # noqa: E402
 
-LM_TASKS = Path(lm_eval.__file__).parent / "tasks"
 LL_TOL = 1e-5
-
-
-# --------------------------------------------------------------------------- lm_eval runner
-def _hub_rows(probe: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical rows -> the hub dataset layout each built-in task reads."""
-    if probe == "medmcqa":
-        return [
-            {
-                "question": r["question"],
-                **dict(zip(("opa", "opb", "opc", "opd"), r["options"], strict=True)),
-                "cop": r["answer"],
-            }
-            for r in rows
-        ]
-    if probe == "triviaqa":
-        return [
-            {"question": r["question"], "answer": {"value": r["answer"], "aliases": r["aliases"]}}
-            for r in rows
-        ]
-    if probe == "nq_open":
-        return [{"question": r["question"], "answer": r["answers"]} for r in rows]
-    if probe == "gsm8k":
-        return [{"question": r["question"], "answer": r["answer"]} for r in rows]
-    if probe == "wikitext":
-        return [{"page": r["page"]} for r in rows]
-    raise KeyError(probe)
-
-
-def _task_yaml(
-    folder: Path, name: str, probe: str, rows: list[dict[str, Any]], split: str, body: str
-) -> None:
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _hub_rows(probe, rows)))
-    (folder / f"{name}.yaml").write_text(
-        f"task: {name}\n"
-        "dataset_path: json\n"
-        "dataset_name: null\n"
-        "dataset_kwargs:\n"
-        f"  data_files:\n    {split}: {data}\n"
-        f"  cache_dir: {folder / 'hf_cache'}\n"
-        "training_split: null\n"
-        "fewshot_split: null\n"
-        "num_fewshot: 0\n" + body
-    )
-
-
-def _run_harness(
-    model: Any,
-    tokenizer: Any,
-    folder: Path,
-    tasks: list[str],
-    batch_size: int,
-    max_length: int | None = None,
-    chat: bool = False,
-) -> dict[str, Any]:
-    from lm_eval.evaluator import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    lm = HFLM(
-        pretrained=model,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        device="cpu",
-        max_length=max_length,
-    )
-    out = simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
-        log_samples=True,
-        apply_chat_template=chat,
-        bootstrap_iters=0,
-    )
-    assert out is not None
-    for name in tasks:
-        out["samples"][name].sort(key=lambda s: (s["doc_id"], s["filter"]))
-    return out
-
-
-def _agg(results: dict[str, Any], task: str, metric: str, filt: str = "none") -> float:
-    return float(results["results"][task][f"{metric},{filt}"])
 
 
 def _close(a: float, b: float, rel: float = 1e-6) -> bool:
@@ -161,79 +79,29 @@ def harness_out(tiny, parity_rows, tmp_path_factory) -> dict[str, Any]:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model, tok = tiny
     folder = tmp_path_factory.mktemp("lm_eval_tasks")
-    inc = f"include: {LM_TASKS}/"
-    _task_yaml(
-        folder,
-        "p_medmcqa",
-        "medmcqa",
-        parity_rows["medmcqa"],
-        "validation",
-        f"{inc}medmcqa/medmcqa.yaml\n",
-    )
-    _task_yaml(
-        folder,
-        "p_triviaqa",
-        "triviaqa",
-        parity_rows["triviaqa"],
-        "validation",
-        f"{inc}triviaqa/default.yaml\n",
-    )
-    _task_yaml(
-        folder,
-        "p_triviaqa_ll",
-        "triviaqa",
-        parity_rows["triviaqa"],
-        "validation",
-        "output_type: loglikelihood\nvalidation_split: validation\n"
+    rows = parity_rows
+    for probe in ("medmcqa", "triviaqa", "nq_open", "wikitext"):
+        write_task(folder, f"p_{probe}", probe, rows[probe])
+    write_task(folder, "p_gsm8k", "gsm8k", rows["gsm8k"][:GEN_ROWS])
+    ll_task = "output_type: loglikelihood\nmetric_list:\n  - metric: acc\n"
+    write_task(
+        folder, "p_triviaqa_ll", "triviaqa", rows["triviaqa"],
+        ll_task + "validation_split: validation\n"
         'doc_to_text: "Question: {{question}}?\\nAnswer:"\n'
-        'doc_to_target: " {{answer.value}}"\n'
-        "metric_list:\n  - metric: acc\n",
-    )
-    _task_yaml(
-        folder,
-        "p_nq_open",
-        "nq_open",
-        parity_rows["nq_open"],
-        "validation",
-        f"{inc}nq_open/nq_open.yaml\n",
-    )
-    _task_yaml(
-        folder,
-        "p_gsm8k",
-        "gsm8k",
-        parity_rows["gsm8k"][:GEN_ROWS],
-        "test",
-        f"{inc}gsm8k/gsm8k.yaml\n",
-    )
-    _task_yaml(
-        folder,
-        "p_gsm8k_ll",
-        "gsm8k",
-        parity_rows["gsm8k"],
-        "test",
-        "output_type: loglikelihood\ntest_split: test\n"
+        'doc_to_target: " {{answer.value}}"\n',
+    )  # fmt: skip
+    write_task(
+        folder, "p_gsm8k_ll", "gsm8k", rows["gsm8k"],
+        ll_task + "test_split: test\n"
         'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
-        'doc_to_target: " {{answer}}"\n'
-        "metric_list:\n  - metric: acc\n",
-    )
-    _task_yaml(
-        folder,
-        "p_wikitext",
-        "wikitext",
-        parity_rows["wikitext"],
-        "test",
-        f"{inc}wikitext/wikitext.yaml\nvalidation_split: null\n",
-    )
-    main = _run_harness(
-        model,
-        tok,
-        folder,
-        ["p_medmcqa", "p_triviaqa", "p_triviaqa_ll", "p_nq_open", "p_gsm8k", "p_gsm8k_ll"],
-        BATCH,
-    )
-    wiki = _run_harness(model, tok, folder, ["p_wikitext"], BATCH, max_length=WIKI_MAX_LEN)
-    chat = _run_harness(model, tok, folder, ["p_medmcqa"], BATCH, chat=True)
-    return {"main": main, "wiki": wiki, "chat": chat}
+        'doc_to_target: " {{answer}}"\n',
+    )  # fmt: skip
+    gen_and_ll = ["p_medmcqa", "p_triviaqa", "p_triviaqa_ll", "p_nq_open", "p_gsm8k", "p_gsm8k_ll"]
+    return {
+        "main": run_harness(model, tok, folder, gen_and_ll, BATCH),
+        "wiki": run_harness(model, tok, folder, ["p_wikitext"], BATCH, max_length=WIKI_MAX_LEN),
+        "chat": run_harness(model, tok, folder, ["p_medmcqa"], BATCH, chat=True),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -341,19 +209,11 @@ def test_embedded_model_matches_harness(data_dir: Path, tmp_path: Path) -> None:
     )
     med = load_probe_rows("medmcqa", EvalConfig(data_dir=str(data_dir), limit=50))
     wiki = load_probe_rows("wikitext", EvalConfig(data_dir=str(data_dir), limit=3))
-    inc = f"include: {LM_TASKS}/"
-    _task_yaml(tmp_path, "p_medmcqa", "medmcqa", med, "validation", f"{inc}medmcqa/medmcqa.yaml\n")
-    _task_yaml(
-        tmp_path,
-        "p_wikitext",
-        "wikitext",
-        wiki,
-        "test",
-        f"{inc}wikitext/wikitext.yaml\nvalidation_split: null\n",
-    )
-    theirs = _run_harness(model, tok, tmp_path, ["p_medmcqa"], 16)
+    write_task(tmp_path, "p_medmcqa", "medmcqa", med)
+    write_task(tmp_path, "p_wikitext", "wikitext", wiki)
+    theirs = run_harness(model, tok, tmp_path, ["p_medmcqa"], 16)
     _check_medmcqa(_ours("medmcqa", (model, tok), med), theirs, "p_medmcqa")
-    theirs = _run_harness(model, tok, tmp_path, ["p_wikitext"], 1)
+    theirs = run_harness(model, tok, tmp_path, ["p_wikitext"], 1)
     ours = _ours("wikitext", (model, tok), wiki)
     ref = [s["resps"][0][0] for s in theirs["samples"]["p_wikitext"]]
     assert [s["loglikelihood"] for s in ours.samples] == pytest.approx(ref, rel=LL_TOL)

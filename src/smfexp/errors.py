@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -49,3 +52,14 @@ def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> 
         "model": cfg.model.get("name"),
         "output_dir": str(out),
     })
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """For single-run entry points: print ``error: <message>`` and exit 2 on user errors."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print(f"error: {user_error_message(err)}\n(add hydra.verbose=smfexp for the traceback)",
+              file=sys.stderr)
+        sys.exit(2)

@@ -82,16 +82,22 @@ def build_loggers(cfg: DictConfig, run_meta: dict[str, Any]) -> list[Logger]:
     return loggers
 
 
-def finish_loggers(loggers: list[Logger], summary: dict[str, Any]) -> None:
-    """Put the before/after/delta numbers in the W&B summary and close the run."""
+def finish_loggers(loggers: list[Logger], summary: dict[str, Any],
+                   results: dict[str, Any]) -> None:
+    """Put the before/after/delta numbers in the W&B summary and a table; close the run."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             import wandb
 
             run = logger.experiment
             run.summary.update(summary)
-            rows = [[k, v] for k, v in sorted(summary.items())]
-            run.log({"results": wandb.Table(columns=["metric", "value"], data=rows)})
+            rows = [[probe, metric, value, results.get("after", {}).get(probe, {}).get(metric),
+                     results.get("delta", {}).get(probe, {}).get(metric)]
+                    for probe, metrics in sorted((results.get("before") or {}).items())
+                    for metric, value in sorted(metrics.items())]
+            table = wandb.Table(columns=["probe", "metric", "before", "after", "delta"],
+                                data=rows)
+            run.log({"results": table})
             run.finish()
         else:
             logger.finalize("success")

@@ -21,7 +21,8 @@ from smfexp.callbacks.forgetting import ForgettingCallback
 from smfexp.eval import EvalConfig
 from smfexp.loggers import build_loggers, finish_loggers
 from smfexp.models.loading import load_model
-from smfexp.utils.io import atomic_write_json
+from smfexp.objective import objective
+from smfexp.utils.io import atomic_write_json, stable_hash
 from smfexp.utils.precision import resolve_precision
 from smfexp.validate import validate_train_config
 
@@ -117,7 +118,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     else:
         trainer_overrides = {}
 
-    forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer)
+    score_key = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "eval": {k: v for k, v in eval_cfg.to_dict().items() if k != "progress"},
+        "target": [datamodule.target.probe, stable_hash(datamodule.target.rows)],
+    }
+    stage = Path(retrofit_info["checkpoint"]).name if retrofit_info else None
+    forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer,
+                                    cache_key=score_key, stage_key=stage)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
     trainer_kwargs.update(trainer_overrides)
@@ -159,7 +167,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(output_dir),
     }
     results.update(getattr(module, "extra_results", dict)())
+    results["objective"] = objective(results, cfg.get("forgetting_penalty", 1.0))
     atomic_write_json(output_dir / "results.json", results)
-    finish_loggers(loggers, summary_metrics(results))
+    finish_loggers(loggers, summary_metrics(results), results)
     log.info("results written to %s", output_dir / "results.json")
     return results

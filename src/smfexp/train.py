@@ -1,7 +1,8 @@
 """``python -m smfexp.train``: compose the config, print it, run one experiment.
 
-In a multirun a failed job writes ``results.json`` with ``status: failed`` and the sweep
-goes on (the report shows it as failed); a single run prints the error and exits non-zero.
+Every failed job writes ``results.json`` with ``status: failed`` (the report shows it as
+failed). In a multirun the other jobs still run (Hydra records the failure and the sweep exits
+non-zero at the end; Optuna marks the trial failed); a single run prints the error and exits 2.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> float:
         record_failure(cfg, err, message)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s", message or repr(err))
-            return math.nan
+            raise
         if message is None:
             raise
         print(f"error: {message}\n(add hydra.verbose=smfexp for the traceback)",

@@ -7,10 +7,13 @@ probe moved against its starting value, e.g. a perplexity increase of 3.2%.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,10 +27,28 @@ from smfexp.eval import (
     primary_metric,
     score_probe,
 )
+from smfexp.memory import memory_blocks
+from smfexp.utils.io import atomic_write_json, cache_root, stable_hash
 
 log = logging.getLogger(__name__)
 
 TARGET = "target"
+
+
+@contextlib.contextmanager
+def gates_zeroed(model: torch.nn.Module) -> Iterator[None]:
+    """Temporarily set every additive memory gate to 0 (bit-identical to the base model)."""
+    blocks = [b for b in memory_blocks(model) if b.gate is not None]
+    saved = [b.gate.detach().clone() for b in blocks]
+    try:
+        with torch.no_grad():
+            for b in blocks:
+                b.gate.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for b, g in zip(blocks, saved, strict=True):
+                b.gate.copy_(g)
 
 
 def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict:
@@ -47,7 +68,12 @@ def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
 class ForgettingCallback(Callback):
     """Runs the same scorers at fit start and fit end and records before/after/delta."""
 
-    def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any) -> None:
+    def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any,
+                 cache_key: dict[str, Any] | None = None, stage_key: str | None = None) -> None:
+        """``cache_key`` identifies (model, eval config, target rows): scores of the untouched
+        base model are computed once per key and reused by every job of a sweep.
+        ``stage_key`` (e.g. the retrofit checkpoint) identifies what was added before
+        finetuning; ``None`` means the model entering training *is* the base model."""
         if target.replaces_probe in eval_cfg.probes:
             probes = [p for p in eval_cfg.probes if p != target.replaces_probe]
             eval_cfg = dataclasses.replace(eval_cfg, probes=probes)
@@ -55,6 +81,9 @@ class ForgettingCallback(Callback):
         self.target = target
         self.tokenizer = tokenizer
         self.probe_rows: dict[str, list[dict[str, Any]]] = {}  # loaded once, scored twice
+        self.cache_key = cache_key
+        self.stage_key = stage_key
+        self.base: dict[str, dict[str, float]] = {}
         self.before: dict[str, dict[str, float]] = {}
         self.after: dict[str, dict[str, float]] = {}
         self.eval_seconds: dict[str, float] = {}
@@ -82,12 +111,35 @@ class ForgettingCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
 
+    def _cached_scores(self, model: torch.nn.Module, stage: str | None
+                       ) -> dict[str, dict[str, float]]:
+        if self.cache_key is None:
+            return self.score(model)
+        key = {**self.cache_key, "stage": stage}
+        path = cache_root() / "scores" / f"{stable_hash(key)}.json"
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == json.loads(json.dumps(key, default=str)):
+                log.info("reusing cached scores %s", path.name)
+                return cached["scores"]
+        except (OSError, ValueError, KeyError):
+            pass
+        scores = self.score(model)
+        atomic_write_json(path, {"key": key, "scores": scores})
+        return scores
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.before:  # resumed run: the base scores were taken already
+        if self.before:  # resumed run: the starting scores were taken already
             return
         t0 = time.perf_counter()
         log.info("scoring target + probes before training")
-        self.before = self.score(pl_module.model)
+        model = pl_module.model
+        self.before = self._cached_scores(model, self.stage_key)
+        if self.stage_key is None:
+            self.base = self.before
+        elif all(b.gate is not None for b in memory_blocks(model)):
+            with gates_zeroed(model):  # additive memories with g = 0 are exactly the base model
+                self.base = self._cached_scores(model, None)
         self.eval_seconds["before"] = time.perf_counter() - t0
         self._log(trainer, "before", self.before)
 
@@ -106,6 +158,7 @@ class ForgettingCallback(Callback):
             "target_probe": self.target.probe,
             "target_metric": metric,
             "target_higher_is_better": higher,
+            "base": self.base,
             "before": self.before,
             "after": self.after,
             **_delta(self.before, self.after),
@@ -113,7 +166,8 @@ class ForgettingCallback(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"before": self.before}
+        return {"before": self.before, "base": self.base}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = state_dict.get("before", {})
+        self.base = state_dict.get("base", {})

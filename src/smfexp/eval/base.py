@@ -38,15 +38,16 @@ def data_dir(cfg: EvalConfig):
     return resolve_data_dir(cfg.data_dir)
 
 
-def take(rows: Rows, cfg: EvalConfig, cap: int | None = None, what: str = "") -> Rows:
+def take(rows: Rows, cfg: EvalConfig, what: str, cap: int | None = None) -> Rows:
     """The first ``limit`` rows, never beyond ``cap`` (the held-out region of a shared file)."""
     n = len(rows.rows) if cap is None else min(cap, len(rows.rows))
-    if cfg.limit is not None:
-        if cap is not None and cfg.limit > cap:
+    limit = cfg.limit_for(what)
+    if limit is not None:
+        if cap is not None and limit > cap:
             log.warning(
-                "%s: limit=%d exceeds the %d held-out rows; using %d", what, cfg.limit, cap, cap
+                "%s: limit=%d exceeds the %d held-out rows; using %d", what, limit, cap, cap
             )
-        n = min(n, cfg.limit)
+        n = min(n, limit)
     meta = {**rows.meta, "rows": n, "held_out": cap}
     return Rows(rows.rows[:n], rows.source, rows.skipped, meta)
 

@@ -19,6 +19,7 @@ class EvalConfig:
     - ``protocol``: ``harness`` (identical to lm-evaluation-harness 0.4.13) or ``paper``
       (the SMF comparison paper's prompts and metrics); results always record which.
     - ``limit``: rows per probe (documents for wikitext); ``None`` = the whole held-out split.
+      ``limits`` overrides it per probe (e.g. ``{wikitext: 5}``: documents are long).
     - ``max_length``: context window; ``None`` = the harness rule (model config, else 2048).
     - ``max_batch_tokens``: cap on padded tokens per forward pass, so long WikiText windows
       are batched by size, not by count.
@@ -27,6 +28,7 @@ class EvalConfig:
     protocol: str = "harness"
     probes: list[str] = field(default_factory=lambda: ["medmcqa", "triviaqa", "wikitext"])
     limit: int | None = 1000
+    limits: dict[str, int | None] = field(default_factory=dict)
     batch_size: int = 16
     max_length: int | None = None
     chat_template: bool = False
@@ -57,6 +59,12 @@ class EvalConfig:
             raise ValueError(
                 f"eval.limit={self.limit!r} must be a positive integer (rows per probe) or null"
             )
+        bad = sorted(set(self.limits) - set(PROBE_NAMES))
+        if bad:
+            raise ValueError(f"eval.limits has unknown probe(s) {bad}; valid: {list(PROBE_NAMES)}")
+        for value in self.limits.values():
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"eval.limits values must be positive integers or null: {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"eval.precision={self.precision!r} is not valid; choose one of {list(PRECISIONS)}"
@@ -85,9 +93,17 @@ class EvalConfig:
             )
         if "probes" in data and data["probes"] is not None and not isinstance(data["probes"], str):
             data["probes"] = list(data["probes"])
+        if data.get("limits") is not None:
+            data["limits"] = {str(k): data["limits"][k] for k in data["limits"]}
+        else:
+            data.pop("limits", None)
         if data.get("data_dir") is not None:
             data["data_dir"] = str(data["data_dir"])
         return cls(**data)
+
+    def limit_for(self, probe: str) -> int | None:
+        """Rows to take from ``probe``: its ``limits`` entry if any, else ``limit``."""
+        return self.limits.get(probe, self.limit)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

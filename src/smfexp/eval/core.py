@@ -13,7 +13,8 @@ only how the work is done:
   than one chunk (the harness materialises and log-softmaxes ``[batch, seq, vocab]``);
 - generation stops each row as soon as its text contains a stop string (the harness keeps
   the whole batch going until one stop string has appeared in every row);
-- one device-to-host transfer per batch.
+- one device-to-host transfer per log-likelihood batch (generation adds one small transfer
+  per decoding step, to test stop strings, as ``transformers`` stopping criteria must).
 """
 
 from __future__ import annotations
@@ -292,45 +293,61 @@ def loglikelihood_tokens(
         users[u].append(r)
     lengths = [len(x) for x in uniq]
     order = sorted(range(len(uniq)), key=lambda u: (-lengths[u], uniq[u]))
-    parts = parts or scoring_parts(model)
-    device = model_device(model)
     results: list[Loglik | None] = [None] * len(requests)
-    bar = tqdm(total=len(requests), desc=desc, disable=not cfg.progress, leave=False)
-    for batch in _batches(order, lengths, cfg.batch_size, cfg.max_batch_tokens):
-        width = lengths[batch[0]]
-        padded = [list(uniq[u]) + [0] * (width - lengths[u]) for u in batch]
-        keep = torch.zeros(len(batch), width, dtype=torch.bool)
-        rows: list[int] = []
-        targets: list[int] = []
-        segments: list[tuple[int, int, int]] = []  # (request, start in flat list, n tokens)
-        offset = 0
-        for i, u in enumerate(batch):
-            keep[i, lengths[u] - span[u] : lengths[u]] = True
-            for r in users[u]:
-                cont = list(requests[r][1])
-                first = offset + span[u] - len(cont)
-                segments.append((r, len(rows), len(cont)))
-                rows.extend(range(first, first + len(cont)))
-                targets.extend(cont)
-            offset += span[u]
-        ids = torch.tensor(padded, dtype=torch.long, device=device)
-        hidden = parts.body(ids)[keep.to(device)]  # [N, X] scored positions, row-major
-        del ids
-        lp, greedy = _score_rows(
-            hidden,
-            parts.head,
-            parts.vocab_size or hidden.shape[-1],
-            torch.tensor(rows, device=device),
-            torch.tensor(targets, device=device),
-        )
-        del hidden
-        packed = torch.stack([lp.double(), greedy.double()]).cpu().tolist()  # one transfer
-        for r, start, n in segments:
-            token_lps = packed[0][start : start + n]
-            results[r] = Loglik(math.fsum(token_lps), n, all(packed[1][start : start + n]))
-        bar.update(sum(len(users[u]) for u in batch))
-    bar.close()
+    with scoring_mode(model, cfg.precision):
+        parts = parts or scoring_parts(model)
+        bar = tqdm(total=len(requests), desc=desc, disable=not cfg.progress, leave=False)
+        for batch in _batches(order, lengths, cfg.batch_size, cfg.max_batch_tokens):
+            _score_batch(model, parts, batch, uniq, lengths, span, users, requests, results)
+            bar.update(sum(len(users[u]) for u in batch))
+        bar.close()
     return results  # type: ignore[return-value]
+
+
+def _score_batch(
+    model: Any,
+    parts: ScoringParts,
+    batch: list[int],
+    uniq: list[tuple[int, ...]],
+    lengths: list[int],
+    span: list[int],
+    users: list[list[int]],
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    results: list[Loglik | None],
+) -> None:
+    """One forward pass over a right-padded batch of unique inputs; fills ``results``."""
+    device = model_device(model)
+    width = lengths[batch[0]]
+    padded = [list(uniq[u]) + [0] * (width - lengths[u]) for u in batch]
+    keep = torch.zeros(len(batch), width, dtype=torch.bool)
+    rows: list[int] = []
+    targets: list[int] = []
+    segments: list[tuple[int, int, int]] = []  # (request, start in flat list, n tokens)
+    offset = 0
+    for i, u in enumerate(batch):
+        keep[i, lengths[u] - span[u] : lengths[u]] = True
+        for r in users[u]:
+            cont = list(requests[r][1])
+            first = offset + span[u] - len(cont)
+            segments.append((r, len(rows), len(cont)))
+            rows.extend(range(first, first + len(cont)))
+            targets.extend(cont)
+        offset += span[u]
+    ids = torch.tensor(padded, dtype=torch.long, device=device)
+    hidden = parts.body(ids)[keep.to(device)]  # [N, X] scored positions, row-major
+    del ids
+    lp, greedy = _score_rows(
+        hidden,
+        parts.head,
+        parts.vocab_size or hidden.shape[-1],
+        torch.tensor(rows, device=device),
+        torch.tensor(targets, device=device),
+    )
+    del hidden
+    packed = torch.stack([lp.double(), greedy.double()]).cpu().tolist()  # one transfer
+    for r, start, n in segments:
+        token_lps = packed[0][start : start + n]
+        results[r] = Loglik(math.fsum(token_lps), n, all(packed[1][start : start + n]))
 
 
 def _score_rows(
@@ -349,15 +366,15 @@ def _score_rows(
     greedy = torch.empty(rows.shape[0], dtype=torch.bool, device=hidden.device)
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, vocab_size))
     for start in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[start : start + chunk]).float()
-        lse = torch.logsumexp(logits, dim=-1)
-        best = logits.argmax(dim=-1)
-        sel = ((rows >= start) & (rows < start + logits.shape[0])).nonzero().squeeze(1)
+        # log_softmax (not logit - logsumexp): the harness' kernel, so values match bit for bit
+        logp = torch.log_softmax(head(hidden[start : start + chunk]).float(), dim=-1)
+        best = logp.argmax(dim=-1)
+        sel = ((rows >= start) & (rows < start + logp.shape[0])).nonzero().squeeze(1)
         local = rows[sel] - start
         tgt = targets[sel]
-        token_lp[sel] = logits[local, tgt] - lse[local]
+        token_lp[sel] = logp[local, tgt]
         greedy[sel] = best[local] == tgt
-        del logits, lse, best
+        del logp, best
     return token_lp, greedy
 
 
@@ -476,8 +493,6 @@ def generate_until(
 ) -> list[str]:
     """Greedy continuation of each prompt, cut at the first stop string (``HFLM.generate_until``
     with ``do_sample=False``; EOS always stops)."""
-    from transformers import StoppingCriteriaList
-
     if not prompts:
         return []
     tok = encoder.tokenizer
@@ -490,38 +505,57 @@ def generate_until(
         raise ValueError(f"max_gen_toks={max_gen_toks} leaves no context in {encoder.max_length}")
     lengths = [len(x) for x in encoder.encode_many(prompts)]
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], prompts[i]))
-    device = model_device(model)
     out: list[str | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, disable=not cfg.progress, leave=False)
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
-        texts = [prompts[i] for i in batch]
-        bos = getattr(tok, "bos_token", None)
-        special_kw = {"add_special_tokens": False} if bos and texts[0].startswith(bos) else {}
-        enc = tok(
-            texts,
-            truncation=False,
-            padding="longest",
-            return_tensors="pt",
-            padding_side="left",
-            **special_kw,
-        )
-        ids = enc["input_ids"][:, -max_ctx:].to(device)
-        mask = enc["attention_mask"][:, -max_ctx:].to(device)
-        criteria = StoppingCriteriaList(
-            [_StopStrings(tok, visible, ids.shape[1])] if visible else []
-        )
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_length=ids.shape[1] + max_gen_toks,
-            stopping_criteria=criteria,
-            pad_token_id=tok.pad_token_id,
-            use_cache=True,
-            do_sample=False,
-        )
-        for i, row in zip(batch, generated[:, ids.shape[1] :].tolist(), strict=True):
-            out[i] = cut_at_stop(tok.decode(row, skip_special_tokens=True), stops)
-        bar.update(len(batch))
+    with scoring_mode(model, cfg.precision):
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            texts = [prompts[i] for i in batch]
+            for i, text in zip(
+                batch,
+                _generate_batch(model, tok, texts, stops, visible, max_ctx, max_gen_toks),
+                strict=True,
+            ):
+                out[i] = text
+            bar.update(len(batch))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def _generate_batch(
+    model: Any,
+    tok: Any,
+    texts: list[str],
+    stops: list[str],
+    visible: list[str],
+    max_ctx: int,
+    max_gen_toks: int,
+) -> list[str]:
+    """One left-padded greedy ``generate`` call, cut at the first stop string per row."""
+    from transformers import StoppingCriteriaList
+
+    device = model_device(model)
+    bos = getattr(tok, "bos_token", None)
+    special_kw = {"add_special_tokens": False} if bos and texts[0].startswith(bos) else {}
+    enc = tok(
+        texts,
+        truncation=False,
+        padding="longest",
+        return_tensors="pt",
+        padding_side="left",
+        **special_kw,
+    )
+    ids = enc["input_ids"][:, -max_ctx:].to(device)
+    mask = enc["attention_mask"][:, -max_ctx:].to(device)
+    criteria = StoppingCriteriaList([_StopStrings(tok, visible, ids.shape[1])] if visible else [])
+    generated = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_length=ids.shape[1] + max_gen_toks,
+        stopping_criteria=criteria,
+        pad_token_id=tok.pad_token_id,
+        use_cache=True,
+        do_sample=False,
+    )
+    rows = generated[:, ids.shape[1] :].tolist()  # one transfer per batch
+    return [cut_at_stop(tok.decode(row, skip_special_tokens=True), stops) for row in rows]

@@ -46,7 +46,7 @@ MAX_GEN_TOKS = 256
 
 
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_gsm8k(data_dir(cfg), "test"), cfg, what="gsm8k")
+    return take(load_gsm8k(data_dir(cfg), "test"), cfg, "gsm8k")
 
 
 def prompt(row: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ def load(cfg: EvalConfig) -> Rows:
     """First ``limit`` validation rows in order; offline never past row 1000 (training pool)."""
     rows = load_medmcqa(data_dir(cfg), "validation")
     offline = rows.source.startswith("local:")
-    return take(rows, cfg, cap=EVAL_ROWS if offline else None, what="medmcqa")
+    return take(rows, cfg, "medmcqa", cap=EVAL_ROWS if offline else None)
 
 
 def harness_prompt(row: dict[str, Any]) -> str:

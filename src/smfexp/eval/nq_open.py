@@ -37,7 +37,7 @@ PAPER_MAX_GEN_TOKS = 32
 
 
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_nq_open(data_dir(cfg)), cfg, what="nq_open")
+    return take(load_nq_open(data_dir(cfg)), cfg, "nq_open")
 
 
 def build_prompt(tokenizer: Any, row: dict[str, Any], cfg: EvalConfig) -> str:

@@ -48,7 +48,7 @@ def split_heldout(
 
 
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_triviaqa(data_dir(cfg)), cfg, cap=HELDOUT_ROWS, what="triviaqa")
+    return take(load_triviaqa(data_dir(cfg)), cfg, "triviaqa", cap=HELDOUT_ROWS)
 
 
 def prompt(row: dict[str, Any], protocol: str) -> str:

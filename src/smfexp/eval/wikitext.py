@@ -31,7 +31,7 @@ PAPER_STRIDE = 512
 
 
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_wikitext(data_dir(cfg)), cfg, what="wikitext")
+    return take(load_wikitext(data_dir(cfg)), cfg, "wikitext")
 
 
 def paper_text(rows: list[dict[str, Any]]) -> str:

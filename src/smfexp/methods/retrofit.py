@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from smfexp.memory import MemoryConfig, attach_memory, freeze_backbone, save_memory
 from smfexp.memory.attach import memory_config, set_sparse_values
 from smfexp.methods.base import FinetuneModule
+from smfexp.utils.precision import autocast_for
 
 
 class RetrofitModule(FinetuneModule):
@@ -33,7 +34,8 @@ class RetrofitModule(FinetuneModule):
 
 
 @torch.inference_mode()
-def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | None = None) -> float:
+def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | None = None,
+              precision: str = "32-true") -> float:
     """Token-weighted mean causal-LM loss over (at most ``max_batches`` of) a loader."""
     was_training = model.training
     model.eval()
@@ -44,7 +46,8 @@ def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | Non
             break
         batch = {k: v.to(device) for k, v in batch.items()}
         n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(model(**batch).loss) * n
+        with autocast_for(precision, device):
+            total += float(model(**batch).loss) * n
         tokens += n
     model.train(was_training)
     return total / max(tokens, 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -127,7 +128,8 @@ def _train_retrofit(
     )
     data.setup()
     heldout_batches = retro.get("heldout_batches", 8)
-    base_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
+    precision = resolve_precision(retro.get("precision", "auto"))
+    base_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
     if memory_config(model) is not None:
         detach_memory(model)
     module = RetrofitModule(
@@ -139,8 +141,7 @@ def _train_retrofit(
         warmup_steps=retro.get("warmup_steps", 0),
         schedule="cosine",
     )
-    attached_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
-    precision = resolve_precision(retro.get("precision", "auto"))
+    attached_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
     trainer = L.Trainer(
         max_steps=retro["steps"],
         accumulate_grad_batches=retro.get("grad_accum", 1),
@@ -156,7 +157,7 @@ def _train_retrofit(
     )
     log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"], directory)
     trainer.fit(module, train_dataloaders=data.train_dataloader())
-    after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches)
+    after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
     report = {
         "key": key,
         "heldout_loss": {
@@ -166,6 +167,7 @@ def _train_retrofit(
         },
         "steps": trainer.global_step,
         "trainable_params": module.trainable_params,
+        "precision": str(precision),
         "seconds": time.perf_counter() - t0,
         "corpus": data.info,
     }
