@@ -154,6 +154,7 @@ def _train_retrofit(
         num_sanity_val_steps=0,
         precision=precision,
         max_epochs=-1,
+        callbacks=[TQDMProgressBar()] if progress else [],
     )
     log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"], directory)
     trainer.fit(module, train_dataloaders=data.train_dataloader())
