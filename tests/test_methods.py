@@ -38,8 +38,12 @@ def _fit(module, loader, steps):
 
 @pytest.mark.parametrize("method", [FullFinetune, LoRAFinetune])
 def test_loss_decreases_on_tiny_overfit(method, tiny_model, tokenizer):
-    lr = 3e-3 if method is FullFinetune else 1e-2
-    module = method(tiny_model, tokenizer, lr=lr, warmup_steps=0, schedule="constant")
+    L.seed_everything(0)
+    if method is FullFinetune:
+        module = method(tiny_model, tokenizer, lr=3e-3, warmup_steps=0, schedule="constant")
+    else:
+        module = method(tiny_model, tokenizer, lr=3e-3, warmup_steps=0, schedule="constant",
+                        dropout=0.0)
     loader = _loader(tokenizer)
     before = _loss(module, loader)
     _fit(module, loader, steps=25)

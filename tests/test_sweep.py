@@ -21,7 +21,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
-    if (cache_root() / "models").exists():
+    if (cache_root() / "models").exists() and not (cache / "models").exists():
         (cache / "models").symlink_to(cache_root() / "models")
     env = {**os.environ, "SMFEXP_CACHE": str(cache), "WANDB_MODE": "offline",
            "SMFEXP_DATA_DIR": str(ROOT / "data")}
