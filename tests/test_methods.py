@@ -19,7 +19,8 @@ FACTS = [("Question: capital of Zorbia?\nAnswer:", " Quix"),
 
 def _loader(tokenizer, batch_size=4):
     examples = [tokenize_pair(tokenizer, p, t) for p, t in FACTS]
-    return DataLoader(examples, batch_size=batch_size, collate_fn=PadCollator(tokenizer.pad_token_id))
+    collate = PadCollator(tokenizer.pad_token_id)
+    return DataLoader(examples, batch_size=batch_size, collate_fn=collate)
 
 
 def _loss(module, loader):
