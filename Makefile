@@ -35,8 +35,9 @@ test-slow: setup  ## slow tests: real embedded model, bigger end-to-end runs
 test-all: setup  ## fast + slow
 	$(BIN)/pytest -q -m "slow or not slow"
 
-run: setup  ## the main job on the embedded model
-	$(BIN)/python -m smfexp.train method=lora trainer.max_steps=20 eval.limit=100
+run: setup  ## the main job: the quickstart comparison sweep on the embedded model + its report
+	$(BIN)/python -m smfexp.train --multirun experiment=quickstart hydra.sweep.dir=outputs/quickstart
+	$(BIN)/python -m smfexp.report outputs/quickstart --out docs/quickstart
 
 lint: setup  ## ruff
 	$(BIN)/ruff check .
