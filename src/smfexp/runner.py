@@ -129,6 +129,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
     trainer_kwargs.update(trainer_overrides)
+    if isinstance(trainer_kwargs.get("strategy"), dict):
+        trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     str(trainer_kwargs.get("accelerator")))
     callbacks = [forgetting, *build_callbacks(cfg)]
@@ -140,6 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - t0
 
+    if not trainer.is_global_zero:  # other DDP ranks: rank 0 writes the outputs
+        return {}
     saved = None
     if cfg.get("save_trained", True):
         saved = str(module.save_trained(output_dir / "trained"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from transformers import get_scheduler
 
@@ -27,12 +28,43 @@ from smfexp.methods.base import FinetuneModule
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
-from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD, clip_grad_norm_
+from smfexp.smf.sparse_optim import (
+    RowSparseAdam,
+    RowSparseSGD,
+    clip_grad_norm_,
+    selected_grad_rows,
+)
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam")
 COUNT_TOKENS = ("attention", "loss")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_rows(values: torch.nn.Parameter, rows: Tensor) -> None:
+    """Average the gradient of the selected ``rows`` over ranks (t x D floats, not the table).
+
+    Every rank selected the same rows (the counts were all-reduced first), so after this the
+    ranks apply identical updates. A row counts as read if any rank read it.
+    """
+    dim = values.shape[1]
+    block = values.new_zeros((rows.numel(), dim))
+    present = torch.zeros(rows.numel(), dtype=torch.int64, device=rows.device)
+    if values.grad is not None:
+        kept, grad_block = selected_grad_rows(values.grad, rows)
+        pos = torch.searchsorted(rows, kept)
+        block[pos] = grad_block.to(block.dtype)
+        present[pos] = 1
+    dist.all_reduce(block)
+    dist.all_reduce(present)
+    block /= dist.get_world_size()
+    keep = present > 0
+    values.grad = torch.sparse_coo_tensor(rows[keep].unsqueeze(0), block[keep],
+                                          size=values.shape).coalesce()
 
 
 def loss_bearing_mask(labels: Tensor) -> Tensor:
@@ -131,6 +163,12 @@ class SparseMemoryFinetune(FinetuneModule):
         ) for o in optimizers]
         return optimizers, schedulers
 
+    def setup(self, stage: str) -> None:
+        """Keep the value tables out of DDP's dense gradient buckets (their grads are sparse);
+        ``_sparse_step`` all-reduces just the selected rows instead."""
+        names = [n for n, p in self.named_parameters() if any(p is m.values for m in self.memories)]
+        self._ddp_params_and_buffers_to_ignore = names
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         device = self.memories[0].values.device
@@ -166,6 +204,8 @@ class SparseMemoryFinetune(FinetuneModule):
             counts = self.counter.counts(layer)
             bg = self.background.layer(layer) if self.background is not None else None
             chosen = select(self.selector, counts, bg, self.top_t, self.generator)
+            if _distributed():
+                _all_reduce_rows(memory.values, chosen.indices)
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
             self.touched[layer][chosen.indices] = True
             score = selector_score_stats(chosen.scores)
@@ -196,6 +236,19 @@ class SparseMemoryFinetune(FinetuneModule):
     def save_trained(self, directory: Path) -> Path:
         return save_memory(self.model, Path(directory) / "memory")
 
+    def on_fit_end(self) -> None:
+        """Under data parallelism, check that every rank ended with the same value tables."""
+        self.ranks_agree: bool | None = None
+        if not _distributed():
+            return
+        local = torch.stack([m.values.detach().double().sum() for m in self.memories]
+                            + [t.double().sum() for t in self.touched])
+        gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        self.ranks_agree = all(torch.equal(g, gathered[0]) for g in gathered)
+        if not self.ranks_agree:
+            raise RuntimeError("SMF ranks diverged: value tables differ across DDP ranks")
+
     def extra_results(self) -> dict[str, Any]:
         rows = [int(t.sum()) for t in self.touched]
         row_bytes = [m.values.shape[1] * m.values.element_size() for m in self.memories]
@@ -210,5 +263,7 @@ class SparseMemoryFinetune(FinetuneModule):
                 "slots_per_layer": [m.n_slots for m in self.memories],
                 "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),
                 "background_batches": self.background.n_batches if self.background else None,
+                "world_size": dist.get_world_size() if _distributed() else 1,
+                "ranks_agree": getattr(self, "ranks_agree", None),
             }
         }
