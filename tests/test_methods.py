@@ -83,3 +83,28 @@ def test_full_trains_every_param(tiny_model, tokenizer, tmp_path):
 def test_invalid_lr_is_rejected(tiny_model, tokenizer):
     with pytest.raises(ValueError, match="lr must be > 0"):
         FullFinetune(tiny_model, tokenizer, lr=0.0)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 10.0), ("adam", 1e-2)])
+def test_smf_learns_tiny_facts_and_changes_only_selected_rows(optimizer, lr, tiny_model,
+                                                               tokenizer):
+    from smfexp.memory import attach_memory
+    from smfexp.methods.smf import SparseMemoryFinetune
+
+    L.seed_everything(0)
+    attach_memory(tiny_model, {"n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2,
+                               "layers": [1, 2], "gate_init": 1.0})
+    module = SparseMemoryFinetune(tiny_model, tokenizer, selector="all", top_t=64, lr=lr,
+                                  optimizer=optimizer, warmup_steps=0, schedule="constant")
+    start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    loader = _loader(tokenizer)
+    before = _loss(module, loader)
+    _fit(module, loader, steps=25)
+    assert _loss(module, loader) < before - 0.5
+    for name, param in tiny_model.named_parameters():
+        if not name.endswith("memory.values"):
+            assert torch.equal(param, start[name]), f"{name} changed"
+    for memory, touched in zip(module.memories, module.touched, strict=True):
+        name = next(n for n, p in tiny_model.named_parameters() if p is memory.values)
+        moved = (memory.values != start[name]).any(dim=1)
+        assert moved.any() and not (moved & ~touched).any()  # only selected rows moved
