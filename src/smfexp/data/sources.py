@@ -258,37 +258,35 @@ def load_medmcqa(data_dir: Path | None, split: str, max_bad_fraction: float = 0.
     return Rows(rows, source, bad)
 
 
-def load_triviaqa(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
-    """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
+def _load_normalised(name: str, local_key: str, hub_split: str, data_dir: Path | None,
+                     normaliser: Callable[[Any], dict[str, Any]],
+                     max_bad_fraction: float) -> Rows:
+    """A JSONL file of the data dir, or the hub split, through ``normaliser``."""
     if data_dir is not None:
-        path = _local_file(data_dir, "triviaqa")
+        path = _local_file(data_dir, local_key)
         raw, source = _read_jsonl(path), f"local:{path}"
     else:
-        raw, source = _load_hub("triviaqa", "validation")
-    rows, bad = normalise_rows(raw, triviaqa_row, "triviaqa", max_bad_fraction)
+        raw, source = _load_hub(name, hub_split)
+    rows, bad = normalise_rows(raw, normaliser, name, max_bad_fraction)
     return Rows(rows, source, bad)
+
+
+def load_triviaqa(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
+    """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
+    return _load_normalised("triviaqa", "triviaqa", "validation", data_dir, triviaqa_row,
+                            max_bad_fraction)
 
 
 def load_nq_open(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
     """NaturalQuestions-open dev (3610 questions)."""
-    if data_dir is not None:
-        path = _local_file(data_dir, "nq_open")
-        raw, source = _read_jsonl(path), f"local:{path}"
-    else:
-        raw, source = _load_hub("nq_open", "validation")
-    rows, bad = normalise_rows(raw, nq_open_row, "nq_open", max_bad_fraction)
-    return Rows(rows, source, bad)
+    return _load_normalised("nq_open", "nq_open", "validation", data_dir, nq_open_row,
+                            max_bad_fraction)
 
 
 def load_gsm8k(data_dir: Path | None, split: str = "test", max_bad_fraction: float = 0.05) -> Rows:
     """GSM8K ``train`` or ``test``."""
-    if data_dir is not None:
-        path = _local_file(data_dir, f"gsm8k_{split}")
-        raw, source = _read_jsonl(path), f"local:{path}"
-    else:
-        raw, source = _load_hub("gsm8k", split)
-    rows, bad = normalise_rows(raw, gsm8k_row, "gsm8k", max_bad_fraction)
-    return Rows(rows, source, bad)
+    return _load_normalised("gsm8k", f"gsm8k_{split}", split, data_dir, gsm8k_row,
+                            max_bad_fraction)
 
 
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from smfexp.data.sources import Rows, resolve_data_dir
@@ -33,7 +34,7 @@ class Probe:
     doc: str = ""
 
 
-def data_dir(cfg: EvalConfig):
+def data_dir(cfg: EvalConfig) -> Path | None:
     """The offline data folder (or None for the hub); see ``smfexp.data.sources``."""
     return resolve_data_dir(cfg.data_dir)
 
