@@ -19,7 +19,8 @@ class EvalConfig:
     - ``protocol``: ``harness`` (identical to lm-evaluation-harness 0.4.13) or ``paper``
       (the SMF comparison paper's prompts and metrics); results always record which.
     - ``limit``: rows per probe (documents for wikitext); ``None`` = the whole held-out split.
-      ``limits`` overrides it per probe (e.g. ``{wikitext: 5}``: documents are long).
+      ``limits`` overrides it per probe (e.g. ``{wikitext: 5}``: documents are long); a null
+      entry means "use ``limit``".
     - ``max_length``: context window; ``None`` = the harness rule (model config, else 2048).
     - ``max_batch_tokens``: cap on padded tokens per forward pass, so long WikiText windows
       are batched by size, not by count.
@@ -103,7 +104,8 @@ class EvalConfig:
 
     def limit_for(self, probe: str) -> int | None:
         """Rows to take from ``probe``: its ``limits`` entry if any, else ``limit``."""
-        return self.limits.get(probe, self.limit)
+        value = self.limits.get(probe)
+        return self.limit if value is None else value
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
