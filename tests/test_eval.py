@@ -289,6 +289,7 @@ def test_limits_and_held_out_splits(data_dir: Path) -> None:
     per_probe = _cfg(data_dir, limit=7, limits={"wikitext": 2})
     assert len(load_probe_rows("wikitext", per_probe)) == 2
     assert len(load_probe_rows("gsm8k", per_probe)) == 7
+    assert EvalConfig(limit=7, limits={"gsm8k": None}).limit_for("gsm8k") == 7  # null: inherit
 
 
 @pytest.mark.parametrize(
@@ -376,13 +377,14 @@ def test_evaluate_cli_writes_eval_json(tmp_path: Path, data_dir: Path) -> None:
 
     overrides = [
         "model=tiny", "eval.probes=[medmcqa]", "eval.limit=3", "eval.progress=false",
-        f"eval.data_dir={data_dir}",
+        "eval.limits.medmcqa=2", f"eval.data_dir={data_dir}",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=overrides)
         out = run(cfg, tmp_path)
         saved = json.loads((tmp_path / "eval.json").read_text())
         assert saved["medmcqa"] == pytest.approx(out["medmcqa"])
+        assert saved["medmcqa"]["n"] == 2  # the per-probe override wins
         meta = saved["_meta"]
         assert meta["protocol"] == "harness" and meta["limit"] == 3
         assert meta["chat_template"] is False and meta["precision"] == "fp32"
