@@ -390,5 +390,5 @@ def test_evaluate_cli_writes_eval_json(tmp_path: Path, data_dir: Path) -> None:
         assert meta["chat_template"] is False and meta["precision"] == "fp32"
         assert meta["data_source"]["medmcqa"].startswith("local:")
         cfg = compose(config_name="evaluate", overrides=[*overrides, "checkpoint=ckpt.pt"])
-        with pytest.raises(NotImplementedError, match="checkpoint"):
+        with pytest.raises(FileNotFoundError, match="checkpoint"):
             run(cfg, tmp_path)

@@ -108,3 +108,21 @@ def test_smf_learns_tiny_facts_and_changes_only_selected_rows(optimizer, lr, tin
         name = next(n for n, p in tiny_model.named_parameters() if p is memory.values)
         moved = (memory.values != start[name]).any(dim=1)
         assert moved.any() and not (moved & ~touched).any()  # only selected rows moved
+
+
+@pytest.mark.parametrize("method", [FullFinetune, LoRAFinetune])
+def test_saved_artifact_reloads_onto_the_base_model(method, tiny_model, tokenizer, tmp_path):
+    from smfexp.models.loading import ModelSpec, load_model
+    from smfexp.models.trained import load_trained
+
+    module = method(tiny_model, tokenizer, lr=1e-2, warmup_steps=0)
+    loader = _loader(tokenizer)
+    _fit(module, loader, steps=2)
+    module.save_trained(tmp_path / "trained")
+    base, _ = load_model(ModelSpec(name="tiny", source="tiny"))
+    reloaded, kind = load_trained(base, tmp_path)  # a run dir with trained/ inside
+    assert kind == method.method_name
+    module.model.eval()
+    batch = next(iter(loader))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, module.model(**batch).logits, atol=1e-5)

@@ -27,14 +27,13 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def load_for_eval(cfg: DictConfig) -> tuple[Any, Any]:
-    """The base model of ``cfg.model``; checkpoints are a hook the training side will fill."""
+    """The model of ``cfg.model``, with ``cfg.checkpoint`` (a run's trained artifact) applied."""
+    model, tokenizer = load_model(cfg.model)
     if cfg.get("checkpoint"):
-        raise NotImplementedError(
-            f"checkpoint={cfg.checkpoint!r}: scoring trained checkpoints is not wired into "
-            "smfexp.evaluate yet; evaluate the base model (checkpoint=null) or use the "
-            "training run's own forgetting evaluation"
-        )
-    return load_model(cfg.model)
+        from smfexp.models.trained import load_trained
+
+        model, _ = load_trained(model, cfg.checkpoint)
+    return model, tokenizer
 
 
 def format_table(results: dict[str, dict[str, float]], protocol: str) -> str:
