@@ -7,10 +7,8 @@ of sync. ``memory_config.json`` beside it is the same information for humans and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from smfexp.memory.attach import (
     memory_config,
     model_hidden_size,
 )
-from smfexp.utils.io import atomic_write_json
+from smfexp.utils.io import atomic_file, atomic_write_json
 
 WEIGHTS_NAME = "memory.safetensors"
 CONFIG_NAME = "memory_config.json"
@@ -69,15 +67,8 @@ def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     meta = _describe(model, cfg)
     state = {k: v.detach().contiguous().cpu() for k, v in _memory_state(model).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"smfexp_memory": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"smfexp_memory": json.dumps(meta, sort_keys=True)})
     atomic_write_json(directory / CONFIG_NAME, meta)
     return directory
 

@@ -6,10 +6,7 @@ up = more target gain, right = more forgetting. The base model sits at the origi
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from smfexp.reporting.tables import (
     rank,
     std,
 )
+from smfexp.utils.io import atomic_file
 
 MARKERS = {NO_SELECTOR: "o", "tfidf": "^", "kl": "s", "random": "D", "all": "v"}
 
@@ -40,18 +38,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Render to a temp file beside ``path`` and rename: readers never see half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def group_label(method: str, selector: str, context: Sequence[str] = ()) -> str:

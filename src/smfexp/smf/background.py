@@ -7,11 +7,9 @@ Batch size changes ``df``, so it belongs in the cache key.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from smfexp.smf.counting import AccessCounter
-from smfexp.utils.io import atomic_write_json, stable_hash
+from smfexp.utils.io import atomic_file, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +103,8 @@ class BackgroundStats:
             "n_batches": str(self.n_batches),
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         atomic_write_json(path.with_suffix(".json"), {"meta": self.meta, **self.summary()})
         return path
 
