@@ -460,26 +460,29 @@ def sliding_windows(
 
 
 # --------------------------------------------------------------------------- generation
-class _StopStrings:
-    """Per-row stopping: a row is finished once its generated text contains a stop string.
+class _StopCheck:
+    """Is a row finished? EOS (any of the model's EOS ids) or a stop string in its text.
 
-    ``transformers`` then pads that row while the others continue, and ``generate`` returns
-    when every row is finished. The decoded tail covers each stop's token length + 2, as the
+    Only the last few tokens are decoded, covering each stop's token length + 2, as the
     harness' ``MultiTokenEOSCriteria`` does; a stop the tail misses only costs extra steps,
     because the final text is cut at the first stop anyway.
     """
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_len: int) -> None:
+    def __init__(self, tokenizer: Any, stops: Sequence[str], eos_ids: set[int]) -> None:
         self.tokenizer = tokenizer
         self.stops = list(stops)
-        self.prompt_len = prompt_len
-        self.lookback = 2 + max(len(tokenizer.encode(s, add_special_tokens=False)) for s in stops)
+        self.eos_ids = eos_ids
+        self.lookback = 2 + max(
+            [len(tokenizer.encode(s, add_special_tokens=False)) for s in stops] or [0]
+        )
 
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        tail = input_ids[:, self.prompt_len :][:, -self.lookback :].tolist()  # one transfer
-        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
-        done = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    def __call__(self, tokens: list[int]) -> bool:
+        if tokens[-1] in self.eos_ids:
+            return True
+        if not self.stops:
+            return False
+        tail = self.tokenizer.decode(tokens[-self.lookback :], skip_special_tokens=True)
+        return any(s in tail for s in self.stops)
 
 
 def generate_until(
@@ -522,6 +525,19 @@ def generate_until(
     return out  # type: ignore[return-value]
 
 
+def _eos_ids(model: Any, tok: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        tok.eos_token_id,
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return ids
+
+
 def _generate_batch(
     model: Any,
     tok: Any,
@@ -531,9 +547,12 @@ def _generate_batch(
     max_ctx: int,
     max_gen_toks: int,
 ) -> list[str]:
-    """One left-padded greedy ``generate`` call, cut at the first stop string per row."""
-    from transformers import StoppingCriteriaList
+    """Greedy decoding of one left-padded batch, cut at the first stop string per row.
 
+    Same tokens as ``model.generate(do_sample=False)`` (positions from the attention mask, a
+    KV cache), but a finished row leaves the batch: its cache rows are dropped, so one
+    rambling answer no longer drags 15 finished rows through 256 decoding steps.
+    """
     device = model_device(model)
     bos = getattr(tok, "bos_token", None)
     special_kw = {"add_special_tokens": False} if bos and texts[0].startswith(bos) else {}
@@ -547,15 +566,39 @@ def _generate_batch(
     )
     ids = enc["input_ids"][:, -max_ctx:].to(device)
     mask = enc["attention_mask"][:, -max_ctx:].to(device)
-    criteria = StoppingCriteriaList([_StopStrings(tok, visible, ids.shape[1])] if visible else [])
-    generated = model.generate(
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    is_done = _StopCheck(tok, visible, _eos_ids(model, tok))
+    out = model(
         input_ids=ids,
         attention_mask=mask,
-        max_length=ids.shape[1] + max_gen_toks,
-        stopping_criteria=criteria,
-        pad_token_id=tok.pad_token_id,
+        position_ids=positions,
         use_cache=True,
-        do_sample=False,
+        logits_to_keep=1,
     )
-    rows = generated[:, ids.shape[1] :].tolist()  # one transfer per batch
-    return [cut_at_stop(tok.decode(row, skip_special_tokens=True), stops) for row in rows]
+    cache = out.past_key_values
+    next_tokens = out.logits[:, -1].argmax(-1)
+    last_pos = positions[:, -1]
+    alive = list(range(len(texts)))
+    generated: list[list[int]] = [[] for _ in texts]
+    for step in range(max_gen_toks):
+        for row, token in zip(alive, next_tokens.tolist(), strict=True):  # one transfer
+            generated[row].append(token)
+        keep = [i for i, row in enumerate(alive) if not is_done(generated[row])]
+        if not keep or step == max_gen_toks - 1:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, next_tokens, last_pos = mask[index], next_tokens[index], last_pos[index]
+            alive = [alive[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        last_pos = last_pos + 1
+        out = model(
+            input_ids=next_tokens[:, None],
+            attention_mask=mask,
+            position_ids=last_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        next_tokens = out.logits[:, -1].argmax(-1)
+    return [cut_at_stop(tok.decode(row, skip_special_tokens=True), stops) for row in generated]
