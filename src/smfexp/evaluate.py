@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp import __version__
-from smfexp.eval import EvalConfig, load_probe_data, primary_metric, score_probe
+from smfexp.eval import load_probe_data, primary_metric, score_probe
 from smfexp.eval.core import resolve_max_length
 from smfexp.models.loading import load_model
 from smfexp.utils.io import atomic_write_json
+from smfexp.validate import validate_evaluate_config
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def format_table(results: dict[str, dict[str, float]], protocol: str) -> str:
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Load, score every probe, write ``output_dir / cfg.output`` atomically; return it."""
-    ecfg = EvalConfig.from_config(cfg.eval)
+    ecfg = validate_evaluate_config(cfg)  # one-line errors before the model loads
     t_start = time.perf_counter()
     model, tokenizer = load_for_eval(cfg)
     results: dict[str, dict[str, float]] = {}
@@ -93,7 +94,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    from smfexp.errors import friendly_errors
+
+    with friendly_errors():
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

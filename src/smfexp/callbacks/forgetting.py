@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,11 +66,41 @@ def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
     return {"delta": delta, "rel_delta_pct": rel}
 
 
+def read_cached_scores(
+    path: Path, key: dict[str, Any]
+) -> tuple[dict[str, dict[str, float]] | None, str]:
+    """Scores cached under ``key``, or (None, why not); never raises on a corrupt file."""
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # missing, unreadable, garbage or truncated JSON
+        return None, f"{type(err).__name__}: {err}"
+    if not isinstance(cached, dict):
+        return None, "not a JSON object"
+    if cached.get("key") != json.loads(json.dumps(key, default=str)):
+        return None, "they were computed for another config"
+    scores = cached.get("scores")
+    if not isinstance(scores, dict) or not all(
+        isinstance(m, dict)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in m.values())
+        for m in scores.values()
+    ):
+        return None, "malformed scores"
+    if "checksum" in cached and cached["checksum"] != stable_hash(scores, 64):
+        return None, "scores do not match their checksum"
+    return scores, ""
+
+
 class ForgettingCallback(Callback):
     """Runs the same scorers at fit start and fit end and records before/after/delta."""
 
-    def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any,
-                 cache_key: dict[str, Any] | None = None, stage_key: str | None = None) -> None:
+    def __init__(
+        self,
+        eval_cfg: EvalConfig,
+        target: TargetSpec,
+        tokenizer: Any,
+        cache_key: dict[str, Any] | None = None,
+        stage_key: str | None = None,
+    ) -> None:
         """``cache_key`` identifies (model, eval config, target rows): scores of the untouched
         base model are computed once per key and reused by every job of a sweep.
         ``stage_key`` (e.g. the retrofit checkpoint) identifies what was added before
@@ -95,37 +126,45 @@ class ForgettingCallback(Callback):
             rows = self.target.rows
             if self.eval_cfg.limit:
                 rows = rows[: self.eval_cfg.limit]
-            scores = {TARGET: score_probe(self.target.probe, model, self.tokenizer, rows,
-                                          self.eval_cfg)}
+            scores = {
+                TARGET: score_probe(self.target.probe, model, self.tokenizer, rows, self.eval_cfg)
+            }
             if not self.probe_rows:
-                self.probe_rows = {p: load_probe_rows(p, self.eval_cfg)
-                                   for p in self.eval_cfg.probes}
+                self.probe_rows = {
+                    p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes
+                }
             scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.probe_rows))
         finally:
             model.train(was_training)
         return scores
 
     def _log(self, trainer: Trainer, prefix: str, scores: dict[str, dict[str, float]]) -> None:
-        flat = {f"{prefix}/{probe}/{k}": float(v) for probe, m in scores.items()
-                for k, v in m.items() if isinstance(v, int | float)}
+        flat = {
+            f"{prefix}/{probe}/{k}": float(v)
+            for probe, m in scores.items()
+            for k, v in m.items()
+            if isinstance(v, int | float)
+        }
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
 
-    def _cached_scores(self, model: torch.nn.Module, stage: str | None
-                       ) -> dict[str, dict[str, float]]:
+    def _cached_scores(
+        self, model: torch.nn.Module, stage: str | None
+    ) -> dict[str, dict[str, float]]:
         if self.cache_key is None:
             return self.score(model)
         key = {**self.cache_key, "stage": stage}
         path = cache_root() / "scores" / f"{stable_hash(key)}.json"
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == json.loads(json.dumps(key, default=str)):
+        if path.exists():
+            cached, problem = read_cached_scores(path, key)
+            if cached is not None:
                 log.info("reusing cached scores %s", path.name)
-                return cached["scores"]
-        except (OSError, ValueError, KeyError):
-            pass
+                return cached
+            log.warning(
+                "cached scores %s failed its integrity check (%s); rescoring", path, problem
+            )
         scores = self.score(model)
-        atomic_write_json(path, {"key": key, "scores": scores})
+        atomic_write_json(path, {"key": key, "scores": scores, "checksum": stable_hash(scores, 64)})
         return scores
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

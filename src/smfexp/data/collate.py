@@ -54,6 +54,8 @@ def fit_length(
     """Apply the over-long policy: drop / truncate (from the left, keeping the target) / error."""
     if policy not in OVERLONG:
         raise ValueError(f"overlong={policy!r}; valid: {', '.join(OVERLONG)}")
+    if max_length < 1:  # ids[-0:] would keep everything
+        raise ValueError(f"{name}: max_length={max_length} must be a positive number of tokens")
     kept: list[TokenizedExample] = []
     over = 0
     for ex in examples:
@@ -70,8 +72,14 @@ def fit_length(
             kept.append(TokenizedExample(ex.input_ids[-max_length:], ex.labels[-max_length:]))
     if over:
         verb = "dropped" if policy == "drop" else "truncated"
-        log.warning("%s: %s %d of %d examples longer than %d tokens", name, verb, over,
-                    len(examples), max_length)
+        log.warning(
+            "%s: %s %d of %d examples longer than %d tokens",
+            name,
+            verb,
+            over,
+            len(examples),
+            max_length,
+        )
     if not kept:
         raise ValueError(f"{name}: no examples left after applying max_length={max_length}")
     return kept

@@ -67,10 +67,13 @@ class Rows:
 
 
 # --------------------------------------------------------------------------- locating data
-def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path | None:
+def resolve_data_dir(
+    configured: str | os.PathLike | None = None, key: str = "data.data_dir"
+) -> Path | None:
     """The offline data directory: config value, else $SMFEXP_DATA_DIR, else ./data if present.
 
-    Returns None when none exists (then the hub is used).
+    Returns None when none exists (then the hub is used). ``key`` names the config key in the
+    error for a configured folder that does not exist.
     """
     for candidate in (configured, os.environ.get(DATA_DIR_ENV), "data"):
         if candidate in (None, ""):
@@ -80,7 +83,7 @@ def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path | None
             return path.resolve()
         if candidate is configured:
             raise DataUnavailableError(
-                f"data.data_dir={configured!r} does not exist; point it at a folder laid out like "
+                f"{key}={str(configured)!r} does not exist; point it at a folder laid out like "
                 f"shared/data (see its MANIFEST.md) or unset it to use the hub"
             )
     return None
@@ -151,15 +154,16 @@ def normalise_rows(
             good.append(normaliser(row))
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
             bad += 1
-            if example is None:
+            if bad == 1:  # not `example is None`: a null row is a valid first example
                 example, reason = row, f"{type(err).__name__}: {err}"
     total = len(good) + bad
     if not good:
         raise MalformedDataError(f"dataset {name!r}: no usable rows (of {total})")
     if bad:
         shown = json.dumps(example, default=str)[:200]
-        msg = (f"dataset {name!r}: skipped {bad} of {total} malformed rows; "
-               f"first: {shown} ({reason})")
+        msg = (
+            f"dataset {name!r}: skipped {bad} of {total} malformed rows; first: {shown} ({reason})"
+        )
         if bad / total > max_bad_fraction:
             raise MalformedDataError(
                 msg + f" - more than max_bad_fraction={max_bad_fraction}; fix the data or raise it"
@@ -174,6 +178,13 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def _scalar_text(value: Any, what: str) -> str:
+    """A string, or a number some dumps store instead (e.g. an option "5"); never None/""."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    return _text(value, what)
+
+
 _CHOICE_PREFIX = re.compile(r"^[A-D][.)]\s?")
 
 
@@ -186,8 +197,10 @@ def medmcqa_row(row: dict[str, Any]) -> dict[str, Any]:
         options = [_CHOICE_PREFIX.sub("", _text(c, "choice"), count=1) for c in choices]
         answer = row["answer"]
     else:
-        options = [str(row[k]) for k in ("opa", "opb", "opc", "opd")]
+        options = [_scalar_text(row[k], k) for k in ("opa", "opb", "opc", "opd")]
         answer = row["cop"]
+    if not all(o.strip() for o in options):  # e.g. a bare "A." choice
+        raise ValueError("options must be non-empty strings")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
         raise ValueError(f"answer index {answer!r} out of range 0..3")
     return {"question": _text(row["question"], "question"), "options": options, "answer": answer}
@@ -207,6 +220,8 @@ def triviaqa_row(row: dict[str, Any]) -> dict[str, Any]:
         question = row["question"]
         answer, aliases = row["answer"]["value"], row["answer"]["aliases"]
     answer = _text(answer, "answer")
+    if not isinstance(aliases, list):  # a bare string would split into characters
+        raise ValueError("aliases must be a list of strings")
     aliases = [a for a in aliases if isinstance(a, str) and a.strip()]
     if answer not in aliases:
         aliases = [answer, *aliases]
@@ -218,7 +233,10 @@ def nq_open_row(row: dict[str, Any]) -> dict[str, Any]:
     answers = row["answer"]
     if not isinstance(answers, list) or not answers:
         raise ValueError("answer must be a non-empty list")
-    return {"question": _text(row["question"], "question"), "answers": [str(a) for a in answers]}
+    return {
+        "question": _text(row["question"], "question"),
+        "answers": [_scalar_text(a, "answer") for a in answers],
+    }
 
 
 def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +245,8 @@ def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
     if "####" not in answer:
         raise ValueError("answer has no '#### N' final line")
     final = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    if not final:
+        raise ValueError("answer has an empty '####' final line")
     return {"question": _text(row["question"], "question"), "answer": answer, "final": final}
 
 
@@ -237,7 +257,10 @@ def text_row(row: Any) -> dict[str, Any]:
     if "prompt" in row and "response" in row:
         return {"text": _text(row["prompt"], "prompt") + _text(row["response"], "response")}
     if "context" in row and "continuation" in row:
-        return {"text": _text(row["context"], "context") + row["continuation"]}
+        continuation = row["continuation"]
+        if not isinstance(continuation, str):
+            raise ValueError("continuation must be a string")
+        return {"text": _text(row["context"], "context") + continuation}
     return {"text": _text(row["text"], "text")}
 
 
@@ -258,9 +281,14 @@ def load_medmcqa(data_dir: Path | None, split: str, max_bad_fraction: float = 0.
     return Rows(rows, source, bad)
 
 
-def _load_normalised(name: str, local_key: str, hub_split: str, data_dir: Path | None,
-                     normaliser: Callable[[Any], dict[str, Any]],
-                     max_bad_fraction: float) -> Rows:
+def _load_normalised(
+    name: str,
+    local_key: str,
+    hub_split: str,
+    data_dir: Path | None,
+    normaliser: Callable[[Any], dict[str, Any]],
+    max_bad_fraction: float,
+) -> Rows:
     """A JSONL file of the data dir, or the hub split, through ``normaliser``."""
     if data_dir is not None:
         path = _local_file(data_dir, local_key)
@@ -273,20 +301,21 @@ def _load_normalised(name: str, local_key: str, hub_split: str, data_dir: Path |
 
 def load_triviaqa(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
     """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
-    return _load_normalised("triviaqa", "triviaqa", "validation", data_dir, triviaqa_row,
-                            max_bad_fraction)
+    return _load_normalised(
+        "triviaqa", "triviaqa", "validation", data_dir, triviaqa_row, max_bad_fraction
+    )
 
 
 def load_nq_open(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
     """NaturalQuestions-open dev (3610 questions)."""
-    return _load_normalised("nq_open", "nq_open", "validation", data_dir, nq_open_row,
-                            max_bad_fraction)
+    return _load_normalised(
+        "nq_open", "nq_open", "validation", data_dir, nq_open_row, max_bad_fraction
+    )
 
 
 def load_gsm8k(data_dir: Path | None, split: str = "test", max_bad_fraction: float = 0.05) -> Rows:
     """GSM8K ``train`` or ``test``."""
-    return _load_normalised("gsm8k", f"gsm8k_{split}", split, data_dir, gsm8k_row,
-                            max_bad_fraction)
+    return _load_normalised("gsm8k", f"gsm8k_{split}", split, data_dir, gsm8k_row, max_bad_fraction)
 
 
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")

