@@ -485,6 +485,9 @@ class _StopCheck:
         return any(s in tail for s in self.stops)
 
 
+FIRST_PASS_TOKENS = 32  # most answers stop within this; the rest continue in a second pass
+
+
 def generate_until(
     model: Any,
     encoder: Encoder,
@@ -495,7 +498,13 @@ def generate_until(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy continuation of each prompt, cut at the first stop string (``HFLM.generate_until``
-    with ``do_sample=False``; EOS always stops)."""
+    with ``do_sample=False``; EOS always stops).
+
+    Two passes: every row gets up to :data:`FIRST_PASS_TOKENS` tokens in length-sorted
+    batches; the few rows still going (no stop string yet) are regrouped into full batches
+    and continue from their tokens so far. Greedy decoding is a function of the prefix, so the
+    text is the same, but a rambling row no longer holds a whole batch for 256 steps.
+    """
     if not prompts:
         return []
     tok = encoder.tokenizer
@@ -506,23 +515,40 @@ def generate_until(
     max_ctx = encoder.max_length - max_gen_toks
     if max_ctx <= 0:
         raise ValueError(f"max_gen_toks={max_gen_toks} leaves no context in {encoder.max_length}")
-    lengths = [len(x) for x in encoder.encode_many(prompts)]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], prompts[i]))
-    out: list[str | None] = [None] * len(prompts)
+    bos = getattr(tok, "bos_token", None)
+    contexts = [
+        ids[-max_ctx:]
+        for ids in tok(
+            list(prompts),
+            truncation=False,
+            add_special_tokens=not (bos and prompts[0].startswith(bos)),
+        )["input_ids"]
+    ]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(contexts[i]), prompts[i]))
+    generated: list[list[int]] = [[] for _ in prompts]
+    is_done = _StopCheck(tok, visible, _eos_ids(model, tok))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bar = tqdm(total=len(prompts), desc=desc, disable=not cfg.progress, leave=False)
     with scoring_mode(model, cfg.precision):
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            texts = [prompts[i] for i in batch]
-            for i, text in zip(
-                batch,
-                _generate_batch(model, tok, texts, stops, visible, max_ctx, max_gen_toks),
-                strict=True,
-            ):
-                out[i] = text
-            bar.update(len(batch))
+        pending = order
+        for budget in sorted({min(FIRST_PASS_TOKENS, max_gen_toks), max_gen_toks}):
+            still_going = []
+            for start in range(0, len(pending), cfg.batch_size):
+                batch = pending[start : start + cfg.batch_size]
+                finished = _decode_batch(
+                    model,
+                    [contexts[i] + generated[i] for i in batch],
+                    [generated[i] for i in batch],
+                    budget,
+                    is_done,
+                    pad_id,
+                )
+                still_going += [i for i, done in zip(batch, finished, strict=True) if not done]
+                bar.update(sum(finished))
+            pending = still_going
+        bar.update(len(pending))  # out of budget
     bar.close()
-    return out  # type: ignore[return-value]
+    return [cut_at_stop(tok.decode(g, skip_special_tokens=True), stops) for g in generated]
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:
@@ -538,54 +564,40 @@ def _eos_ids(model: Any, tok: Any) -> set[int]:
     return ids
 
 
-def _generate_batch(
+def _decode_batch(
     model: Any,
-    tok: Any,
-    texts: list[str],
-    stops: list[str],
-    visible: list[str],
-    max_ctx: int,
-    max_gen_toks: int,
-) -> list[str]:
-    """Greedy decoding of one left-padded batch, cut at the first stop string per row.
+    contexts: list[list[int]],
+    generated: list[list[int]],
+    budget: int,
+    is_done: _StopCheck,
+    pad_id: int,
+) -> list[bool]:
+    """Greedy decoding of one left-padded batch until each row is done or has ``budget``
+    tokens; appends to ``generated`` in place and says which rows are done.
 
     Same tokens as ``model.generate(do_sample=False)`` (positions from the attention mask, a
-    KV cache), but a finished row leaves the batch: its cache rows are dropped, so one
-    rambling answer no longer drags 15 finished rows through 256 decoding steps.
+    KV cache), but a finished row leaves the batch: its cache rows are dropped.
     """
     device = model_device(model)
-    bos = getattr(tok, "bos_token", None)
-    special_kw = {"add_special_tokens": False} if bos and texts[0].startswith(bos) else {}
-    enc = tok(
-        texts,
-        truncation=False,
-        padding="longest",
-        return_tensors="pt",
-        padding_side="left",
-        **special_kw,
-    )
-    ids = enc["input_ids"][:, -max_ctx:].to(device)
-    mask = enc["attention_mask"][:, -max_ctx:].to(device)
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    is_done = _StopCheck(tok, visible, _eos_ids(model, tok))
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts], device=device)
+    mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    done = [False] * len(contexts)
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
     )
     cache = out.past_key_values
     next_tokens = out.logits[:, -1].argmax(-1)
     last_pos = positions[:, -1]
-    alive = list(range(len(texts)))
-    generated: list[list[int]] = [[] for _ in texts]
-    for step in range(max_gen_toks):
+    alive = list(range(len(contexts)))
+    while True:
         for row, token in zip(alive, next_tokens.tolist(), strict=True):  # one transfer
             generated[row].append(token)
-        keep = [i for i, row in enumerate(alive) if not is_done(generated[row])]
-        if not keep or step == max_gen_toks - 1:
-            break
+            done[row] = is_done(generated[row])
+        keep = [i for i, row in enumerate(alive) if not done[row]]
+        if not keep or len(generated[alive[keep[0]]]) >= budget:
+            return done
         if len(keep) < len(alive):
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
@@ -601,4 +613,3 @@ def _generate_batch(
             use_cache=True,
         )
         next_tokens = out.logits[:, -1].argmax(-1)
-    return [cut_at_stop(tok.decode(row, skip_special_tokens=True), stops) for row in generated]
