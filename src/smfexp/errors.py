@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -17,6 +18,24 @@ from smfexp.utils.io import atomic_write_json
 
 log = logging.getLogger("smfexp")
 
+
+class RunInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped training after a checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} after step {step}; checkpoint "
+            f"{checkpoint} - run the same command with resume=auto to continue"
+        )
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN/Inf: stop before it reaches the weights."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ModelUnavailableError,
     DataUnavailableError,
@@ -24,6 +43,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     NotImplementedError,
     FileNotFoundError,
+    NonFiniteError,
+    RunInterrupted,
 )
 
 
@@ -37,13 +58,15 @@ def user_error_message(err: BaseException) -> str | None:
 
 
 def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> None:
-    """Write ``results.json`` with ``status: failed`` so reports show the job as failed."""
+    """Write ``results.json`` with ``status: failed`` (or ``interrupted``) so reports show the
+    job as not finished, never as a number."""
     try:
         out = Path(cfg.paths.output_dir)
     except Exception:  # no resolvable output dir: nothing to record into
         return
+    checkpoint = out / "checkpoints" / "last.ckpt"
     atomic_write_json(out / "results.json", {
-        "status": "failed",
+        "status": "interrupted" if isinstance(err, RunInterrupted) else "failed",
         "error": message or f"{type(err).__name__}: {err}",
         "traceback": "".join(traceback.format_exception(err))[-4000:],
         "method": cfg.method.get("name"),
@@ -51,6 +74,8 @@ def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> 
         "seed": cfg.get("seed"),
         "model": cfg.model.get("name"),
         "output_dir": str(out),
+        # the last good checkpoint: the same command with resume=auto continues from it
+        "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
     })
 
 
@@ -63,3 +88,4 @@ def friendly_errors() -> Iterator[None]:
         print(f"error: {user_error_message(err)}\n(add hydra.verbose=smfexp for the traceback)",
               file=sys.stderr)
         sys.exit(2)
+

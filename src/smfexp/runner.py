@@ -7,7 +7,9 @@ model loads), then model, data, method, Trainer, before/after scoring, results.j
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,12 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
+from smfexp.checkpointing import (
+    CHECKPOINT_DIR,
+    ResumableCheckpoint,
+    find_resume_checkpoint,
+    run_key,
+)
 from smfexp.eval import EvalConfig
 from smfexp.loggers import build_loggers, finish_loggers
 from smfexp.models.loading import load_model
@@ -97,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     validate_train_config(cfg)  # one-line errors before anything heavy
+    resume_from = find_resume_checkpoint(cfg)
     eval_cfg = EvalConfig.from_config(cfg.eval)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -133,13 +142,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     str(trainer_kwargs.get("accelerator")))
-    callbacks = [forgetting, *build_callbacks(cfg)]
+    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR,
+                                       int(cfg.get("checkpoint_every_n_steps", 0) or 0),
+                                       run_key(cfg))
+    callbacks = [forgetting, checkpointer, *build_callbacks(cfg)]
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
     loggers = build_loggers(cfg, run_metadata(cfg))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
                         default_root_dir=str(output_dir), enable_progress_bar=enable_bar)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with warnings.catch_warnings():
+        # our sampler re-enters the epoch at the checkpointed batch (SFTDataModule.state_dict)
+        warnings.filterwarnings("ignore", message=".*your dataloader is\\s+not resumable")
+        trainer.fit(module, datamodule=datamodule,
+                    ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     fit_seconds = time.perf_counter() - t0
 
     if not trainer.is_global_zero:  # other DDP ranks: rank 0 writes the outputs
@@ -168,11 +184,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
         "trained_artifact": saved,
         "retrofit": retrofit_info,
+        "resumed_from": str(resume_from) if resume_from else None,
         "output_dir": str(output_dir),
     }
     results.update(getattr(module, "extra_results", dict)())
     results["objective"] = objective(results, cfg.get("forgetting_penalty", 1.0))
     atomic_write_json(output_dir / "results.json", results)
+    if not cfg.get("keep_checkpoints", False):  # finished: the trained artifact is what stays
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
     finish_loggers(loggers, summary_metrics(results), results)
     log.info("results written to %s", output_dir / "results.json")
     return results

@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from smfexp.errors import record_failure, user_error_message
+    from smfexp.errors import RunInterrupted, record_failure, user_error_message
     from smfexp.runner import train
 
     print(OmegaConf.to_yaml(cfg, resolve=False), file=sys.stderr)
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"error: {message}\n(add hydra.verbose=smfexp for the traceback)",
               file=sys.stderr)
-        sys.exit(2)
+        sys.exit(128 + err.signum if isinstance(err, RunInterrupted) else 2)
     return float(results.get("objective", math.nan))
 
 

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from smfexp.data import sources
 from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
+from smfexp.data.sampling import ResumableRandomSampler
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class SFTDataModule(LightningDataModule):
         self.target: TargetSpec | None = None
         self.info: dict[str, Any] = {}
         self._prepared = False
+        self._resume_position: tuple[int, int] | None = None
+        self.sampler: ResumableRandomSampler | None = None
 
     # -- subclasses -------------------------------------------------------------------
     def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
@@ -124,15 +127,32 @@ class SFTDataModule(LightningDataModule):
         self._prepared = True
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        self.sampler = ResumableRandomSampler(len(self.train_examples), self.shuffle_seed)
+        if self._resume_position is not None:
+            epoch, batches = self._resume_position
+            self.sampler.start_at(epoch, batches * self.batch_size)
+            self._resume_position = None
         return DataLoader(
             self.train_examples,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),  # not the global RNG
             collate_fn=self.collator,
             num_workers=self.num_workers,
         )
+
+    # -- resume: where in the data a checkpoint was taken ------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and batches trained in it (checkpoints are taken at the end of a batch)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self._resume_position = (int(state["epoch"]), int(state["batches_done"]))
 
 
 class MedMCQADataModule(SFTDataModule):

@@ -17,6 +17,8 @@ import torch
 from lightning import LightningModule
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from smfexp.errors import NonFiniteError
+
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -39,6 +41,7 @@ class FinetuneModule(LightningModule):
         **unused: Any,
     ) -> None:
         super().__init__()
+        self.strict_loading = False  # checkpoints hold only what trains (on_save_checkpoint)
         if lr <= 0:
             raise ValueError(f"method.lr must be > 0 (got {lr})")
         if schedule not in SCHEDULES:
@@ -82,6 +85,7 @@ class FinetuneModule(LightningModule):
             labels=batch["labels"],
         )
         loss = out.loss
+        self.check_finite(loss.detach(), "training loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].shape[0])
         return loss
@@ -110,3 +114,40 @@ class FinetuneModule(LightningModule):
         )
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- numerical faults -------------------------------------------------------------
+    def check_finite(self, value: torch.Tensor, what: str, batch_idx: int | None = None) -> None:
+        """Stop the run (no update applied) when ``value`` is NaN/Inf; one host sync."""
+        if not torch.isfinite(value).all():
+            where = f"step {self.global_step + 1}" + (
+                f" (batch {batch_idx})" if batch_idx is not None else "")
+            raise NonFiniteError(
+                f"non-finite {what} ({float(value):g}) at {where}; nothing was applied and the "
+                f"last good checkpoint is kept. Lower method.lr, check the data, or try "
+                f"trainer.precision=32-true"
+            )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.check_finite(torch.nn.utils.get_total_norm(grads), "gradient norm")
+
+    # -- checkpoints: what trains, not the frozen backbone --------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }
+        checkpoint["smfexp_method"] = self.method_name
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        method = checkpoint.get("smfexp_method")
+        if method not in (None, self.method_name):
+            raise ValueError(f"the checkpoint was written by method={method}, this run is "
+                             f"method={self.method_name}")
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        saved = set(checkpoint["state_dict"])
+        if saved - set(self.state_dict()) or trainable - saved:
+            example = sorted((saved - set(self.state_dict())) or (trainable - saved))[0]
+            raise ValueError(f"the checkpoint does not match this model/method (e.g. {example});"
+                             f" resume with the config that wrote it")

@@ -123,6 +123,7 @@ class SparseMemoryFinetune(FinetuneModule):
         # rows ever updated, per layer (bool per slot: 1 byte/slot, e.g. 1 MB for 1M slots)
         self.touched = [torch.zeros(m.n_slots, dtype=torch.bool) for m in self.memories]
         self.generator: torch.Generator | None = None
+        self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
 
     # -- what trains --------------------------------------------------------------------
     def prepare_model(self) -> None:
@@ -177,11 +178,29 @@ class SparseMemoryFinetune(FinetuneModule):
         if self.background is not None:
             self.background = self.background.to(device)
         self.generator = torch.Generator(device=device).manual_seed(self.selector_seed)
+        if self._restored is not None:  # resumed: the selector state continues
+            self.generator.set_state(self._restored["generator"])
+            self.touched = [t.to(device) for t in self._restored["touched"]]
+            self._restored = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients were checked in ``_sparse_step`` (they are sparse)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        assert self.generator is not None
+        checkpoint["smf"] = {"generator": self.generator.get_state(),
+                             "touched": [t.cpu() for t in self.touched]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._restored = checkpoint.get("smf")
 
     # -- one micro-batch / one optimizer step ------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          labels=batch["labels"])
+        self.check_finite(out.loss.detach(), "training loss", batch_idx)
         self.manual_backward(out.loss / self.grad_accum)
         mask = (batch["attention_mask"] if self.count_tokens == "attention"
                 else loss_bearing_mask(batch["labels"]))
@@ -215,9 +234,10 @@ class SparseMemoryFinetune(FinetuneModule):
             stats[f"smf/L{layer}/score_max"] = score["max"]
             stats[f"smf/L{layer}/score_mean"] = score["mean"]
         self.counter.reset()
-        if self.grad_clip:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            stats["train/grad_norm"] = float(clip_grad_norm_(trainable, self.grad_clip))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        norm = clip_grad_norm_(trainable, self.grad_clip or math.inf)  # also the NaN check
+        self.check_finite(norm, "gradient norm")
+        stats["train/grad_norm"] = float(norm)
         values_opt.step()  # the wrapped step counts as the trainer's global step
         for opt in raw[1:]:  # gate optimizer: unwrapped so one SMF step = one global step
             opt.step()

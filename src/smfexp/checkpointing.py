@@ -1,0 +1,198 @@
+"""Resumable runs: periodic checkpoints, a clean stop on SIGTERM/SIGINT, ``resume=auto``.
+
+A checkpoint is only taken right after an optimizer step, so it never splits a gradient
+accumulation window, and it holds everything the next step depends on: what trains (memory
+rows / LoRA adapter / full weights, see ``FinetuneModule.on_save_checkpoint``), optimizer and
+scheduler state, selector state, the RNG streams and the position in the data. A resumed run
+therefore takes exactly the steps the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer
+from omegaconf import DictConfig, OmegaConf
+
+from smfexp.errors import RunInterrupted
+from smfexp.utils.io import stable_hash
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+KEY_FILE = "run_key.txt"
+# keys that do not change what a run computes (where it writes, how it logs, how to resume)
+_NOT_IN_KEY = ("resume", "ckpt_path", "paths", "logger", "callbacks", "checkpoint_every_n_steps",
+               "keep_checkpoints")
+
+
+def run_key(cfg: DictConfig) -> str:
+    """Identity of a run's computation: two runs with the same key take the same steps."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return stable_hash({k: v for k, v in container.items() if k not in _NOT_IN_KEY})
+
+
+def find_resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``resume=`` (or ``ckpt_path=``) points at; None = start fresh.
+
+    ``auto`` picks the newest ``checkpoints/last.ckpt`` under ``paths.runs_root`` written by a
+    run with this run's key; a run directory or a ``.ckpt`` file can also be given.
+    """
+    value = cfg.get("resume") or cfg.get("ckpt_path")
+    if not value:
+        return None
+    if str(value) == "auto":
+        root = Path(cfg.paths.runs_root)
+        key = run_key(cfg)
+        here = Path(cfg.paths.output_dir).resolve()
+        found = [
+            p for p in root.glob(f"**/{CHECKPOINT_DIR}/{LAST}")
+            if p.parent.parent.resolve() != here and _read_key(p.parent) == key
+        ]
+        if not found:
+            log.info("resume=auto: no unfinished run with this config under %s; starting fresh",
+                     root)
+            return None
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("resume=auto: continuing %s", newest)
+        return newest
+    path = Path(str(value)).expanduser()
+    for candidate in (path, path / CHECKPOINT_DIR / LAST, path / LAST):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"resume={value}: no checkpoint there (a run keeps it in <run dir>/{CHECKPOINT_DIR}/"
+        f"{LAST} until it finishes); use resume=auto to find the newest unfinished run"
+    )
+
+
+def _read_key(directory: Path) -> str | None:
+    try:
+        return (directory / KEY_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG stream a training step can draw from (tensors and tuples: weights_only-safe)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss,
+                  cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumableCheckpoint(Callback):
+    """Writes ``<dir>/last.ckpt`` every ``every_n_steps`` optimizer steps and, on SIGTERM or
+    SIGINT, once more after the current step before stopping with :class:`RunInterrupted`.
+    A second signal stops at once."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int, key: str) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"checkpoint_every_n_steps must be >= 0 (got {every_n_steps})")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.key = key
+        self.last_path: Path | None = None
+        self._last_step = -1
+        self._signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._pending_rng: dict[str, Any] | None = None
+
+    # -- when to save ------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            (self.dirpath / KEY_FILE).write_text(self.key + "\n")
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # asked twice: stop now, keep the last checkpoint
+            raise KeyboardInterrupt
+        self._signal = signum
+        log.warning("received %s: saving a checkpoint after the current optimizer step "
+                    "(send it again to stop at once)", signal.Signals(signum).name)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:  # resumed: the streams continue where they stopped
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # no optimizer step yet (inside an accumulation window)
+            return
+        self._last_step = step
+        if self._signal is not None:
+            path = self.save(trainer)
+            raise RunInterrupted(self._signal, step, path)
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def save(self, trainer: Trainer) -> Path:
+        path = self.dirpath / LAST
+        trainer.save_checkpoint(path, weights_only=False)  # full state; temp file + rename
+        self.last_path = path
+        return path
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    # -- what goes in ------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["smfexp"] = {"run_key": self.key, "rng": rng_state()}
+        # Saved at the end of a batch, just before Lightning marks it completed: count it, or
+        # the resumed loop would number batches (and accumulation windows) one behind.
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        progress = loop.get("epoch_loop.batch_progress")
+        if progress:
+            for part in ("total", "current"):
+                progress[part]["completed"] = progress[part]["processed"]
+        state = loop.get("epoch_loop.state_dict")
+        if state and "_batches_that_stepped" in state:
+            state["_batches_that_stepped"] += 1  # incremented right after this hook, too
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("smfexp", {})
+        if saved.get("run_key") not in (None, self.key):
+            log.warning("resuming from a checkpoint written with a different config: steps "
+                        "after the resume follow the new config")
+        self._pending_rng = saved.get("rng")

@@ -1,0 +1,190 @@
+"""Fault tolerance: kill -9 / SIGTERM and resume, NaN stops, checkpoints hold what trains.
+
+The interrupted runs use the real CLI in a subprocess (signals, exit codes and the files a user
+sees); a resumed run must end bit-identical to an uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import TINY_MEMORY, TINY_RETROFIT, compose_train
+
+MAX_STEPS = 16
+COMMON = [
+    "model=tiny", "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
+    "data.eval_size=8", "eval.limit=4", "eval.probes=[]", "eval.progress=false",
+    f"trainer.max_steps={MAX_STEPS}", "checkpoint_every_n_steps=2",
+]
+METHOD_ARGS = {
+    "smf": ["method=smf", *TINY_MEMORY, *TINY_RETROFIT],
+    "lora": ["method=lora"],  # dropout 0.05: the RNG streams must resume too
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One retrofit for the module's runs; the converted tokenizer from the user cache."""
+    from smfexp.utils.io import cache_root
+
+    root = tmp_path_factory.mktemp("resume-cache")
+    if (cache_root() / "models").exists():
+        (root / "models").symlink_to(cache_root() / "models")
+    return root
+
+
+def _cli(method: str, runs: Path, name: str, data_dir: Path, cache: Path,
+         *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "SMFEXP_CACHE": str(cache), "WANDB_MODE": "offline"}
+    args = [sys.executable, "-m", "smfexp.train", *COMMON, *METHOD_ARGS[method],
+            f"paths.data_dir={data_dir}", f"paths.runs_root={runs}",
+            f"hydra.run.dir={runs / name}", *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.01)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open())
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def _trained_tensors(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted((run / "trained").rglob("*.safetensors"))
+    assert files, f"no trained artifact in {run}"
+    return {f"{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def _assert_same_run(resumed: Path, reference: Path) -> None:
+    a = json.loads((resumed / "results.json").read_text())
+    b = json.loads((reference / "results.json").read_text())
+    assert a["status"] == "ok" and a["resumed_from"], a
+    assert a["steps"] == b["steps"] == MAX_STEPS
+    assert a["after"] == b["after"] and a["before"] == b["before"]
+    ta, tb = _trained_tensors(resumed), _trained_tensors(reference)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    la, lb = _losses(resumed), _losses(reference)
+    assert la and all(la[s] == lb[s] for s in la), (la, lb)  # every step after the resume
+    if a["method"] == "smf":
+        assert a["smf"]["updated_rows_per_layer"] == b["smf"]["updated_rows_per_layer"]
+    assert not (resumed / "checkpoints").exists()  # finished runs drop their checkpoints
+
+
+@pytest.mark.parametrize("method", ["smf", pytest.param("lora", marks=pytest.mark.slow)])
+def test_kill_and_sigterm_resume_match_uninterrupted_run(method, tmp_path, data_dir, cache):
+    runs = tmp_path / "runs"
+    code, err = _finish(_cli(method, runs, "reference", data_dir, cache))
+    assert code == 0, err
+
+    # kill -9 as soon as the first periodic checkpoint exists, then resume=auto
+    proc = _cli(method, runs, "killed", data_dir, cache)
+    ckpt = runs / "killed" / "checkpoints" / "last.ckpt"
+    _wait_for(ckpt, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(ckpt, weights_only=True)
+    assert 0 < saved["global_step"] < MAX_STEPS, "the kill must land mid-training"
+    code, err = _finish(_cli(method, runs, "after_kill", data_dir, cache, "resume=auto"))
+    assert code == 0, err
+    _assert_same_run(runs / "after_kill", runs / "reference")
+    assert json.loads((runs / "after_kill" / "results.json").read_text())["resumed_from"] == str(
+        ckpt)
+
+    # SIGTERM: a checkpoint after the current step, exit 128+15, results.json "interrupted"
+    proc = _cli(method, runs, "terminated", data_dir, cache)
+    _wait_for(runs / "terminated" / "checkpoints" / "run_key.txt", proc)  # training started
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert "resume=auto" in err and "Traceback" not in err
+    status = json.loads((runs / "terminated" / "results.json").read_text())
+    assert status["status"] == "interrupted" and Path(status["checkpoint"]).is_file()
+    assert torch.load(status["checkpoint"], weights_only=True)["global_step"] < MAX_STEPS
+    code, err = _finish(_cli(method, runs, "after_term", data_dir, cache,
+                             f"resume={runs / 'terminated'}"))
+    assert code == 0, err
+    _assert_same_run(runs / "after_term", runs / "reference")
+
+
+def test_checkpoint_holds_only_what_trains(tmp_path, data_dir):
+    """A LoRA checkpoint is the adapter + optimizer state, not the frozen backbone."""
+    from smfexp.runner import train
+
+    cfg = compose_train(tmp_path, data_dir, ["method=lora", "checkpoint_every_n_steps=1",
+                                             "keep_checkpoints=true"])
+    train(cfg)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    assert saved["smfexp_method"] == "lora" and saved["global_step"] == 2
+
+
+def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    from smfexp.runner import train
+
+    cfg = compose_train(tmp_path, data_dir, [f"resume={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="resume=auto"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("method", ["lora", "smf"])
+def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
+        method, tmp_path, data_dir, monkeypatch):
+    import smfexp.runner as runner
+    from smfexp.errors import NonFiniteError, record_failure, user_error_message
+
+    real_load = runner.load_model
+    poison_at = 5  # training micro-batch 5 = optimizer step 3 (grad_accum 2)
+
+    def load_with_fault(spec):
+        model, tok = real_load(spec)
+        calls = {"n": 0}
+
+        def poison(module, args, output):
+            if not module.training:
+                return None
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] >= poison_at else None
+
+        model.lm_head.register_forward_hook(poison)
+        return model, tok
+
+    monkeypatch.setattr(runner, "load_model", load_with_fault)
+    cfg = compose_train(tmp_path, data_dir, [*METHOD_ARGS[method], "trainer.max_steps=6",
+                                             "checkpoint_every_n_steps=2"])
+    with pytest.raises(NonFiniteError, match="step 3") as info:
+        runner.train(cfg)
+    record_failure(cfg, info.value, user_error_message(info.value))  # what smfexp.train does
+    status = json.loads((tmp_path / "results.json").read_text())
+    assert status["status"] == "failed" and "non-finite training loss" in status["error"]
+    assert "after" not in status  # never a number
+    kept = torch.load(status["checkpoint"], weights_only=True)
+    assert kept["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
