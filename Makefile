@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.smfexp-installed
 SHARED_DATA ?= ../shared/data
+BENCH_ARGS  ?=
 export SMFEXP_DATA_DIR ?= $(if $(wildcard data/),$(abspath data),)
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
@@ -46,10 +47,8 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix .
 
-bench: setup  ## benchmark scripts (minutes)
-	$(BIN)/python benchmarks/bench_memory.py
-	$(BIN)/python benchmarks/bench_sparse_update.py
-	$(BIN)/python benchmarks/bench_eval.py
+bench: setup  ## benchmark suite -> BENCHMARKS.md (an hour+ on 2 cores; BENCH_ARGS=--quick: minutes)
+	$(BIN)/python benchmarks/suite.py --out BENCHMARKS.md $(BENCH_ARGS)
 
 clean:  ## remove run outputs (not the model cache)
 	rm -rf outputs multirun wandb .pytest_cache
