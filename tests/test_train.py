@@ -87,11 +87,12 @@ def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     assert all(0 < r <= 2 * 8 for r in smf["updated_rows_per_layer"])  # <= steps * top_t
     assert smf["bytes_changed"] == sum(smf["updated_rows_per_layer"]) * 64 * 4
     assert first["retrofit"]["heldout_loss"]["retrofitted"] > 0
-    t0 = time.perf_counter()
+    cached = sorted(Path(first["retrofit"]["checkpoint"]).iterdir())
+    stamps = {f.name: f.stat().st_mtime_ns for f in cached}
     second = train(compose_train(tmp_path / "b", data_dir, overrides))
     assert second["retrofit"]["checkpoint"] == first["retrofit"]["checkpoint"]
+    assert {f.name: f.stat().st_mtime_ns for f in cached} == stamps  # reused, not rebuilt
     assert second["after"]["target"] == first["after"]["target"]  # same seed, same result
-    assert time.perf_counter() - t0 < 120
 
 
 def test_invalid_values_fail_before_loading(tmp_path, data_dir):
