@@ -156,8 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="precision of the scaling steps (auto: bf16-mixed if the CPU has it)",
     )
     p.add_argument("--medmcqa", type=int, default=None, help="eval rows (200)")
-    p.add_argument("--triviaqa", type=int, default=None, help="eval rows (200)")
-    p.add_argument("--wikitext", type=int, default=None, help="eval documents (5)")
+    p.add_argument("--triviaqa", type=int, default=None, help="eval rows (64)")
+    p.add_argument("--wikitext", type=int, default=None, help="eval documents (3)")
     p.add_argument("--eval-batch-size", type=int, default=None, help="smfexp/lm_eval batch (16)")
     p.add_argument("--eval-runs", type=int, default=None, help="eval repetitions (--runs)")
     p.add_argument(
@@ -213,8 +213,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
         scaling_precision=precision,
         eval_rows={
             "medmcqa": pick(args.medmcqa, 8, 200),
-            "triviaqa": pick(args.triviaqa, 1, 200),
-            "wikitext": pick(args.wikitext, 1, 5),
+            "triviaqa": pick(args.triviaqa, 1, 64),
+            "wikitext": pick(args.wikitext, 1, 3),
         },
         eval_batch_size=pick(args.eval_batch_size, 8, 16),
         eval_runs=args.eval_runs or args.runs,
