@@ -125,12 +125,12 @@ class ResumableCheckpoint(Callback):
     # -- when to save ------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = trainer.global_step
-        if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-            (self.dirpath / KEY_FILE).write_text(self.key + "\n")
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        if trainer.is_global_zero:  # after the handlers: its presence means "stoppable"
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            (self.dirpath / KEY_FILE).write_text(self.key + "\n")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None:  # asked twice: stop now, keep the last checkpoint
