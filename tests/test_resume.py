@@ -188,3 +188,30 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
     kept = torch.load(status["checkpoint"], weights_only=True)
     assert kept["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+
+def test_resume_auto_picks_the_newest_unfinished_run_with_this_config(tmp_path, data_dir):
+    from smfexp.checkpointing import CHECKPOINT_DIR, KEY_FILE, LAST, find_resume_checkpoint, run_key
+
+    cfg = compose_train(tmp_path / "new", data_dir, ["resume=auto",
+                                                     f"paths.runs_root={tmp_path / 'runs'}"])
+    key = run_key(cfg)
+
+    def run(name: str, key: str, status: str | None, mtime: int) -> Path:
+        ckpt = tmp_path / "runs" / name / CHECKPOINT_DIR / LAST
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"x")
+        (ckpt.parent / KEY_FILE).write_text(key + "\n")
+        if status:
+            (ckpt.parent.parent / "results.json").write_text(json.dumps({"status": status}))
+        os.utime(ckpt, (mtime, mtime))
+        return ckpt
+
+    old = run("old", key, "interrupted", 1_000)
+    run("finished", key, "ok", 3_000)  # keep_checkpoints=true: done, nothing to resume
+    run("other_config", "0123abcd", None, 4_000)
+    assert find_resume_checkpoint(cfg) == old
+    newer = run("killed", key, None, 2_000)
+    assert find_resume_checkpoint(cfg) == newer
+    cfg.resume = None
+    assert find_resume_checkpoint(cfg) is None

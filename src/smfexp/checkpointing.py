@@ -9,6 +9,7 @@ therefore takes exactly the steps the uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import signal
@@ -57,6 +58,7 @@ def find_resume_checkpoint(cfg: DictConfig) -> Path | None:
         found = [
             p for p in root.glob(f"**/{CHECKPOINT_DIR}/{LAST}")
             if p.parent.parent.resolve() != here and _read_key(p.parent) == key
+            and not _finished(p.parent.parent)  # kept checkpoints of finished runs
         ]
         if not found:
             log.info("resume=auto: no unfinished run with this config under %s; starting fresh",
@@ -80,6 +82,13 @@ def _read_key(directory: Path) -> str | None:
         return (directory / KEY_FILE).read_text().strip()
     except OSError:
         return None
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("status") == "ok"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def rng_state() -> dict[str, Any]:
