@@ -223,25 +223,18 @@ def test_train_cli_missing_data_dir_without_hub(tmp_path):
     assert "unreachable" in line and seconds < 60
 
 
-def test_retrofit_cli_exits_2_in_one_line(tmp_path, data_dir):
+@pytest.mark.parametrize(
+    ("module", "bad", "named"),
+    [
+        ("smfexp.retrofit", "memory.layers=[9]", "memory.layers entry 9"),
+        ("smfexp.evaluate", "eval.protocol=nope", "eval.protocol"),
+    ],
+)
+def test_retrofit_and_evaluate_cli_exit_2_in_one_line(module, bad, named, tmp_path, data_dir):
     proc, seconds = _cli(
-        "smfexp.retrofit",
-        ["model=tiny", TRIPWIRE, "memory.layers=[9]"],
-        tmp_path,
-        env={"SMFEXP_DATA_DIR": str(data_dir)},
+        module, ["model=tiny", TRIPWIRE, bad], tmp_path, env={"SMFEXP_DATA_DIR": str(data_dir)}
     )
-    _assert_one_line_error(proc, "memory.layers entry 9", tmp_path)
-    assert seconds < 60
-
-
-def test_evaluate_cli_exits_2_in_one_line(tmp_path, data_dir):
-    proc, seconds = _cli(
-        "smfexp.evaluate",
-        ["model=tiny", TRIPWIRE, "eval.protocol=nope"],
-        tmp_path,
-        env={"SMFEXP_DATA_DIR": str(data_dir)},
-    )
-    _assert_one_line_error(proc, "eval.protocol", tmp_path)
+    _assert_one_line_error(proc, named, tmp_path)
     assert seconds < 60
 
 

@@ -147,7 +147,8 @@ class FinetuneModule(LightningModule):
                              f"method={self.method_name}")
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         saved = set(checkpoint["state_dict"])
-        if saved - set(self.state_dict()) or trainable - saved:
-            example = sorted((saved - set(self.state_dict())) or (trainable - saved))[0]
+        mismatch = (saved - set(self.state_dict())) or (trainable - saved)
+        if mismatch:
+            example = sorted(mismatch)[0]
             raise ValueError(f"the checkpoint does not match this model/method (e.g. {example});"
                              f" resume with the config that wrote it")
