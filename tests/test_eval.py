@@ -322,6 +322,11 @@ def test_eval_config_from_omegaconf() -> None:
     quick = OmegaConf.merge(node, OmegaConf.load(ROOT / "conf" / "eval" / "quick.yaml"))
     quick.pop("defaults")
     assert EvalConfig.from_config(quick).limit_for("wikitext") == 5
+    # default: 10 WikiText documents (CPU-sized); eval=full: every held-out row of every probe
+    assert cfg.limit_for("wikitext") == 10 and cfg.limit_for("triviaqa") == 1000
+    full = OmegaConf.merge(node, OmegaConf.load(ROOT / "conf" / "eval" / "full.yaml"))
+    full.pop("defaults")
+    assert all(EvalConfig.from_config(full).limit_for(p) is None for p in PROBES)
     with pytest.raises(ValueError, match="unknown eval config key"):
         EvalConfig.from_config({"protocl": "paper"})
 
