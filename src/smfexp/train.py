@@ -20,6 +20,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("smfexp.train")
 
 
+class _DropAdvert(logging.Filter):
+    """Lightning logs an advert for its hosted logger on every fit; it is not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
@@ -29,6 +36,7 @@ def main(cfg: DictConfig) -> float:
     from smfexp.runner import train
 
     print(OmegaConf.to_yaml(cfg, resolve=False), file=sys.stderr)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
     try:
         results = train(cfg)
     except Exception as err:
