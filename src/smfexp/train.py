@@ -27,6 +27,9 @@ class _DropAdvert(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+_DROP_ADVERT = _DropAdvert()  # one instance: addFilter ignores repeats across multirun jobs
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
@@ -36,7 +39,7 @@ def main(cfg: DictConfig) -> float:
     from smfexp.runner import train
 
     print(OmegaConf.to_yaml(cfg, resolve=False), file=sys.stderr)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERT)
     try:
         results = train(cfg)
     except Exception as err:
