@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smfexp.memory.deferred import ValueGradSink, deferred_embedding_bag
+
 
 class ProductKeyMemory(nn.Module):
     """A key-value memory with ``n_keys**2`` slots read through product keys."""
@@ -67,6 +69,9 @@ class ProductKeyMemory(nn.Module):
 
         # Runtime switches and read-out for callers (not parameters, not saved).
         self.sparse_grad = False
+        # When set, the value gradient is not materialised: backward leaves what builds any
+        # row's gradient in the sink (SMF builds just the selected rows; see deferred.py).
+        self.value_grad_sink: ValueGradSink | None = None
         self.last_indices: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
         self.reset_parameters()
@@ -118,13 +123,14 @@ class ProductKeyMemory(nn.Module):
         self.last_indices = idx.detach()
         self.last_weights = weights.detach()
         # One bag per token over all heads' reads: summing over heads is free inside the bag.
-        bag = F.embedding_bag(
-            idx.reshape(-1, idx.shape[-1]),
-            self.values,
-            per_sample_weights=weights.reshape(-1, idx.shape[-1]).to(self.values.dtype),
-            mode="sum",
-            sparse=self.sparse_grad,
-        ).view(*lead, self.v_dim)
+        flat_idx = idx.reshape(-1, idx.shape[-1])
+        flat_w = weights.reshape(-1, idx.shape[-1]).to(self.values.dtype)
+        if self.value_grad_sink is not None and torch.is_grad_enabled():
+            bag = deferred_embedding_bag(flat_idx, self.values, flat_w, self.value_grad_sink)
+        else:
+            bag = F.embedding_bag(flat_idx, self.values, per_sample_weights=flat_w, mode="sum",
+                                  sparse=self.sparse_grad)
+        bag = bag.view(*lead, self.v_dim)
         gate = F.silu(self.gate_proj(x_in))
         out = self.out_proj(bag.to(gate.dtype) * gate)
         return out.to(x.dtype)
@@ -133,5 +139,5 @@ class ProductKeyMemory(nn.Module):
         return (
             f"hidden={self.hidden_size}, n_keys={self.n_keys} ({self.n_slots} slots), "
             f"heads={self.heads}, knn={self.knn}, k_dim={self.k_dim}, v_dim={self.v_dim}, "
-            f"sparse_grad={self.sparse_grad}"
+            f"sparse_grad={self.sparse_grad}, deferred_grad={self.value_grad_sink is not None}"
         )

@@ -2,11 +2,12 @@
 
 One optimizer step, readable top to bottom (``training_step``):
 1. forward a micro-batch; count which memory slots its real tokens read (on device, no sync);
-2. backward: value gradients are sparse (only rows read), the backbone is frozen, so the
-   backward pass stops at the lowest memory layer;
+2. backward: the backbone is frozen, so the backward pass stops at the lowest memory layer;
+   no value gradient is materialised - each memory keeps dL/d(read) per token (deferred.py);
 3. at the accumulation boundary: all-reduce the counts (data parallel ranks agree), let the
-   selector pick ``top_t`` rows per layer from counts + background statistics, clip, and let
-   the row-sparse optimizer change exactly those rows - every other row stays bit-identical.
+   selector pick ``top_t`` rows per layer from counts + background statistics, build the
+   gradient of just those rows, clip, and let the row-sparse optimizer change exactly those
+   rows - every other row stays bit-identical.
 Manual optimization keeps that order explicit (Lightning's automatic loop would select per
 micro-batch or hide it in hooks).
 """
@@ -23,7 +24,8 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import get_scheduler
 
-from smfexp.memory import memory_blocks, save_memory, set_sparse_values
+from smfexp.memory import memory_blocks, save_memory
+from smfexp.memory.deferred import ValueGradSink
 from smfexp.methods.base import FinetuneModule
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
@@ -65,6 +67,23 @@ def _all_reduce_rows(values: torch.nn.Parameter, rows: Tensor) -> None:
     keep = present > 0
     values.grad = torch.sparse_coo_tensor(rows[keep].unsqueeze(0), block[keep],
                                           size=values.shape).coalesce()
+
+
+def _build_selected_grad(values: torch.nn.Parameter, sink: ValueGradSink | None,
+                         rows: Tensor) -> None:
+    """``values.grad`` = the gradient of the selected ``rows`` only (sparse, coalesced).
+
+    Built from the backward passes the sink collected since the last step, then the sink is
+    emptied. The rest of the step (all-reduce, clipping, the row-sparse optimizer) sees an
+    ordinary sparse gradient; clipping therefore uses the norm of the update actually applied.
+    """
+    if sink is None:
+        return
+    kept, block = sink.rows_grad(rows)
+    sink.clear()
+    values.grad = None if kept.numel() == 0 else torch.sparse_coo_tensor(
+        kept.unsqueeze(0), block.to(values.dtype), size=values.shape, is_coalesced=True,
+        check_invariants=False)
 
 
 def loss_bearing_mask(labels: Tensor) -> Tensor:
@@ -140,7 +159,8 @@ class SparseMemoryFinetune(FinetuneModule):
                         f"memory gate of layer {block.layer_idx} is 0 and frozen: the values "
                         f"would get no gradient; set method.train_gate=true or a nonzero gate"
                     )
-        set_sparse_values(self.model, True)
+        for block in blocks:  # value gradients: only the selected rows are ever built
+            block.memory.value_grad_sink = ValueGradSink()
 
     def configure_optimizers(self) -> Any:
         values = [m.values for m in self.memories]
@@ -223,6 +243,7 @@ class SparseMemoryFinetune(FinetuneModule):
             counts = self.counter.counts(layer)
             bg = self.background.layer(layer) if self.background is not None else None
             chosen = select(self.selector, counts, bg, self.top_t, self.generator)
+            _build_selected_grad(memory.values, memory.value_grad_sink, chosen.indices)
             if _distributed():
                 _all_reduce_rows(memory.values, chosen.indices)
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
@@ -247,6 +268,10 @@ class SparseMemoryFinetune(FinetuneModule):
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             sched.step()
         stats["train/lr"] = values_opt.param_groups[0]["lr"]
+        if self.train_gate:
+            for layer, block in enumerate(memory_blocks(self.model)):
+                if block.gate is not None:
+                    stats[f"smf/L{layer}/gate"] = float(block.gate)
         self.log_dict(stats, on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
