@@ -18,6 +18,7 @@ from lightning import LightningModule
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from smfexp.errors import NonFiniteError
+from smfexp.methods.loss import causal_lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,7 @@ class FinetuneModule(LightningModule):
         return self.model(**batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
-        loss = out.loss
+        loss = causal_lm_loss(self.model, batch)
         self.check_finite(loss.detach(), "training loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].shape[0])

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from smfexp.memory import memory_blocks, save_memory
 from smfexp.memory.deferred import ValueGradSink
 from smfexp.methods.base import FinetuneModule
+from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
@@ -84,13 +85,6 @@ def _build_selected_grad(values: torch.nn.Parameter, sink: ValueGradSink | None,
     values.grad = None if kept.numel() == 0 else torch.sparse_coo_tensor(
         kept.unsqueeze(0), block.to(values.dtype), size=values.shape, is_coalesced=True,
         check_invariants=False)
-
-
-def loss_bearing_mask(labels: Tensor) -> Tensor:
-    """Positions whose output is scored: logits[t] predicts labels[t + 1]."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != -100
-    return mask
 
 
 class SparseMemoryFinetune(FinetuneModule):
@@ -218,19 +212,18 @@ class SparseMemoryFinetune(FinetuneModule):
 
     # -- one micro-batch / one optimizer step ------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"])
-        self.check_finite(out.loss.detach(), "training loss", batch_idx)
-        self.manual_backward(out.loss / self.grad_accum)
+        loss = causal_lm_loss(self.model, batch)
+        self.check_finite(loss.detach(), "training loss", batch_idx)
+        self.manual_backward(loss / self.grad_accum)
         mask = (batch["attention_mask"] if self.count_tokens == "attention"
                 else loss_bearing_mask(batch["labels"]))
         for layer, memory in enumerate(self.memories):
             self.counter.add(layer, memory.last_indices, mask)
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False,
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].shape[0])
         if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
             self._sparse_step()
-        return out.loss.detach()
+        return loss.detach()
 
     def _sparse_step(self) -> None:
         wrapped = self.optimizers()

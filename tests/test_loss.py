@@ -1,0 +1,52 @@
+"""The training loss computes logits only where labels are scored, and equals HF's loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask, supports_logits_to_keep
+
+
+def _model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
+    return LlamaForCausalLM(cfg)
+
+
+def _sft_batch() -> dict[str, torch.Tensor]:
+    """Two right-padded rows whose labels cover only an answer span (prompt and pad = -100)."""
+    ids = torch.randint(1, 1000, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 6:10] = ids[0, 6:10]
+    labels[1, 4:7] = ids[1, 4:7]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("wrap", ["plain", "lora"])
+def test_loss_matches_the_models_own_loss_and_gradients(wrap: str) -> None:
+    model = _model()
+    if wrap == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    batch = _sft_batch()
+    assert supports_logits_to_keep(model)
+    ours = causal_lm_loss(model, batch)
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    theirs = model(**batch).loss
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, msg=name)
+
+
+def test_mask_marks_the_positions_that_predict_labels() -> None:
+    labels = torch.tensor([[-100, -100, 5, 6, -100]])
+    assert loss_bearing_mask(labels).tolist() == [[False, True, True, False, False]]
