@@ -42,6 +42,16 @@ def test_sweep_keys_sit_at_the_top_of_method_configs():
         assert cfg.data.batch_size == cfg.method.batch_size
 
 
+@pytest.mark.parametrize("method", ["smf", "lora", "full"])
+def test_training_budget_comes_from_the_data_unless_overridden(method):
+    """One pass over MedMCQA is a finetune; 1000 facts need repeated passes."""
+    assert _compose([f"method={method}"]).trainer.max_epochs == 1
+    facts = _compose([f"method={method}", "data=triviaqa_facts"])
+    assert facts.method.epochs == facts.data.epochs == facts.trainer.max_epochs > 1
+    assert _compose([f"method={method}", "data=triviaqa_facts",
+                     "method.epochs=2"]).trainer.max_epochs == 2
+
+
 def test_unknown_option_lists_valid_ones():
     from hydra.errors import MissingConfigException
 

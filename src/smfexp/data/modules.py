@@ -54,6 +54,7 @@ class SFTDataModule(LightningDataModule):
         max_bad_fraction: float = 0.05,
         shuffle_seed: int = 0,
         num_workers: int = 0,
+        epochs: int = 1,
     ) -> None:
         super().__init__()
         self.name = name or self.name
@@ -72,6 +73,9 @@ class SFTDataModule(LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
+        # The default training budget for this data (method configs read ${data.epochs}):
+        # one pass over 3k MedMCQA questions is a finetune, one pass over 1k facts is not.
+        self.epochs = epochs
         self.collator = PadCollator(tokenizer.pad_token_id)
         self.train_examples: list[TokenizedExample] = []
         self.train_rows: list[dict[str, Any]] = []
@@ -123,6 +127,7 @@ class SFTDataModule(LightningDataModule):
             "loss_on": self.loss_on,
             "prompt_template": self.prompt_template,
             "target_template": self.target_template,
+            "epochs": self.epochs,
         }
         self._prepared = True
 

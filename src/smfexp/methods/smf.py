@@ -100,6 +100,7 @@ class SparseMemoryFinetune(FinetuneModule):
         optimizer: str = "sgd",
         momentum: float = 0.0,
         train_gate: bool = False,
+        gate_lr: float | None = None,
         count_tokens: str = "attention",
         grad_accum: int = 1,
         grad_clip: float | None = 1.0,
@@ -124,6 +125,9 @@ class SparseMemoryFinetune(FinetuneModule):
         self.optimizer_name = optimizer
         self.momentum = momentum
         self.train_gate = train_gate
+        if gate_lr is not None and gate_lr <= 0:
+            raise ValueError(f"method.gate_lr must be > 0 or null (got {gate_lr})")
+        self.gate_lr = gate_lr
         self.count_tokens = count_tokens
         self.grad_accum = grad_accum
         self.grad_clip = grad_clip
@@ -167,8 +171,11 @@ class SparseMemoryFinetune(FinetuneModule):
         optimizers = [opt]
         if self.train_gate:
             gates = [b.gate for b in memory_blocks(self.model) if b.gate is not None]
-            optimizers.append(torch.optim.SGD(gates, lr=self.lr) if self.optimizer_name == "sgd"
-                              else torch.optim.Adam(gates, lr=self.lr, betas=self.betas))
+            # One scalar per layer scales every read of that memory: a value-sized step on it
+            # diverges, so it has its own lr (gate_lr; null = the value lr).
+            gate_lr = self.gate_lr if self.gate_lr is not None else self.lr
+            optimizers.append(torch.optim.SGD(gates, lr=gate_lr) if self.optimizer_name == "sgd"
+                              else torch.optim.Adam(gates, lr=gate_lr, betas=self.betas))
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 1
         steps = max(math.ceil(total / self.grad_accum), 1)
@@ -296,6 +303,7 @@ class SparseMemoryFinetune(FinetuneModule):
                 "top_t": self.top_t,
                 "optimizer": self.optimizer_name,
                 "train_gate": self.train_gate,
+                "gate_lr": self.gate_lr,
                 "count_tokens": self.count_tokens,
                 "updated_rows_per_layer": rows,
                 "slots_per_layer": [m.n_slots for m in self.memories],
