@@ -7,7 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask, supports_logits_to_keep
+from smfexp.methods import loss as loss_module
+from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask, supports_chunked_loss
 
 
 def _model() -> LlamaForCausalLM:
@@ -28,13 +29,17 @@ def _sft_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-@pytest.mark.parametrize("wrap", ["plain", "lora"])
-def test_loss_matches_the_models_own_loss_and_gradients(wrap: str) -> None:
+@pytest.mark.parametrize("wrap", ["plain", "lora", "full-lm"])
+def test_loss_matches_the_models_own_loss_and_gradients(wrap: str, monkeypatch) -> None:
+    """Also the tied embedding / lm_head gradient (full finetuning), over several chunks."""
     model = _model()
+    batch = _sft_batch()
     if wrap == "lora":
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    batch = _sft_batch()
-    assert supports_logits_to_keep(model)
+    if wrap == "full-lm":  # every token scored, 3 positions per chunk: 4 chunks
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 3)
+    assert supports_chunked_loss(model)
     ours = causal_lm_loss(model, batch)
     ours.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -42,9 +47,20 @@ def test_loss_matches_the_models_own_loss_and_gradients(wrap: str) -> None:
     theirs = model(**batch).loss
     theirs.backward()
     torch.testing.assert_close(ours, theirs)
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[name], p.grad, msg=name)
+
+
+def test_bf16_autocast_loss_is_close_to_the_models_own() -> None:
+    model = _model()
+    batch = _sft_batch()
+    batch["labels"] = batch["input_ids"].clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = causal_lm_loss(model, batch)
+        theirs = model(**batch).loss
+    torch.testing.assert_close(ours, theirs.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_mask_marks_the_positions_that_predict_labels() -> None:

@@ -1,20 +1,23 @@
 """The training loss: next-token cross-entropy computed only where a label is scored.
 
-SFT batches score a few tokens per row (MedMCQA: the answer letter; facts: the answer), but a
-plain ``model(labels=...)`` projects every position onto the vocabulary: a [batch, seq, 49k]
-logits tensor (plus its fp32 copy and gradient) and ~20% of a small model's FLOPs. Passing the
-loss-bearing positions as ``logits_to_keep`` (a boolean mask, transformers >= 4.5x) gives the
-same mean cross-entropy as the model's own loss at a fraction of the memory and time.
+A plain ``model(labels=...)`` projects every position onto the vocabulary: for 8 x 256 tokens
+and SmolLM2's 49k vocabulary that is a 400 MB logits tensor, its fp32 copy and its gradient -
+more memory than the rest of an SMF step - although SFT batches score a few tokens per row.
+Here the decoder runs once, only the loss-bearing positions are kept, and the vocabulary
+projection + cross-entropy run in chunks that compute their gradient on the spot (the
+fused-linear-cross-entropy idea), so no [tokens, vocab] tensor ever exists. Same mean loss
+and gradients as the model's own; models whose logits are not ``lm_head(hidden)`` (logit
+soft-capping / scaling) fall back to the model's loss.
 """
 
 from __future__ import annotations
 
-import inspect
-from functools import cache
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+CHUNK_TOKENS = 1024  # positions per vocabulary projection (1024 x 49k fp32 = 200 MB)
 
 
 def loss_bearing_mask(labels: Tensor) -> Tensor:
@@ -24,25 +27,68 @@ def loss_bearing_mask(labels: Tensor) -> Tensor:
     return mask
 
 
-@cache
-def _accepts_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The HF causal LM inside a PEFT wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports_logits_to_keep(model: nn.Module) -> bool:
-    """True if the (possibly PEFT-wrapped) causal LM can slice its logits by position."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _accepts_logits_to_keep(type(base))
+def supports_chunked_loss(model: nn.Module) -> bool:
+    """True if logits are exactly ``lm_head(decoder(x))`` (Llama, Qwen2, Mistral, ...)."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if config is None or not hasattr(lm, "get_decoder") or head is None:
+        return False
+    if getattr(head, "bias", None) is not None:
+        return False
+    return not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale",
+                                                      "logits_scaling"))
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ W^T, target_i), gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        need_w = ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], CHUNK_TOKENS):
+            h = hidden[start : start + CHUNK_TOKENS]
+            t = targets[start : start + CHUNK_TOKENS]
+            logits = torch.nn.functional.linear(h, weight).float()  # autocast: bf16 matmul
+            lse = logits.logsumexp(dim=-1)
+            total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
+            dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+            dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
+            dlogits = dlogits.to(torch.get_autocast_dtype(h.device.type)
+                                 if torch.is_autocast_enabled(h.device.type) else h.dtype)
+            grad_h[start : start + CHUNK_TOKENS] = dlogits @ weight.to(dlogits.dtype)
+            if grad_w is not None:
+                grad_w += (dlogits.t() @ h.to(dlogits.dtype)).float()
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+        ctx.need_w = need_w
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        grad_w = grad_w * grad_total if ctx.need_w else None
+        return grad_h * grad_total.to(grad_h.dtype), grad_w, None
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean next-token cross-entropy over the labelled tokens (HF's causal-LM loss)."""
     labels = batch["labels"]
-    if not supports_logits_to_keep(model):
+    if not supports_chunked_loss(model):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=labels).loss
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"]).last_hidden_state
     keep = loss_bearing_mask(labels)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits  # [n_scored, vocab]
     targets = labels[:, 1:][keep[:, :-1]]
-    return F.cross_entropy(logits.float(), targets)
+    weight = lm.get_output_embeddings().weight
+    total = _ChunkedLinearCrossEntropy.apply(hidden[keep], weight, targets)
+    return total / targets.numel()
