@@ -378,6 +378,8 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
     method, selector = spec["method"], spec.get("selector") or "tfidf"
     n_keys = spec.get("n_keys", s.small_keys)
     overrides = [f"method={method}", f"selector={selector}", f"memory.n_keys={n_keys}"]
+    if spec.get("update") == "row_sparse+ckpt":  # activations recomputed in backward
+        overrides.append("method.gradient_checkpointing=true")
     if spec.get("optimizer"):
         overrides.append(f"method.optimizer={spec['optimizer']}")
     cfg = compose_train(s, overrides)
@@ -595,7 +597,8 @@ def plan(sections: list[str], s: Settings) -> list[dict[str, Any]]:
                 )
     if "scaling" in sections:
         prec = s.scaling_precision
-        for update, opt in (("row_sparse", "sgd"), ("row_sparse", "adam"), ("dense_masked", None)):
+        for update, opt in (("row_sparse", "sgd"), ("row_sparse", "adam"),
+                            ("row_sparse+ckpt", "sgd"), ("dense_masked", None)):
             for keys in (s.small_keys, s.large_keys):
                 tag = f"{update}/{opt or 'adamw'}/{keys}"
                 specs.append(
@@ -885,15 +888,18 @@ class Report:
             f"Does the SMF step cost depend on the table size? n_keys {lo} ({lo**2:,} slots"
             f"/layer) vs {hi} ({hi**2:,} slots/layer). Whole SMF training steps (tfidf, "
             f"synthetic background, {SHORT[s.scaling_precision]}, same batch as section 2) "
-            f"with the row-sparse value optimizers (SGD is the method default) and with the "
-            f"flawed `dense_masked` update (`DenseMaskedAdamW`, what reference "
-            f"implementations do). Value tables = all memory layers, fp32.",
+            f"with the row-sparse value optimizers (SGD is the method default; "
+            f"`row_sparse+ckpt` = SGD with `method.gradient_checkpointing=true`, activations "
+            f"recomputed in backward) and with the flawed `dense_masked` update "
+            f"(`DenseMaskedAdamW`, what reference implementations do). Value tables = all "
+            f"memory layers, fp32.",
             "",
         ]
         rows = []
         for update, opt in (
             ("row_sparse", "sgd"),
             ("row_sparse", "adam"),
+            ("row_sparse+ckpt", "sgd"),
             ("dense_masked", "adamw"),
         ):
             for keys in (lo, hi):
@@ -1035,6 +1041,7 @@ class Report:
         for update, opt in (
             ("row_sparse", "sgd"),
             ("row_sparse", "adam"),
+            ("row_sparse+ckpt", "sgd"),
             ("dense_masked", "adamw"),
         ):
             key = f"scaling/{update}/{opt}/{hi}"

@@ -126,3 +126,25 @@ def test_saved_artifact_reloads_onto_the_base_model(method, tiny_model, tokenize
     batch = next(iter(loader))
     with torch.no_grad():
         assert torch.allclose(reloaded(**batch).logits, module.model(**batch).logits, atol=1e-5)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_update(tokenizer):
+    """Same SMF steps with and without recomputed activations: the same value tables."""
+    from smfexp.memory import attach_memory
+    from smfexp.methods.smf import SparseMemoryFinetune
+    from smfexp.models.loading import ModelSpec, load_model
+
+    tables = []
+    for checkpointing in (False, True):
+        L.seed_everything(0)
+        model, _ = load_model(ModelSpec(name="tiny", source="tiny"))
+        attach_memory(model, {"n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2,
+                              "layers": [1, 2], "gate_init": 1.0})
+        module = SparseMemoryFinetune(model, tokenizer, selector="all", top_t=64, lr=10.0,
+                                      warmup_steps=0, schedule="constant",
+                                      gradient_checkpointing=checkpointing)
+        _fit(module, _loader(tokenizer, batch_size=2), steps=4)
+        assert model.is_gradient_checkpointing == checkpointing
+        tables.append([m.values.detach().clone() for m in module.memories])
+    for plain, recomputed in zip(*tables, strict=True):
+        torch.testing.assert_close(plain, recomputed)

@@ -39,6 +39,7 @@ class FinetuneModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
         schedule: str = "cosine",
+        gradient_checkpointing: bool = False,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -54,6 +55,7 @@ class FinetuneModule(LightningModule):
         self.betas = tuple(betas)
         self.warmup_steps = warmup_steps
         self.schedule = schedule
+        self.gradient_checkpointing = gradient_checkpointing
         self.prepare_model()
         self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_params = sum(p.numel() for p in self.model.parameters())
@@ -90,6 +92,9 @@ class FinetuneModule(LightningModule):
     def on_fit_start(self) -> None:
         # load_model returns eval mode (for scoring); dropout etc. must be live while training
         self.model.train()
+        if self.gradient_checkpointing:  # trade ~1 extra forward for most saved activations
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         for logger in self.loggers:
             logger.log_hyperparams({"params/trainable": self.trainable_params,
                                     "params/total": self.total_params, "method": self.method_name})
