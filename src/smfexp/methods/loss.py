@@ -4,7 +4,7 @@ A plain ``model(labels=...)`` projects every position onto the vocabulary: for 8
 and SmolLM2's 49k vocabulary that is a 400 MB logits tensor, its fp32 copy and its gradient -
 more memory than the rest of an SMF step - although SFT batches score a few tokens per row.
 Here the decoder runs once, only the loss-bearing positions are kept, and the vocabulary
-projection + cross-entropy run in chunks that compute their gradient on the spot (the
+projection + cross-entropy run in 512-position chunks that compute their gradient on the spot (the
 fused-linear-cross-entropy idea), so no [tokens, vocab] tensor ever exists. Same mean loss
 and gradients as the model's own; models whose logits are not ``lm_head(hidden)`` (logit
 soft-capping / scaling) fall back to the model's loss.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-CHUNK_TOKENS = 1024  # positions per vocabulary projection (1024 x 49k fp32 = 200 MB)
+CHUNK_TOKENS = 512  # positions per vocabulary projection (512 x 49k fp32 = 100 MB)
 
 
 def loss_bearing_mask(labels: Tensor) -> Tensor:
@@ -51,22 +51,29 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         need_w = ctx.needs_input_grad[1]
+        device = hidden.device.type
+        # The matmuls run in the autocast dtype if autocast is on (as lm_head would), with the
+        # weight cast once per call, not once per chunk (a frozen weight is not in autocast's
+        # cast cache); the softmax / cross-entropy run in fp32.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
+            else hidden.dtype
+        w = weight.to(dtype)
         grad_h = torch.empty_like(hidden)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], CHUNK_TOKENS):
-            h = hidden[start : start + CHUNK_TOKENS]
-            t = targets[start : start + CHUNK_TOKENS]
-            logits = torch.nn.functional.linear(h, weight).float()  # autocast: bf16 matmul
-            lse = logits.logsumexp(dim=-1)
-            total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
-            dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
-            dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
-            dlogits = dlogits.to(torch.get_autocast_dtype(h.device.type)
-                                 if torch.is_autocast_enabled(h.device.type) else h.dtype)
-            grad_h[start : start + CHUNK_TOKENS] = dlogits @ weight.to(dlogits.dtype)
-            if grad_w is not None:
-                grad_w += (dlogits.t() @ h.to(dlogits.dtype)).float()
+        with torch.autocast(device, enabled=False):
+            for start in range(0, hidden.shape[0], CHUNK_TOKENS):
+                h = hidden[start : start + CHUNK_TOKENS].to(dtype)
+                t = targets[start : start + CHUNK_TOKENS]
+                logits = (h @ w.t()).float()
+                lse = logits.logsumexp(dim=-1)
+                total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
+                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+                dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                dlogits = dlogits.to(dtype)
+                grad_h[start : start + CHUNK_TOKENS] = dlogits @ w
+                if grad_w is not None:
+                    grad_w += (dlogits.t() @ h).float()
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
         ctx.need_w = need_w
         return total
