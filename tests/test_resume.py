@@ -173,7 +173,7 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
             calls["n"] += 1
             return output * float("nan") if calls["n"] >= poison_at else None
 
-        model.lm_head.register_forward_hook(poison)
+        model.model.norm.register_forward_hook(poison)  # the final hidden state
         return model, tok
 
     monkeypatch.setattr(runner, "load_model", load_with_fault)
