@@ -19,6 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def match_rows(rows: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Which entries of ``idx`` are in ``rows`` (sorted, unique, non-empty), and where.
+
+    Returns (positions in ``idx`` that hit, their positions in ``rows``); ~ len(idx) log S.
+    """
+    pos = torch.searchsorted(rows, idx).clamp_(max=rows.numel() - 1)
+    hit = (rows.index_select(0, pos) == idx).nonzero().squeeze(1)
+    return hit, pos.index_select(0, hit)
+
+
 class ValueGradSink:
     """Collects (read indices, read weights, dL/dbag) of every backward pass until cleared.
 
@@ -50,15 +60,12 @@ class ValueGradSink:
                           device=rows.device)
         present = torch.zeros(n_sel, dtype=torch.bool, device=rows.device)
         for indices, weights, grad_bag in self._parts:
-            flat = indices.reshape(-1)
-            pos = torch.searchsorted(rows, flat).clamp_(max=n_sel - 1)
-            hit = (rows.index_select(0, pos) == flat).nonzero().squeeze(1)
+            hit, pos_hit = match_rows(rows, indices.reshape(-1))
             if hit.numel() == 0:
                 continue
             token = torch.div(hit, indices.shape[1], rounding_mode="floor")
             contrib = grad_bag.index_select(0, token).mul_(
                 weights.reshape(-1).index_select(0, hit).to(grad_dtype).unsqueeze(1))
-            pos_hit = pos.index_select(0, hit)
             buf.index_add_(0, pos_hit, contrib)
             present[pos_hit] = True
         keep = present.nonzero().squeeze(1)

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from smfexp.memory.deferred import match_rows
+
 MissingSelection = Literal["error", "grad_rows", "skip"]
 
 
@@ -46,10 +48,7 @@ def selected_grad_rows(grad: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     n_sel = rows.numel()
     if n_sel == 0:
         return rows, vals.new_zeros((0, *vals.shape[1:]))
-    idx = grad._indices()[0].contiguous()
-    pos = torch.searchsorted(rows, idx).clamp_(max=n_sel - 1)
-    hit = (rows.index_select(0, pos) == idx).nonzero().squeeze(1)
-    pos_hit = pos.index_select(0, hit)
+    hit, pos_hit = match_rows(rows, grad._indices()[0].contiguous())
     buf = vals.new_zeros((n_sel, *vals.shape[1:]))
     buf.index_add_(0, pos_hit, vals.index_select(0, hit))
     present = torch.zeros(n_sel, dtype=torch.bool, device=rows.device)
