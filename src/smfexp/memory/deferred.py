@@ -40,7 +40,7 @@ class ValueGradSink:
         self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def add(self, indices: Tensor, weights: Tensor, grad_bag: Tensor) -> None:
-        self._parts.append((indices, weights, grad_bag))
+        self._parts.append((indices.detach(), weights.detach(), grad_bag.detach()))
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -48,6 +48,7 @@ class ValueGradSink:
     def clear(self) -> None:
         self._parts.clear()
 
+    @torch.no_grad()
     def rows_grad(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Gradient of ``rows`` (sorted, unique) as ([S'], [S', D]): rows nobody read dropped."""
         n_sel = rows.numel()
@@ -64,9 +65,15 @@ class ValueGradSink:
             if hit.numel() == 0:
                 continue
             token = torch.div(hit, indices.shape[1], rounding_mode="floor")
-            contrib = grad_bag.index_select(0, token).mul_(
-                weights.reshape(-1).index_select(0, hit).to(grad_dtype).unsqueeze(1))
-            buf.index_add_(0, pos_hit, contrib)
+            # [selected rows, tokens] read weights @ dL/dbag: no [hits, D] intermediate
+            # (hits are most reads, since the selected rows are the most-read ones).
+            reads = torch.sparse_coo_tensor(
+                torch.stack([pos_hit, token]),
+                weights.reshape(-1).index_select(0, hit).to(grad_dtype),
+                size=(n_sel, grad_bag.shape[0]),
+                check_invariants=False,  # indices in range by construction
+            )
+            buf.add_(torch.sparse.mm(reads, grad_bag))
             present[pos_hit] = True
         keep = present.nonzero().squeeze(1)
         if keep.numel() == n_sel:

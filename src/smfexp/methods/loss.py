@@ -4,7 +4,7 @@ A plain ``model(labels=...)`` projects every position onto the vocabulary: for 8
 and SmolLM2's 49k vocabulary that is a 400 MB logits tensor, its fp32 copy and its gradient -
 more memory than the rest of an SMF step - although SFT batches score a few tokens per row.
 Here the decoder runs once, only the loss-bearing positions are kept, and the vocabulary
-projection + cross-entropy run in 512-position chunks that compute their gradient on the spot (the
+projection + cross-entropy run in 128-position chunks that compute their gradient on the spot (the
 fused-linear-cross-entropy idea), so no [tokens, vocab] tensor ever exists. Same mean loss
 and gradients as the model's own; models whose logits are not ``lm_head(hidden)`` (logit
 soft-capping / scaling) fall back to the model's loss.
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-CHUNK_TOKENS = 512  # positions per vocabulary projection (512 x 49k fp32 = 100 MB)
+CHUNK_TOKENS = 128  # positions per vocabulary projection (128 x 49k fp32 = 25 MB); 512 was
+                   # no faster (845 vs 712 ms for 2040 positions) and held 4x the buffer
 
 
 def loss_bearing_mask(labels: Tensor) -> Tensor:
@@ -66,9 +67,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 h = hidden[start : start + CHUNK_TOKENS].to(dtype)
                 t = targets[start : start + CHUNK_TOKENS]
                 logits = (h @ w.t()).float()
-                lse = logits.logsumexp(dim=-1)
-                total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
-                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+                target_logit = logits.gather(1, t.unsqueeze(1)).squeeze(1)
+                # softmax in place: one [chunk, vocab] fp32 buffer (logsumexp would add one)
+                peak = logits.amax(dim=1, keepdim=True)
+                norm = logits.sub_(peak).exp_().sum(dim=1, keepdim=True)
+                total += (peak + norm.log()).squeeze(1).sub_(target_logit).sum()
+                dlogits = logits.div_(norm)
                 dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
                 dlogits = dlogits.to(dtype)
                 grad_h[start : start + CHUNK_TOKENS] = dlogits @ w
