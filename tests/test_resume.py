@@ -215,3 +215,34 @@ def test_resume_auto_picks_the_newest_unfinished_run_with_this_config(tmp_path, 
     assert find_resume_checkpoint(cfg) == newer
     cfg.resume = None
     assert find_resume_checkpoint(cfg) is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_scoring_before_training_at_once(signum):
+    """Scoring can take minutes; a stop request must not wait for it to finish."""
+    from smfexp.callbacks.forgetting import signals_stop_scoring
+    from smfexp.errors import RunInterrupted
+
+    before = signal.getsignal(signum)
+    with pytest.raises(RunInterrupted, match="while scoring") as info, \
+            signals_stop_scoring(stop_on_first=True):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises in the main thread long before this ends
+    assert info.value.signum == signum and info.value.checkpoint is None
+    assert signal.getsignal(signum) is before  # handlers restored
+
+
+def test_signal_while_scoring_trained_model_needs_a_second_one(caplog):
+    """After training the weights are not saved yet: one signal warns, the second stops."""
+    from smfexp.callbacks.forgetting import signals_stop_scoring
+    from smfexp.errors import RunInterrupted
+
+    with signals_stop_scoring(stop_on_first=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler ran and returned
+    assert "send it again" in caplog.text
+    with pytest.raises(RunInterrupted), signals_stop_scoring(stop_on_first=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)

@@ -20,16 +20,19 @@ log = logging.getLogger("smfexp")
 
 
 class RunInterrupted(RuntimeError):
-    """SIGTERM/SIGINT stopped training after a checkpoint was written."""
+    """SIGTERM/SIGINT stopped the run: after a checkpoint was written, or while scoring."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, when: str = "") -> None:
         self.signum = signum
         self.step = step
         self.checkpoint = checkpoint
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} after step {step}; checkpoint "
-            f"{checkpoint} - run the same command with resume=auto to continue"
-        )
+        name = signal.Signals(signum).name
+        if checkpoint is None:
+            text = f"interrupted by {name} {when or f'at step {step}'}; run the command again"
+        else:
+            text = (f"interrupted by {name} after step {step}; checkpoint {checkpoint} - run "
+                    f"the same command with resume=auto to continue")
+        super().__init__(text)
 
 
 class NonFiniteError(RuntimeError):

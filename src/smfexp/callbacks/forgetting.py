@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
+from smfexp.errors import RunInterrupted
 from smfexp.eval import (
     EvalConfig,
     evaluate_probes,
@@ -34,6 +37,37 @@ from smfexp.utils.io import atomic_write_json, cache_root, stable_hash
 log = logging.getLogger(__name__)
 
 TARGET = "target"
+
+
+@contextlib.contextmanager
+def signals_stop_scoring(stop_on_first: bool) -> Iterator[None]:
+    """SIGTERM / SIGINT during a scoring pass (Lightning only looks for them between steps).
+
+    Before training nothing is lost, so the first signal stops at once. After training the
+    trained weights are not saved yet, so the first signal only warns and the second stops.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if stop_on_first or len(received) > 1:
+            raise RunInterrupted(signum, 0, None, "while scoring")
+        log.warning("received %s while scoring the trained model; its weights are saved after "
+                    "scoring - send it again to stop now and lose them",
+                    signal.Signals(signum).name)
+
+    for signum in signums:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
@@ -173,19 +207,21 @@ class ForgettingCallback(Callback):
         t0 = time.perf_counter()
         log.info("scoring target + probes before training")
         model = pl_module.model
-        self.before = self._cached_scores(model, self.stage_key)
-        if self.stage_key is None:
-            self.base = self.before
-        elif all(b.gate is not None for b in memory_blocks(model)):
-            with gates_zeroed(model):  # additive memories with g = 0 are exactly the base model
-                self.base = self._cached_scores(model, None)
+        with signals_stop_scoring(stop_on_first=True):
+            self.before = self._cached_scores(model, self.stage_key)
+            if self.stage_key is None:
+                self.base = self.before
+            elif all(b.gate is not None for b in memory_blocks(model)):
+                with gates_zeroed(model):  # additive memories with g = 0 = the base model
+                    self.base = self._cached_scores(model, None)
         self.eval_seconds["before"] = time.perf_counter() - t0
         self._log(trainer, "before", self.before)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         t0 = time.perf_counter()
         log.info("scoring target + probes after training")
-        self.after = self.score(pl_module.model)
+        with signals_stop_scoring(stop_on_first=False):
+            self.after = self.score(pl_module.model)
         self.eval_seconds["after"] = time.perf_counter() - t0
         self._log(trainer, "after", self.after)
         self._log(trainer, "delta", _delta(self.before, self.after)["delta"])
