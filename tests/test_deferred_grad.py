@@ -35,6 +35,7 @@ def test_selected_rows_grad_matches_autograd_over_accumulated_backwards() -> Non
     kept, block = deferred.value_grad_sink.rows_grad(rows)
     assert set(kept.tolist()) == set(rows.tolist()) & set(read.tolist())  # unread rows dropped
     torch.testing.assert_close(block, dense[kept])
+    assert block.grad_fn is None  # built outside autograd: no graph kept alive over the step
 
 
 def test_no_grad_and_cleared_sink_collect_nothing() -> None:
