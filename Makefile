@@ -47,7 +47,7 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix .
 
-bench: setup  ## benchmark suite -> BENCHMARKS.md (an hour+ on 2 cores; BENCH_ARGS=--quick: minutes)
+bench: setup  ## benchmark suite -> BENCHMARKS.md (~25 min on 2 cores, run it alone; BENCH_ARGS=--quick: minutes)
 	$(BIN)/python benchmarks/suite.py --out BENCHMARKS.md $(BENCH_ARGS)
 
 clean:  ## remove run outputs (not the model cache)
