@@ -165,6 +165,18 @@ def test_save_load_roundtrip(tmp_path) -> None:
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
 
 
+def test_key_usage_tells_a_collapsed_memory_from_a_spread_one() -> None:
+    even = torch.full((1000,), 5, dtype=torch.int64)
+    collapsed = torch.zeros(1000, dtype=torch.int64)
+    collapsed[:10] = 490
+    collapsed[10:30] = 5
+    stats = BackgroundStats([(r > 0).long() for r in (even, collapsed)], [even, collapsed], 1)
+    spread_layer, collapsed_layer = stats.summary()["layers"]
+    assert spread_layer["coverage"] == 1.0 and spread_layer["top1pct_read_share"] == 0.01
+    assert collapsed_layer["coverage"] == 0.03
+    assert collapsed_layer["top1pct_read_share"] == 4900 / 5000
+
+
 def test_load_or_compute_caches_and_rebuilds(tmp_path) -> None:
     model = _FakeModel()
     calls = []

@@ -63,6 +63,7 @@ def test_fractions_map_to_expected_blocks() -> None:
         ({"k_dim": 15}, "even"),
         ({"mode": "bogus"}, "additive, replacement"),
         ({"gate_init": 0.0, "gate_trainable": False}, "no gradient"),
+        ({"query_norm": "bn"}, "none, layer, batch"),
     ],
 )
 def test_validation_errors(overrides: dict, match: str) -> None:
@@ -76,7 +77,48 @@ def test_from_config_rejects_unknown_keys() -> None:
         MemoryConfig.from_config({"n_key": 3})
 
 
+def test_boolean_query_norm_of_older_checkpoints_still_loads() -> None:
+    assert MemoryConfig.from_config({"query_norm": True}).query_norm == "layer"
+    assert MemoryConfig.from_config({"query_norm": False}).query_norm == "none"
+
+
 # --------------------------------------------------------------------------- the layer
+def _anisotropic_tokens(n: int = 512, hidden: int = 64) -> torch.Tensor:
+    """Hidden states that share one large direction, as a pretrained LM's do."""
+    g = torch.Generator().manual_seed(0)
+    return 8 * torch.randn(hidden, generator=g) + torch.randn(n, hidden, generator=g)
+
+
+def test_batch_query_norm_spreads_reads_over_the_slots() -> None:
+    """Without it nearly every token reads the same few slots (the shared direction wins)."""
+    used = {}
+    for norm in ("none", "layer", "batch"):
+        torch.manual_seed(0)
+        mem = ProductKeyMemory(64, n_keys=16, heads=2, knn=4, k_dim=16, query_norm=norm)
+        mem.train()(_anisotropic_tokens())
+        used[norm] = mem.last_indices.unique().numel()
+    assert used["batch"] > 3 * max(used["none"], used["layer"]), used
+
+
+def test_frozen_queries_read_through_running_statistics() -> None:
+    """Batch statistics only while the query path trains (retrofit); with it frozen (SMF) a
+    token's slots do not depend on its batch and the statistics stay put."""
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(64, n_keys=16, heads=2, knn=4, k_dim=16, query_norm="batch").train()
+    x = _anisotropic_tokens()
+    mem(x)
+    bn = mem.query_norm
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean.abs().sum() > 0
+    mem.query_proj.weight.requires_grad_(False)
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    alone = mem(x[:3])
+    alone_idx = mem.last_indices
+    together = mem(x)[:3]
+    assert torch.equal(alone_idx, mem.last_indices[:3])
+    torch.testing.assert_close(alone, together)
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+
+
 def test_output_shapes_and_last_indices() -> None:
     torch.manual_seed(0)
     mem = ProductKeyMemory(64, n_keys=16, heads=2, knn=4, k_dim=16)

@@ -86,6 +86,9 @@ def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     smf = first["smf"]
     assert all(0 < r <= 2 * 8 for r in smf["updated_rows_per_layer"])  # <= steps * top_t
     assert smf["bytes_changed"] == sum(smf["updated_rows_per_layer"]) * 64 * 4
+    usage = smf["background_key_usage"]  # one entry per memory layer
+    assert len(usage) == len(smf["slots_per_layer"])
+    assert all(0 < u["coverage"] <= 1 and 0 < u["top1pct_read_share"] <= 1 for u in usage)
     assert first["retrofit"]["heldout_loss"]["retrofitted"] > 0
     cached = sorted(Path(first["retrofit"]["checkpoint"]).iterdir())
     stamps = {f.name: f.stat().st_mtime_ns for f in cached}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from smfexp.memory.pkm import ProductKeyMemory
+from smfexp.memory.pkm import QUERY_NORMS, ProductKeyMemory
 
 MODES = ("additive", "replacement")
 _CONFIG_ATTR = "_smf_memory_config"
@@ -40,7 +40,7 @@ class MemoryConfig:
     mode: str = "additive"
     gate_init: float = 0.01
     gate_trainable: bool = True
-    query_norm: bool = False
+    query_norm: str = "batch"  # none | layer | batch (see ProductKeyMemory)
 
     @classmethod
     def from_config(cls, cfg: Any) -> MemoryConfig:
@@ -55,6 +55,8 @@ class MemoryConfig:
             raise ValueError(
                 f"unknown memory config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
             )
+        if isinstance(data.get("query_norm"), bool):  # checkpoints before "batch" existed
+            data["query_norm"] = "layer" if data["query_norm"] else "none"
         if "layers" in data:
             layers = data["layers"]
             data["layers"] = [layers] if isinstance(layers, int | float) else list(layers)
@@ -103,6 +105,9 @@ class MemoryConfig:
             raise ValueError(f"memory.k_dim={self.k_dim} must be even (two product halves)")
         if self.mode not in MODES:
             raise ValueError(f"memory.mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.query_norm not in QUERY_NORMS:
+            raise ValueError(f"memory.query_norm={self.query_norm!r} is not one of "
+                             f"{', '.join(QUERY_NORMS)}")
         if not math.isfinite(float(self.gate_init)):
             raise ValueError(f"memory.gate_init must be finite, got {self.gate_init!r}")
         if self.mode == "additive" and self.gate_init == 0 and not self.gate_trainable:

@@ -29,6 +29,8 @@ from torch import nn
 
 from smfexp.memory.deferred import ValueGradSink, deferred_embedding_bag
 
+QUERY_NORMS = ("none", "layer", "batch")
+
 
 class ProductKeyMemory(nn.Module):
     """A key-value memory with ``n_keys**2`` slots read through product keys."""
@@ -41,7 +43,7 @@ class ProductKeyMemory(nn.Module):
         knn: int = 16,
         k_dim: int = 256,
         v_dim: int | None = None,
-        query_norm: bool = False,
+        query_norm: str = "none",
     ) -> None:
         super().__init__()
         if k_dim % 2:
@@ -54,9 +56,17 @@ class ProductKeyMemory(nn.Module):
         half = k_dim // 2
 
         self.query_proj = nn.Linear(hidden_size, heads * k_dim, bias=False)
-        # Normalising each head's query keeps the key scores on one scale, which spreads reads
-        # over more slots (the role BatchNorm plays in Lample et al.).
-        self.query_norm = nn.LayerNorm(k_dim) if query_norm else None
+        # "batch" (Lample et al.'s BatchNorm): standardising every query dimension over tokens
+        # removes the direction all hidden states share, which otherwise sends most tokens to
+        # the same few slots. Measured on SmolLM2 with 262K slots: the plain retrofit reads 2-3%
+        # of the slots, its top 1% taking 91-97% of all reads. "layer" (per-token LayerNorm)
+        # does not remove that shared direction.
+        if query_norm not in QUERY_NORMS:
+            raise ValueError(f"query_norm={query_norm!r} is not one of {', '.join(QUERY_NORMS)}")
+        self.query_norm: nn.Module | None = (
+            nn.LayerNorm(k_dim) if query_norm == "layer"
+            else nn.BatchNorm1d(heads * k_dim) if query_norm == "batch" else None
+        )
         self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, half))
         self.values = nn.Parameter(torch.empty(n_keys * n_keys, self.v_dim))
         self.gate_proj = nn.Linear(hidden_size, self.v_dim, bias=False)
@@ -91,11 +101,31 @@ class ProductKeyMemory(nn.Module):
         if self.query_norm is not None:
             self.query_norm.reset_parameters()
 
+    def _standardise(self, q: torch.Tensor) -> torch.Tensor:
+        """BatchNorm over all tokens of ``q`` [..., heads * k_dim], in fp32.
+
+        Batch statistics (and running-statistic updates) only while the query path trains,
+        i.e. in the retrofit. SMF and evaluation use the frozen running statistics, so the
+        slots a token reads never depend on the other tokens of its batch.
+        """
+        bn = self.query_norm
+        assert isinstance(bn, nn.BatchNorm1d)
+        use_batch = self.training and self.query_proj.weight.requires_grad
+        if use_batch and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        out = F.batch_norm(q.reshape(-1, q.shape[-1]).float(), bn.running_mean, bn.running_var,
+                           bn.weight, bn.bias, training=use_batch, momentum=bn.momentum,
+                           eps=bn.eps)
+        return out.to(q.dtype).view_as(q)
+
     def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (scores, slot indices), each [..., heads, knn], of the top-knn slots per head."""
         heads, knn, half = self.heads, self.knn, self.k_dim // 2
-        q = self.query_proj(x).unflatten(-1, (heads, self.k_dim))  # [..., h, k_dim]
-        if self.query_norm is not None:
+        q = self.query_proj(x)
+        if isinstance(self.query_norm, nn.BatchNorm1d):
+            q = self._standardise(q)
+        q = q.unflatten(-1, (heads, self.k_dim))  # [..., h, k_dim]
+        if isinstance(self.query_norm, nn.LayerNorm):
             q = self.query_norm(q)
         q = q.unflatten(-1, (2, half))  # [..., h, 2, half]
         keys = self.keys.to(q.dtype)

@@ -309,6 +309,11 @@ class SparseMemoryFinetune(FinetuneModule):
                 "slots_per_layer": [m.n_slots for m in self.memories],
                 "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),
                 "background_batches": self.background.n_batches if self.background else None,
+                # is the memory spread over its slots, or collapsed onto a few (pkm.py)?
+                "background_key_usage": [
+                    {k: layer[k] for k in ("coverage", "top1pct_read_share")}
+                    for layer in self.background.summary()["layers"]
+                ] if self.background else None,
                 "world_size": dist.get_world_size() if _distributed() else 1,
                 "ranks_agree": getattr(self, "ranks_agree", None),
             }

@@ -73,7 +73,10 @@ class BackgroundStats:
         )
 
     def summary(self) -> dict[str, Any]:
-        """Small human-readable description (coverage = share of slots ever read)."""
+        """Key usage per layer: ``coverage`` = share of slots ever read, ``top1pct_read_share``
+        = share of all reads that go to the most-read 1% of slots (~0.01 when reads are even;
+        near 1 when the memory has collapsed onto a few slots and every update touches the
+        slots everything reads)."""
         return {
             "n_batches": self.n_batches,
             "layers": [
@@ -81,6 +84,7 @@ class BackgroundStats:
                     "n_slots": int(d.numel()),
                     "total_reads": int(r.sum()),
                     "coverage": float((d > 0).double().mean()) if d.numel() else 0.0,
+                    "top1pct_read_share": _top_share(r, 0.01),
                 }
                 for d, r in zip(self.df, self.reads, strict=True)
             ],
@@ -139,6 +143,15 @@ class BackgroundStats:
             if d.numel() and (int(d.min()) < 0 or int(d.max()) > n_batches or int(r.min()) < 0):
                 raise ValueError(f"{path}: layer {i} has counts out of range")
         return cls(df, reads, n_batches, meta).to(device)
+
+
+def _top_share(reads: Tensor, fraction: float) -> float:
+    """Share of all reads that go to the most-read ``fraction`` of slots."""
+    total = float(reads.sum())
+    if total == 0:
+        return 0.0
+    k = max(1, int(reads.numel() * fraction))
+    return float(reads.double().topk(k).values.sum()) / total
 
 
 def _checksum(tensors: Mapping[str, Tensor]) -> str:
