@@ -160,11 +160,11 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
     import smfexp.runner as runner
     from smfexp.errors import NonFiniteError, record_failure, user_error_message
 
-    real_load = runner.load_model
+    real_build = runner.build_method
     poison_at = 5  # training micro-batch 5 = optimizer step 3 (grad_accum 2)
 
-    def load_with_fault(spec):
-        model, tok = real_load(spec)
+    def build_with_fault(cfg, model, tokenizer, **extra):
+        # hooked after the retrofit (cached or not): only the finetuning's forwards count
         calls = {"n": 0}
 
         def poison(module, args, output):
@@ -174,9 +174,9 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
             return output * float("nan") if calls["n"] >= poison_at else None
 
         model.model.norm.register_forward_hook(poison)  # the final hidden state
-        return model, tok
+        return real_build(cfg, model, tokenizer, **extra)
 
-    monkeypatch.setattr(runner, "load_model", load_with_fault)
+    monkeypatch.setattr(runner, "build_method", build_with_fault)
     cfg = compose_train(tmp_path, data_dir, [*METHOD_ARGS[method], "trainer.max_steps=6",
                                              "checkpoint_every_n_steps=2"])
     with pytest.raises(NonFiniteError, match="step 3") as info:
