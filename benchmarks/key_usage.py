@@ -23,6 +23,7 @@ from smfexp.data.modules import BackgroundDataModule
 from smfexp.memory import detach_memory, memory_modules
 from smfexp.memory.checkpoint import load_memory, read_memory_meta
 from smfexp.models.loading import ModelSpec, load_model
+from smfexp.smf.background import top_read_share
 from smfexp.utils.io import cache_root
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -30,8 +31,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def usage(counts: torch.Tensor) -> tuple[float, float]:
     """(share of slots read at least once, share of reads taken by the top 1% of slots)."""
-    top = counts.double().topk(max(1, counts.numel() // 100)).values.sum()
-    return float((counts > 0).double().mean()), float(top / counts.sum())
+    return float((counts > 0).double().mean()), top_read_share(counts, 0.01)
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ class BackgroundStats:
                     "n_slots": int(d.numel()),
                     "total_reads": int(r.sum()),
                     "coverage": float((d > 0).double().mean()) if d.numel() else 0.0,
-                    "top1pct_read_share": _top_share(r, 0.01),
+                    "top1pct_read_share": top_read_share(r, 0.01),
                 }
                 for d, r in zip(self.df, self.reads, strict=True)
             ],
@@ -145,7 +145,7 @@ class BackgroundStats:
         return cls(df, reads, n_batches, meta).to(device)
 
 
-def _top_share(reads: Tensor, fraction: float) -> float:
+def top_read_share(reads: Tensor, fraction: float = 0.01) -> float:
     """Share of all reads that go to the most-read ``fraction`` of slots."""
     total = float(reads.sum())
     if total == 0:
