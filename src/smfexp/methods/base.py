@@ -93,8 +93,12 @@ class FinetuneModule(LightningModule):
         # load_model returns eval mode (for scoring); dropout etc. must be live while training
         self.model.train()
         if self.gradient_checkpointing:  # trade ~1 extra forward for most saved activations
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+                self.model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
         for logger in self.loggers:
             logger.log_hyperparams({"params/trainable": self.trainable_params,
                                     "params/total": self.total_params, "method": self.method_name})
