@@ -144,7 +144,8 @@ def test_gradient_checkpointing_changes_memory_not_the_update(tokenizer):
                                       warmup_steps=0, schedule="constant",
                                       gradient_checkpointing=checkpointing)
         _fit(module, _loader(tokenizer, batch_size=2), steps=4)
-        assert model.is_gradient_checkpointing == checkpointing
+        flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5
+        assert (model.is_gradient_checkpointing if flag is None else flag) == checkpointing
         tables.append([m.values.detach().clone() for m in module.memories])
     for plain, recomputed in zip(*tables, strict=True):
         torch.testing.assert_close(plain, recomputed)
