@@ -85,6 +85,9 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
         for probe, metrics in (results.get(section) or {}).items():
             for metric, value in metrics.items():
                 flat[f"{section}/{probe}/{metric}"] = value
+    beyond = results.get("target_beyond_heldout") or {}
+    for metric, value in (beyond.get("delta") or {}).items():
+        flat[f"beyond_heldout/target/{metric}"] = value
     for key in ("method", "selector", "seed", "model", "protocol", "status", "objective"):
         if results.get(key) is not None:
             flat[key] = results[key]

@@ -100,6 +100,21 @@ def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
     return {"delta": delta, "rel_delta_pct": rel}
 
 
+def gain_beyond_heldout(delta: dict[str, dict[str, float]], probe: str) -> dict[str, float]:
+    """Target change minus ``probe``'s change, per metric both have.
+
+    For fact learning the held-out questions share the trained facts' scorer and prompt, so
+    whatever they gain too (answering in a few words, then stopping) is format; the rest is
+    what was learned about the trained facts themselves.
+    """
+    target, other = delta.get(TARGET, {}), delta.get(probe, {})
+    return {m: target[m] - other[m] for m in target if m in other}
+
+
+def _row_keys(rows: list[dict[str, Any]]) -> set[str]:
+    return {json.dumps(r, sort_keys=True, default=str) for r in rows}
+
+
 def read_cached_scores(
     path: Path, key: dict[str, Any]
 ) -> tuple[dict[str, dict[str, float]] | None, str]:
@@ -225,6 +240,25 @@ class ForgettingCallback(Callback):
         self.eval_seconds["after"] = time.perf_counter() - t0
         self._log(trainer, "after", self.after)
         self._log(trainer, "delta", _delta(self.before, self.after)["delta"])
+        beyond = self.target_beyond_heldout()
+        if beyond:
+            self._log(trainer, "beyond_heldout", {TARGET: beyond["delta"]})
+
+    def target_beyond_heldout(self) -> dict[str, Any] | None:
+        """``{"probe", "delta"}``: the target's gain minus its held-out probe's gain.
+
+        None without a held-out probe (or before scoring). Refused, with a warning, if the
+        probe's rows overlap the target's: the difference would then hide what it measures.
+        """
+        probe = self.target.heldout_probe
+        if not probe or probe not in self.after or TARGET not in self.after:
+            return None
+        if _row_keys(self.probe_rows.get(probe, [])) & _row_keys(self.target.rows):
+            log.warning("the %s probe shares questions with the target; no gain beyond held-out"
+                        " is reported", probe)
+            return None
+        delta = _delta(self.before, self.after)["delta"]
+        return {"probe": probe, "delta": gain_beyond_heldout(delta, probe)}
 
     @property
     def results(self) -> dict[str, Any]:
@@ -237,6 +271,7 @@ class ForgettingCallback(Callback):
             "before": self.before,
             "after": self.after,
             **_delta(self.before, self.after),
+            "target_beyond_heldout": self.target_beyond_heldout(),
             "eval_seconds": self.eval_seconds,
         }
 

@@ -31,6 +31,10 @@ class TargetSpec:
     rows: list[dict[str, Any]]
     # a forgetting probe that would only re-measure the target (same benchmark) is skipped
     replaces_probe: str | None = None
+    # a probe scoring the same task on questions disjoint from the target's: the target's
+    # gain minus this probe's gain is what was learned about the trained items themselves,
+    # not the task's answer format (results.json ``target_beyond_heldout``)
+    heldout_probe: str | None = None
 
 
 class SFTDataModule(LightningDataModule):
@@ -242,7 +246,8 @@ class TriviaQAFactsDataModule(SFTDataModule):
                      f"[{self.heldout_size}:] with facts_seed={self.facts_seed}",
             "skipped_rows": allrows.skipped,
         }
-        return facts, TargetSpec("triviaqa", facts), info
+        heldout = "triviaqa" if self.heldout_size else None
+        return facts, TargetSpec("triviaqa", facts, heldout_probe=heldout), info
 
 
 class BackgroundDataModule(SFTDataModule):

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 RESULTS = "results.json"
-STAGES = ("before", "after", "delta", "rel_delta_pct")
+STAGES = ("before", "after", "delta", "rel_delta_pct", "beyond_heldout")
+# beyond_heldout/target/<metric>: target change minus its held-out probe's change (facts)
 SCORE_STAGES = ("before", "after", "delta")  # what the runs log to W&B
 NO_SELECTOR = "-"
 TARGET = "target"
@@ -116,6 +117,11 @@ def _flat_scores(results: Mapping[str, Any]) -> dict[str, float]:
             for metric, value in metrics.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     out[score_key(stage, str(probe), str(metric))] = float(value)
+    beyond = results.get("target_beyond_heldout")
+    if isinstance(beyond, Mapping) and isinstance(beyond.get("delta"), Mapping):
+        for metric, value in beyond["delta"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[score_key("beyond_heldout", TARGET, str(metric))] = float(value)
     return out
 
 

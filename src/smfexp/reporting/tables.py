@@ -205,6 +205,29 @@ def _key_columns(summary: pd.DataFrame) -> list[str]:
     return (["model"] if summary["model"].nunique() > 1 else []) + keys
 
 
+def _beyond_heldout_table(trained: pd.DataFrame, keys: list[str],
+                          columns: Sequence[Column]) -> str:
+    """Target change minus the held-out probe's change (fact learning), if any run has it."""
+    targets = [c for c in columns if c.probe == TARGET
+               and f"{score_key('beyond_heldout', TARGET, c.metric)}:mean" in trained]
+    if not targets or trained[[f"{score_key('beyond_heldout', TARGET, c.metric)}:mean"
+                               for c in targets]].isna().all().all():
+        return ""
+    table = _md_table(
+        [*keys, "runs", *(c.header("Δ beyond held-out ") for c in targets)],
+        ([*(str(r[k]) for k in keys), str(r["status"]),
+          *(_cell(r, score_key("beyond_heldout", TARGET, c.metric), True) for c in targets)]
+         for _, r in trained.iterrows()),
+    )
+    return (
+        "### Target change beyond the held-out questions\n\n"
+        f"{table}\n\n"
+        "The target's change minus the same scorer's change on held-out questions of the same "
+        "task. What both gain is answer format; this is what was learned about the trained "
+        "items themselves.\n\n"
+    )
+
+
 def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
     """Scores (with the base row) and after − before changes, one Markdown table each."""
     if summary.empty:
@@ -223,11 +246,13 @@ def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
           *(_cell(r, score_key("delta", c.probe, c.metric), True) for c in columns)]
          for _, r in trained.iterrows()),
     )
+    beyond = _beyond_heldout_table(trained, keys, columns)
     return (
         "### Scores after training (base = before training)\n\n"
         f"{scores}\n\n"
         "### Change (after − before)\n\n"
         f"{deltas}\n\n"
+        f"{beyond}"
         "mean ± sample std (ddof=1) over seeds; ↑/↓ = the better direction, so forgetting is a "
         "Δ against the arrow. `(n=k)`: only k runs logged that score. Failed runs count in "
         "`runs` and never contribute numbers.\n"
