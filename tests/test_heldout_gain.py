@@ -49,13 +49,13 @@ def test_gain_beyond_heldout_is_target_minus_probe(data_dir):
                                                           heldout_probe="triviaqa"), None),
                        target_em=(0.0, 0.5), heldout_em=(0.0, 0.25))
     callback.probe_rows = {"triviaqa": rows[:4]}
-    beyond = callback.results["target_beyond_heldout"]
+    beyond = callback.target_beyond_heldout()
     assert beyond["probe"] == "triviaqa"
     assert beyond["delta"] == pytest.approx({"exact_match": 0.25, "answer_logprob": 0.5})
 
     no_heldout = _scored(ForgettingCallback(cfg, TargetSpec("triviaqa", rows[2000:2004]), None),
                          target_em=(0.0, 0.5), heldout_em=(0.0, 0.25))
-    assert no_heldout.results["target_beyond_heldout"] is None
+    assert no_heldout.target_beyond_heldout() is None
 
 
 def test_overlapping_probe_rows_report_nothing(data_dir, caplog):

@@ -167,6 +167,7 @@ class ForgettingCallback(Callback):
         self.before: dict[str, dict[str, float]] = {}
         self.after: dict[str, dict[str, float]] = {}
         self.eval_seconds: dict[str, float] = {}
+        self.beyond_heldout: dict[str, Any] | None = None  # set once the run is scored after
 
     def score(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
         was_training = model.training
@@ -240,9 +241,9 @@ class ForgettingCallback(Callback):
         self.eval_seconds["after"] = time.perf_counter() - t0
         self._log(trainer, "after", self.after)
         self._log(trainer, "delta", _delta(self.before, self.after)["delta"])
-        beyond = self.target_beyond_heldout()
-        if beyond:
-            self._log(trainer, "beyond_heldout", {TARGET: beyond["delta"]})
+        self.beyond_heldout = self.target_beyond_heldout()
+        if self.beyond_heldout:
+            self._log(trainer, "beyond_heldout", {TARGET: self.beyond_heldout["delta"]})
 
     def target_beyond_heldout(self) -> dict[str, Any] | None:
         """``{"probe", "delta"}``: the target's gain minus its held-out probe's gain.
@@ -271,7 +272,7 @@ class ForgettingCallback(Callback):
             "before": self.before,
             "after": self.after,
             **_delta(self.before, self.after),
-            "target_beyond_heldout": self.target_beyond_heldout(),
+            "target_beyond_heldout": self.beyond_heldout,
             "eval_seconds": self.eval_seconds,
         }
 

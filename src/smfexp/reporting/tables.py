@@ -208,16 +208,16 @@ def _key_columns(summary: pd.DataFrame) -> list[str]:
 def _beyond_heldout_table(trained: pd.DataFrame, keys: list[str],
                           columns: Sequence[Column]) -> str:
     """Target change minus the held-out probe's change (fact learning), if any run has it."""
-    targets = [c for c in columns if c.probe == TARGET
-               and f"{score_key('beyond_heldout', TARGET, c.metric)}:mean" in trained]
-    if not targets or trained[[f"{score_key('beyond_heldout', TARGET, c.metric)}:mean"
-                               for c in targets]].isna().all().all():
+    def key(c: Column) -> str:
+        return score_key("beyond_heldout", TARGET, c.metric)
+
+    targets = [c for c in columns if c.probe == TARGET and f"{key(c)}:mean" in trained]
+    if not targets or trained[[f"{key(c)}:mean" for c in targets]].isna().all().all():
         return ""
     table = _md_table(
         [*keys, "runs", *(c.header("Δ beyond held-out ") for c in targets)],
         ([*(str(r[k]) for k in keys), str(r["status"]),
-          *(_cell(r, score_key("beyond_heldout", TARGET, c.metric), True) for c in targets)]
-         for _, r in trained.iterrows()),
+          *(_cell(r, key(c), True) for c in targets)] for _, r in trained.iterrows()),
     )
     return (
         "### Target change beyond the held-out questions\n\n"
