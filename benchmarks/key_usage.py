@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,11 +46,10 @@ def separation(reads: list[torch.Tensor]) -> tuple[float, int, float]:
     read."""
     sets = [set(r.tolist()) for r in reads]
     pairs = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
-    slots = torch.cat([torch.tensor(sorted(s)) for s in sets])
-    ids, per_slot = slots.unique(return_counts=True)
-    common = set(ids[per_slot >= 0.25 * len(sets)].tolist())
+    facts_per_slot = Counter(slot for s in sets for slot in s)
+    common = {slot for slot, n in facts_per_slot.items() if n >= 0.25 * len(sets)}
     shared = sum(len(s & common) for s in sets) / sum(len(s) for s in sets)
-    return sum(pairs) / max(len(pairs), 1), int(ids.numel()), shared
+    return sum(pairs) / max(len(pairs), 1), len(facts_per_slot), shared
 
 
 def fact_reads(model: torch.nn.Module, batches: list[dict]) -> list[dict[str, list]]:

@@ -111,10 +111,6 @@ def gain_beyond_heldout(delta: dict[str, dict[str, float]], probe: str) -> dict[
     return {m: target[m] - other[m] for m in target if m in other}
 
 
-def _row_keys(rows: list[dict[str, Any]]) -> set[str]:
-    return {json.dumps(r, sort_keys=True, default=str) for r in rows}
-
-
 def read_cached_scores(
     path: Path, key: dict[str, Any]
 ) -> tuple[dict[str, dict[str, float]] | None, str]:
@@ -254,7 +250,8 @@ class ForgettingCallback(Callback):
         probe = self.target.heldout_probe
         if not probe or probe not in self.after or TARGET not in self.after:
             return None
-        if _row_keys(self.probe_rows.get(probe, [])) & _row_keys(self.target.rows):
+        trained = {stable_hash(r, 64) for r in self.target.rows}
+        if any(stable_hash(r, 64) in trained for r in self.probe_rows.get(probe, [])):
             log.warning("the %s probe shares questions with the target; no gain beyond held-out"
                         " is reported", probe)
             return None
