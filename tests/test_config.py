@@ -44,12 +44,19 @@ def test_sweep_keys_sit_at_the_top_of_method_configs():
 
 @pytest.mark.parametrize("method", ["smf", "lora", "full"])
 def test_training_budget_comes_from_the_data_unless_overridden(method):
-    """One pass over MedMCQA is a finetune; 1000 facts need repeated passes."""
-    assert _compose([f"method={method}"]).trainer.max_epochs == 1
+    """A MedMCQA finetune accumulates, warms up and decays; a fact stream takes one fact per
+    optimizer step, every fact with the same step size."""
+    medmcqa = _compose([f"method={method}"])
+    assert medmcqa.trainer.max_epochs == 1 and medmcqa.trainer.accumulate_grad_batches == 2
+    assert (medmcqa.method.warmup_steps, medmcqa.method.schedule) == (100, "cosine")
     facts = _compose([f"method={method}", "data=triviaqa_facts"])
-    assert facts.method.epochs == facts.data.epochs == facts.trainer.max_epochs > 1
-    assert _compose([f"method={method}", "data=triviaqa_facts",
-                     "method.epochs=2"]).trainer.max_epochs == 2
+    assert facts.method.epochs == facts.data.epochs == facts.trainer.max_epochs == 1
+    assert facts.trainer.accumulate_grad_batches == facts.method.grad_accum == 1
+    assert (facts.method.warmup_steps, facts.method.schedule) == (0, "constant")
+    assert facts.data.phrasings_per_step == facts.method.batch_size
+    overridden = _compose([f"method={method}", "data=triviaqa_facts", "method.epochs=2",
+                           "method.grad_accum=4"])
+    assert overridden.trainer.max_epochs == 2 and overridden.trainer.accumulate_grad_batches == 4
 
 
 def test_unknown_option_lists_valid_ones():

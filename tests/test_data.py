@@ -9,7 +9,8 @@ import torch
 
 from smfexp.data import sources
 from smfexp.data.collate import IGNORE_INDEX, PadCollator, fit_length, tokenize_pair
-from smfexp.data.modules import BackgroundDataModule, MedMCQADataModule, TriviaQAFactsDataModule
+from smfexp.data.facts import FactsDataModule
+from smfexp.data.modules import BackgroundDataModule, MedMCQADataModule
 
 MCQ_PROMPT = "Question: {question}\nChoices:\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
 
@@ -34,18 +35,14 @@ def test_medmcqa_offline_split_is_deterministic_and_disjoint(tokenizer, data_dir
 
 
 def test_triviaqa_facts_disjoint_from_heldout_probe(tokenizer, data_dir):
-    dm = TriviaQAFactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=300,
-                                 prompt_template="Question: {question}\nAnswer:",
-                                 target_template=" {answer}")
+    dm = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=300)
     dm.setup()
     allrows = sources.load_triviaqa(data_dir).rows
     heldout = {r["question"] for r in allrows[:1000]}
     facts = {r["question"] for r in dm.train_rows}
     assert len(facts) == 300 and not facts & heldout
     assert dm.target.rows == dm.train_rows  # the target is scored on exactly the trained facts
-    other = TriviaQAFactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=300, facts_seed=1,
-                                    prompt_template="Question: {question}\nAnswer:",
-                                    target_template=" {answer}")
+    other = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=300, facts_seed=1)
     other.setup()
     assert {r["question"] for r in other.train_rows} != facts
 

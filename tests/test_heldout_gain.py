@@ -10,11 +10,10 @@ import pytest
 
 from smfexp.callbacks.forgetting import ForgettingCallback
 from smfexp.data import sources
-from smfexp.data.modules import TargetSpec, TriviaQAFactsDataModule
+from smfexp.data.facts import FactsDataModule
+from smfexp.data.modules import TargetSpec
 from smfexp.eval import EvalConfig
 from smfexp.reporting import write_report
-
-PROMPT, ANSWER = "Question: {question}\nAnswer:", " {answer}"
 
 
 def _scored(callback: ForgettingCallback, target_em: tuple[float, float],
@@ -30,16 +29,19 @@ def _scored(callback: ForgettingCallback, target_em: tuple[float, float],
     return callback
 
 
-def test_facts_datamodule_names_its_heldout_probe(tokenizer, data_dir):
-    def target(heldout_size: int) -> TargetSpec:
-        dm = TriviaQAFactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=4,
-                                     heldout_size=heldout_size, prompt_template=PROMPT,
-                                     target_template=ANSWER)
+def test_facts_datamodule_names_its_heldout_probe(tokenizer, data_dir, tmp_path):
+    def target(**kwargs) -> TargetSpec:
+        dm = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=4, **kwargs)
         dm.setup()
         return dm.target
 
-    assert target(1000).heldout_probe == "triviaqa"
-    assert target(0).heldout_probe is None  # no held-out questions reserved: nothing to compare
+    assert target().heldout_probe == "triviaqa"
+    assert target(source="nq_open").heldout_probe == "nq_open"
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n"
+                           for i in range(4)), encoding="utf-8")
+    # a user's file has no held-out questions of its own: nothing to compare
+    assert target(source="file", path=str(own)).heldout_probe is None
 
 
 def test_gain_beyond_heldout_is_target_minus_probe(data_dir):

@@ -175,6 +175,11 @@ class ForgettingCallback(Callback):
             scores = {
                 TARGET: score_probe(self.target.probe, model, self.tokenizer, rows, self.eval_cfg)
             }
+            for name, variant in self.target.variants.items():
+                if self.eval_cfg.limit:
+                    variant = variant[: self.eval_cfg.limit]
+                scores[name] = score_probe(self.target.probe, model, self.tokenizer, variant,
+                                           self.eval_cfg)
             if not self.probe_rows:
                 self.probe_rows = {
                     p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes

@@ -49,9 +49,14 @@ def tokenize_pair(
 
 
 def fit_length(
-    examples: Sequence[TokenizedExample], max_length: int, policy: str, name: str
+    examples: Sequence[TokenizedExample], max_length: int, policy: str, name: str,
+    quiet: bool = False,
 ) -> list[TokenizedExample]:
-    """Apply the over-long policy: drop / truncate (from the left, keeping the target) / error."""
+    """Apply the over-long policy: drop / truncate (from the left, keeping the target) / error.
+
+    ``quiet``: return what is left (possibly nothing) without warning, for callers that apply
+    the policy to many small groups (one fact's phrasings) and report once.
+    """
     if policy not in OVERLONG:
         raise ValueError(f"overlong={policy!r}; valid: {', '.join(OVERLONG)}")
     if max_length < 1:  # ids[-0:] would keep everything
@@ -70,7 +75,7 @@ def fit_length(
             )
         if policy == "truncate":
             kept.append(TokenizedExample(ex.input_ids[-max_length:], ex.labels[-max_length:]))
-    if over:
+    if over and not quiet:
         verb = "dropped" if policy == "drop" else "truncated"
         log.warning(
             "%s: %s %d of %d examples longer than %d tokens",
@@ -80,7 +85,7 @@ def fit_length(
             len(examples),
             max_length,
         )
-    if not kept:
+    if not kept and not quiet:
         raise ValueError(f"{name}: no examples left after applying max_length={max_length}")
     return kept
 

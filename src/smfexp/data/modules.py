@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +35,9 @@ class TargetSpec:
     # gain minus this probe's gain is what was learned about the trained items themselves,
     # not the task's answer format (results.json ``target_beyond_heldout``)
     heldout_probe: str | None = None
+    # more row sets scored with the target's scorer, e.g. ``target_seen``: the trained facts
+    # prompted with a phrasing the run trained on (the target itself uses an unseen one)
+    variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class SFTDataModule(LightningDataModule):
@@ -59,6 +62,9 @@ class SFTDataModule(LightningDataModule):
         shuffle_seed: int = 0,
         num_workers: int = 0,
         epochs: int = 1,
+        grad_accum: int = 1,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
     ) -> None:
         super().__init__()
         self.name = name or self.name
@@ -77,9 +83,12 @@ class SFTDataModule(LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
-        # The default training budget for this data (method configs read ${data.epochs}):
-        # one pass over 3k MedMCQA questions is a finetune, one pass over 1k facts is not.
+        # The training budget this data implies (method configs read ${data.epochs} etc.):
+        # a finetune on MedMCQA warms up and decays over an epoch; a stream of facts takes
+        # one fact per optimizer step, each with the same step size.
         self.epochs = epochs
+        self.budget = {"epochs": epochs, "grad_accum": grad_accum,
+                       "warmup_steps": warmup_steps, "schedule": schedule}
         self.collator = PadCollator(tokenizer.pad_token_id)
         self.train_examples: list[TokenizedExample] = []
         self.train_rows: list[dict[str, Any]] = []
@@ -131,7 +140,7 @@ class SFTDataModule(LightningDataModule):
             "loss_on": self.loss_on,
             "prompt_template": self.prompt_template,
             "target_template": self.target_template,
-            "epochs": self.epochs,
+            **self.budget,
         }
         self._prepared = True
 
@@ -209,45 +218,6 @@ class MedMCQADataModule(SFTDataModule):
             "letter": letter,
             "answer_text": row["options"][row["answer"]],
         }
-
-
-class TriviaQAFactsDataModule(SFTDataModule):
-    """Fact learning: teach ``n_facts`` TriviaQA answers, probe the held-out questions.
-
-    The first ``heldout_size`` questions (in order) are the held-out probe every experiment
-    shares; the facts are drawn with ``facts_seed`` from the remaining questions. The target
-    metric is scored on exactly the trained facts.
-    """
-
-    name = "triviaqa_facts"
-
-    def __init__(self, *args: Any, n_facts: int = 1000, heldout_size: int = 1000,
-                 facts_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if n_facts <= 0 or heldout_size < 0:
-            raise ValueError("data.n_facts must be positive and data.heldout_size >= 0")
-        self.n_facts = n_facts
-        self.heldout_size = heldout_size
-        self.facts_seed = facts_seed
-
-    def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
-        allrows = sources.load_triviaqa(data_dir, self.max_bad_fraction)
-        pool = allrows.rows[self.heldout_size :]
-        if self.n_facts > len(pool):
-            raise ValueError(
-                f"data.n_facts={self.n_facts} but only {len(pool)} questions remain after the "
-                f"{self.heldout_size} held-out ones"
-            )
-        picked = sorted(random.Random(self.facts_seed).sample(range(len(pool)), self.n_facts))
-        facts = [pool[i] for i in picked]
-        info = {
-            "source": allrows.source,
-            "split": f"heldout=[:{self.heldout_size}], facts={self.n_facts} of "
-                     f"[{self.heldout_size}:] with facts_seed={self.facts_seed}",
-            "skipped_rows": allrows.skipped,
-        }
-        heldout = "triviaqa" if self.heldout_size else None
-        return facts, TargetSpec("triviaqa", facts, heldout_probe=heldout), info
 
 
 class BackgroundDataModule(SFTDataModule):

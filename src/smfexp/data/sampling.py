@@ -1,8 +1,9 @@
-"""A shuffled order that a resumed run can re-enter mid-epoch.
+"""An order (shuffled, or the stream's own) that a resumed run can re-enter mid-epoch.
 
 ``DataLoader(shuffle=True)`` draws each epoch's permutation from one running generator, so a
 run restarted from a checkpoint cannot reproduce the order it was in. Here the order of epoch
 ``e`` depends on ``(seed, e)`` alone, and ``start_at`` skips the batches already trained on.
+A fact stream is not shuffled at all (``shuffle=False``): its order is the experiment.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from torch.utils.data import Sampler
 
 
 class ResumableRandomSampler(Sampler[int]):
-    """Permutation of ``range(n)`` per epoch; ``__len__`` stays ``n`` so schedules agree."""
+    """Permutation of ``range(n)`` per epoch (or ``range(n)`` itself with ``shuffle=False``);
+    ``__len__`` stays ``n`` so schedules agree."""
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
         self.n = n
         self.seed = seed
+        self.shuffle = shuffle
         self.epoch = 0
         self._skip = 0  # samples to skip in the next epoch started (set by a resume)
 
@@ -31,8 +34,11 @@ class ResumableRandomSampler(Sampler[int]):
         self._skip = samples_done
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
         skip, self._skip = self._skip, 0
         return iter(order[skip:])
 

@@ -8,6 +8,7 @@ Malformed rows are counted, reported with one example and skipped; too many (mor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -178,6 +179,11 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def text_field(value: Any, what: str) -> str:
+    """A non-empty string, else ``ValueError`` naming ``what`` (for user-supplied files)."""
+    return _text(value, what)
+
+
 def _scalar_text(value: Any, what: str) -> str:
     """A string, or a number some dumps store instead (e.g. an option "5"); never None/""."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -237,6 +243,17 @@ def nq_open_row(row: dict[str, Any]) -> dict[str, Any]:
         "question": _text(row["question"], "question"),
         "answers": [_scalar_text(a, "answer") for a in answers],
     }
+
+
+def qa_from_nq(row: dict[str, Any]) -> dict[str, Any]:
+    """An NQ-open row as a fact: the first gold answer is trained, every one counts as right."""
+    return {"question": row["question"], "answer": row["answers"][0],
+            "aliases": list(row["answers"])}
+
+
+def nq_from_qa(row: dict[str, Any]) -> dict[str, Any]:
+    """A fact row in the NQ-open scorer's schema (``answers``), keeping the fact's fields."""
+    return {**row, "answers": list(row["aliases"])}
 
 
 def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -379,3 +396,66 @@ def load_background(
         rows.extend({**g, "part": part} for g in good)
         skipped += bad
     return Rows(rows, f"local:{data_dir}[{'+'.join(parts)}]", skipped)
+
+
+QA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def _answer_list(value: Any, what: str) -> list[str]:
+    """A string, a list of strings, or (CSV) a JSON list written into a cell."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        with contextlib.suppress(json.JSONDecodeError):  # not JSON: an answer with a "["
+            value = json.loads(value)
+    if isinstance(value, list):
+        out = [_scalar_text(v, what) for v in value]
+        if not out:
+            raise ValueError(f"{what} is an empty list")
+        return out
+    return [_scalar_text(value, what)]
+
+
+def load_qa_file(
+    path: str | os.PathLike,
+    question_column: str = "question",
+    answer_column: str = "answer",
+    aliases_column: str | None = None,
+    max_bad_fraction: float = 0.05,
+) -> Rows:
+    """A user's question/answer file (JSONL or CSV/TSV) -> rows {question, answer, aliases}.
+
+    ``answer_column`` holds a string or a list (the first answer is the one trained; every
+    answer and alias counts as correct). A column that no row has is a one-line error naming
+    the columns the file does have; rows missing a value are counted as malformed.
+    """
+    import csv
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataUnavailableError(f"data.path={str(path)!r} does not exist")
+    if file.suffix not in QA_FILE_SUFFIXES:
+        raise ValueError(f"data.path={str(path)!r}: expected one of {', '.join(QA_FILE_SUFFIXES)}")
+    if file.suffix in (".csv", ".tsv"):
+        with file.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if file.suffix == ".tsv" else ",")
+            columns = list(reader.fieldnames or [])
+            raw: list[Any] = list(reader)
+    else:
+        raw = list(_read_jsonl(file))
+        columns = sorted({k for r in raw if isinstance(r, dict) for k in r})
+    wanted = {"question_column": question_column, "answer_column": answer_column,
+              "aliases_column": aliases_column}
+    for key, column in wanted.items():
+        if column is not None and column not in columns:
+            raise ValueError(f"data.{key}={column!r} is not a column of {file.name}; "
+                             f"its columns: {columns}")
+
+    def normalise(row: Any) -> dict[str, Any]:
+        answers = _answer_list(row[answer_column], answer_column)
+        extra = row.get(aliases_column) if aliases_column else None
+        aliases = _answer_list(extra, aliases_column) if extra not in (None, "", []) else []
+        return {"question": _text(row[question_column], question_column).strip().rstrip("?"),
+                "answer": answers[0],
+                "aliases": list(dict.fromkeys([*answers, *aliases]))}
+
+    rows, bad = normalise_rows(raw, normalise, file.name, max_bad_fraction)
+    return Rows(rows, f"local:{file}", bad)

@@ -1,5 +1,8 @@
 """NaturalQuestions-open (dev): a second world-knowledge forgetting probe (Lin et al. 2025).
 
+The first 1000 questions, in order, are the held-out probe; facts to learn (``data=facts
+data.source=nq_open``) are drawn from the rest (:func:`split_heldout`).
+
 harness (lm_eval ``nq_open``, zero-shot): ``Answer these questions:\\n\\nQ: {q}?\\nA:``
 (the task description is a system turn under a chat template), greedy until "\\n" "." ","
 (256 tokens), whitespace stripped, ``exact_match`` after removing articles, case and
@@ -36,11 +39,24 @@ PAPER_UNTIL = ("\n",)
 PAPER_MAX_GEN_TOKS = 32
 
 
+HELDOUT_ROWS = 1000
+
+
+def split_heldout(
+    rows: list[dict[str, Any]], heldout: int = HELDOUT_ROWS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(held-out probe, fact pool): the first ``heldout`` rows in file order, and the rest."""
+    return rows[:heldout], rows[heldout:]
+
+
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_nq_open(data_dir(cfg)), cfg, "nq_open")
+    return take(load_nq_open(data_dir(cfg)), cfg, "nq_open", cap=HELDOUT_ROWS)
 
 
 def build_prompt(tokenizer: Any, row: dict[str, Any], cfg: EvalConfig) -> str:
+    """The protocol's prompt, or the row's own ``prompt`` (e.g. a phrasing a run trained on)."""
+    if "prompt" in row:
+        return wrap(tokenizer, cfg, row["prompt"])
     if cfg.protocol == "harness":
         return wrap(tokenizer, cfg, f"Q: {row['question']}?\nA:", system=DESCRIPTION)
     return wrap(tokenizer, cfg, f"Question: {row['question']}\nAnswer:")

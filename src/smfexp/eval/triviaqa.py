@@ -8,7 +8,8 @@ harness (lm_eval ``triviaqa``): ``Question: {q}?\\nAnswer:``, greedy until "\\n"
 (256 tokens), whitespace stripped, ``exact_match`` against any alias after lowercasing and
 deleting punctuation. paper: ``Question: {q}\\nAnswer:``, greedy 32 tokens, ``acc`` = any
 normalised alias is a substring of the normalised generation.
-Both report ``answer_logprob``: the mean per-token log-likelihood (nats) of the *primary*
+Both report SQuAD token ``f1`` (max over aliases; Lin et al.'s fact-learning metric) and
+``answer_logprob``: the mean per-token log-likelihood (nats) of the *primary*
 answer (``row["answer"]``, preceded by a space) given the protocol's prompt, averaged over
 questions — continuous, so forgetting shows even when exact match is ~0.
 Offline rows list the primary answer among the aliases even if the source omitted it.
@@ -32,7 +33,7 @@ from smfexp.eval.base import (
 )
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.core import generate_until, loglikelihood
-from smfexp.eval.normalize import harness_exact_match, paper_substring_match
+from smfexp.eval.normalize import harness_exact_match, max_f1, paper_substring_match
 
 HELDOUT_ROWS = 1000
 HARNESS_UNTIL = ("\n", ".", ",")
@@ -52,6 +53,9 @@ def load(cfg: EvalConfig) -> Rows:
 
 
 def prompt(row: dict[str, Any], protocol: str) -> str:
+    """The protocol's prompt, or the row's own ``prompt`` (e.g. a phrasing a run trained on)."""
+    if "prompt" in row:
+        return row["prompt"]
     if protocol == "harness":
         return f"Question: {row['question']}?\nAnswer:"
     return f"Question: {row['question']}\nAnswer:"
@@ -96,8 +100,12 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         }
         for g, p, h, ll in zip(gens, preds, hits, lls, strict=True)
     ]
+    f1 = [max_f1(p, r["aliases"]) for p, r in zip(preds, rows, strict=True)]
+    for sample, value in zip(samples, f1, strict=True):
+        sample["f1"] = value
     metrics = {
         name: mean(hits),
+        "f1": mean(f1),
         "answer_logprob": mean([x.mean for x in lls]),
         "n": float(len(rows)),
     }

@@ -1,0 +1,343 @@
+"""Fact learning as Lin et al. (2025) ran it: a stream of QA facts, one fact per optimizer step.
+
+Each step's batch holds ``phrasings_per_step`` phrasings of ONE fact (question forms and
+statement forms; one phrasing per row, padded, padding masked out of the loss and of the
+memory-access counts), facts arrive in a fixed order, ``steps_per_fact`` steps each, for
+``passes`` passes. Which memory rows SMF updates depends on this: the counts of a one-fact
+batch are dominated by what its phrasings share (the entity), the counts of a batch of many
+facts in one template by the template. ``batching=mixed`` trains the very same
+(fact, phrasing) examples shuffled across facts, for the ablation.
+
+The target is scored on the trained facts with the probe's own prompt, which by default is
+not among the training phrasings (``target``), and with the first training phrasing
+(``target_seen``). The held-out questions of the same source are the probe that separates
+knowing the facts from knowing the answer format (``TargetSpec.heldout_probe``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from smfexp.data import sources
+from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
+from smfexp.data.modules import SFTDataModule, TargetSpec
+from smfexp.data.sampling import ResumableRandomSampler
+
+log = logging.getLogger(__name__)
+
+BATCHING = ("per_fact", "mixed")
+QA_SOURCES = ("triviaqa", "nq_open", "file")
+# question forms and statement forms; none is a probe's prompt (see ``probe_prompt``)
+DEFAULT_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("Q: {question}?\nA:", " {answer}"),
+    ("The answer to \"{question}?\" is", " {answer}."),
+    ("Trivia question: {question}?\nThe answer:", " {answer}"),
+    ("{question}? That would be", " {answer}."),
+    ("Quiz: {question}?\nCorrect answer:", " {answer}"),
+    ("Here is a fact. {question}? The answer is", " {answer}."),
+    ("I asked: {question}? The reply was", " {answer}."),
+    ("Tell me: {question}?\nSure:", " {answer}"),
+)
+
+
+def probe_prompt(source: str, row: dict[str, Any]) -> str:
+    """The prompt the target's scorer uses (harness protocol): training must not see it."""
+    from smfexp.eval import nq_open, triviaqa
+
+    if source == "nq_open":
+        return nq_open.DESCRIPTION + f"Q: {row['question']}?\nA:"
+    return triviaqa.prompt(row, "harness")
+
+
+def _probe_prompts(source: str, fact: dict[str, Any]) -> set[str]:
+    """The probe's prompt for ``fact``, with its question as stored and without a final "?"
+    (templates add their own, so "{question}?" renders the probe's prompt either way)."""
+    return {probe_prompt(source, fact), probe_prompt(source, _fields(fact))}
+
+
+class FactStream(Dataset):
+    """Step ``i`` of the stream -> the collated batch of that step (``batch_size=None``).
+
+    Steps visit the facts in order, ``steps_per_fact`` consecutive steps each, and the whole
+    list ``passes`` times. Step ``k`` of a fact takes its phrasings ``k * n, ..., k * n + n - 1``
+    (cyclically), so consecutive steps of a fact see different phrasings when it has more than
+    ``n``. Every batch carries ``fact_index`` [B] (position of the fact in the stream).
+    """
+
+    def __init__(self, phrasings: Sequence[Sequence[TokenizedExample]], per_step: int,
+                 steps_per_fact: int, passes: int, collator: PadCollator) -> None:
+        self.phrasings = phrasings
+        self.per_step = per_step
+        self.steps_per_fact = steps_per_fact
+        self.passes = passes
+        self.collator = collator
+
+    def __len__(self) -> int:
+        return len(self.phrasings) * self.steps_per_fact * self.passes
+
+    def fact_of_step(self, step: int) -> int:
+        return (step // self.steps_per_fact) % len(self.phrasings)
+
+    def examples(self, step: int) -> list[TokenizedExample]:
+        fact = self.fact_of_step(step)
+        options = self.phrasings[fact]
+        k = step % self.steps_per_fact + (step // (self.steps_per_fact * len(self.phrasings))) \
+            * self.steps_per_fact  # later passes continue the rotation
+        return [options[(k * self.per_step + j) % len(options)] for j in range(self.per_step)]
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        batch = self.collator(self.examples(step))
+        batch["fact_index"] = torch.full((self.per_step,), self.fact_of_step(step))
+        return batch
+
+
+class MixedFacts(Dataset):
+    """The stream's (fact, phrasing) examples, each with its ``fact_index``; for shuffling."""
+
+    def __init__(self, stream: FactStream) -> None:
+        self.items = [(stream.fact_of_step(s), ex) for s in range(len(stream))
+                      for ex in stream.examples(s)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, TokenizedExample]:
+        return self.items[i]
+
+
+class _MixedCollator:
+    def __init__(self, collator: PadCollator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> dict[str, Any]:
+        batch = self.collator([ex for _, ex in items])
+        batch["fact_index"] = torch.tensor([f for f, _ in items])
+        return batch
+
+
+class FactsDataModule(SFTDataModule):
+    """Teach ``n_facts`` QA facts drawn (``facts_seed``) from a source's fact pool.
+
+    Sources: ``triviaqa`` (the bundled 3000 questions; the first 1000 are the held-out probe),
+    ``nq_open`` (NaturalQuestions-open dev; the first 1000 are its probe), or ``file``: the
+    user's JSONL/CSV at ``path`` with ``question_column`` / ``answer_column`` (a string or a
+    list: the first is trained, all count as correct) and optionally ``aliases_column``.
+    ``paraphrase_file`` (JSONL: ``{"question": ..., "paraphrases": [...]}``, each entry a text
+    trained on every token or a ``[prompt, target]`` pair) adds phrasings per fact.
+    """
+
+    name = "facts"
+
+    def __init__(
+        self,
+        *args: Any,
+        source: str = "triviaqa",
+        path: str | None = None,
+        question_column: str = "question",
+        answer_column: str = "answer",
+        aliases_column: str | None = None,
+        n_facts: int = 1000,
+        facts_seed: int = 0,
+        batching: str = "per_fact",
+        phrasings_per_step: int = 8,
+        steps_per_fact: int = 1,
+        passes: int = 1,
+        templates: Sequence[Sequence[str]] = DEFAULT_TEMPLATES,
+        paraphrase_file: str | None = None,
+        train_on_probe_prompt: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if source not in QA_SOURCES:
+            raise ValueError(f"data.source={source!r}; valid: {', '.join(QA_SOURCES)}")
+        if source == "file" and not path:
+            raise ValueError("data.source=file needs data.path=<your .jsonl or .csv file>")
+        if batching not in BATCHING:
+            raise ValueError(f"data.batching={batching!r}; valid: {', '.join(BATCHING)}")
+        for key, value in (("n_facts", n_facts), ("phrasings_per_step", phrasings_per_step),
+                           ("steps_per_fact", steps_per_fact), ("passes", passes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key} must be a positive integer (got {value!r})")
+        self.templates = [_template(t) for t in templates]
+        if not self.templates and not paraphrase_file:
+            raise ValueError("data.templates is empty and there is no data.paraphrase_file")
+        self.source = source
+        self.path = path
+        self.columns = (question_column, answer_column, aliases_column)
+        self.n_facts = n_facts
+        self.facts_seed = facts_seed
+        self.batching = batching
+        self.phrasings_per_step = phrasings_per_step
+        self.steps_per_fact = steps_per_fact
+        self.passes = passes
+        self.paraphrase_file = paraphrase_file
+        self.train_on_probe_prompt = train_on_probe_prompt
+        self.stream: FactStream | None = None
+
+    # -- rows -------------------------------------------------------------------------
+    def _pool(self, data_dir: Any) -> tuple[list[dict], list[dict], dict[str, Any], str | None]:
+        """(fact pool, held-out rows, provenance, held-out probe name)."""
+        from smfexp.eval import nq_open, triviaqa
+
+        if self.source == "file":
+            loaded = sources.load_qa_file(self.path, *self.columns,
+                                          max_bad_fraction=self.max_bad_fraction)
+            return loaded.rows, [], {"source": loaded.source, "skipped_rows": loaded.skipped,
+                                     "split": "file: every row is a fact candidate"}, None
+        if self.source == "triviaqa":
+            loaded = sources.load_triviaqa(data_dir, self.max_bad_fraction)
+            heldout, pool = triviaqa.split_heldout(loaded.rows)
+        else:
+            loaded = sources.load_nq_open(data_dir, self.max_bad_fraction)
+            heldout, pool = nq_open.split_heldout(loaded.rows)
+            pool = [sources.qa_from_nq(r) for r in pool]
+        split = (f"{self.source}: [:{len(heldout)}] held-out probe, facts from "
+                 f"[{len(heldout)}:] (facts_seed={self.facts_seed})")
+        return pool, heldout, {"source": loaded.source, "skipped_rows": loaded.skipped,
+                               "split": split}, self.source
+
+    def _paraphrases(self) -> dict[str, list[TokenizedExample]]:
+        if not self.paraphrase_file:
+            return {}
+        path = Path(self.paraphrase_file).expanduser()
+        if not path.is_file():
+            raise ValueError(f"data.paraphrase_file={self.paraphrase_file!r} does not exist")
+        out: dict[str, list[TokenizedExample]] = {}
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                texts = row["paraphrases"]
+                question = sources.text_field(row["question"], "question")
+                if not isinstance(texts, list) or not texts:
+                    raise ValueError("paraphrases must be a non-empty list")
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: expected {{\"question\": str, \"paraphrases\": "
+                                 f"[text or [prompt, target], ...]}} ({err})") from err
+            out.setdefault(question, []).extend(self._encode_paraphrase(t, path, n)
+                                                for t in texts)
+        return out
+
+    def _encode_paraphrase(self, text: Any, path: Path, n: int) -> TokenizedExample:
+        if isinstance(text, str) and text.strip():
+            return tokenize_pair(self.tokenizer, "", text, loss_on="all", append_eos=False)
+        if (isinstance(text, list) and len(text) == 2
+                and all(isinstance(x, str) for x in text) and text[1].strip()):
+            return tokenize_pair(self.tokenizer, text[0], text[1], loss_on="target",
+                                 append_eos=self.append_eos)
+        raise ValueError(f"{path}:{n}: a paraphrase must be a text or a [prompt, target] pair")
+
+    def _phrasings(self, fact: dict[str, Any]) -> list[TokenizedExample]:
+        fields = _fields(fact)
+        avoid = _probe_prompts(self.source, fact)
+        out = []
+        for prompt, target in self.templates:
+            text = prompt.format(**fields)
+            if text in avoid and not self.train_on_probe_prompt:
+                continue
+            out.append(tokenize_pair(self.tokenizer, text, target.format(**fields),
+                                     loss_on=self.loss_on, append_eos=self.append_eos))
+        return out
+
+    def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
+        pool, heldout, info, heldout_probe = self._pool(data_dir)
+        if self.n_facts > len(pool):
+            raise ValueError(f"data.n_facts={self.n_facts} but the {self.source} fact pool has "
+                             f"{len(pool)} questions")
+        picked = sorted(random.Random(self.facts_seed).sample(range(len(pool)), self.n_facts))
+        facts = [pool[i] for i in picked]
+        random.Random(self.shuffle_seed).shuffle(facts)  # the stream's order
+        paraphrases = self._paraphrases()
+        phrasings = [fit_length(self._phrasings(f) + paraphrases.get(f["question"], []),
+                                self.max_length, self.overlong, self.name, quiet=True)
+                     for f in facts]
+        empty = [f["question"] for f, p in zip(facts, phrasings, strict=True) if not p]
+        if empty:
+            raise ValueError(f"fact {empty[0]!r} has no training phrasing (the only template is "
+                             f"the probe's prompt); add data.templates or "
+                             f"data.train_on_probe_prompt=true")
+        self.stream = FactStream(phrasings, self.phrasings_per_step, self.steps_per_fact,
+                                 self.passes, self.collator)
+        probe = "nq_open" if self.source == "nq_open" else "triviaqa"
+        target_rows = [sources.nq_from_qa(f) if probe == "nq_open" else f for f in facts]
+        seen = self._seen_rows(facts, target_rows)
+        info.update({
+            "n_facts": len(facts), "batching": self.batching,
+            "phrasings_per_step": self.phrasings_per_step, "steps_per_fact": self.steps_per_fact,
+            "passes": self.passes, "n_steps": len(self.stream),
+            "phrasings_per_fact": [min(len(p) for p in phrasings), max(len(p) for p in phrasings)],
+            "templates": [list(t) for t in self.templates],
+            "paraphrase_file": self.paraphrase_file, "n_heldout": len(heldout),
+        })
+        spec = TargetSpec(probe, target_rows, heldout_probe=heldout_probe,
+                          variants={"target_seen": seen} if seen else {})
+        return facts, spec, info
+
+    def _seen_rows(self, facts: list[dict], rows: list[dict]) -> list[dict]:
+        """Target rows prompted with the first template the stream trains on."""
+        out = []
+        for fact, row in zip(facts, rows, strict=True):
+            fields = _fields(fact)
+            avoid = _probe_prompts(self.source, fact)
+            prompts = [p.format(**fields) for p, _ in self.templates]
+            usable = [p for p in prompts if self.train_on_probe_prompt or p not in avoid]
+            if not usable:
+                return []
+            out.append({**row, "prompt": usable[0]})
+        return out
+
+    # -- loaders ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        data_dir = sources.resolve_data_dir(self.data_dir_cfg)
+        rows, target, info = self.load_splits(data_dir)
+        self.train_rows = rows
+        self.target = target
+        self.info = {"name": self.name, **info, "n_train": len(rows),
+                     "n_target_eval": len(target.rows), "loss_on": self.loss_on,
+                     **self.budget}
+        self._prepared = True
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.stream is not None, "call setup() first"
+        per_fact = self.batching == "per_fact"
+        dataset: Dataset = self.stream if per_fact else MixedFacts(self.stream)
+        self.sampler = ResumableRandomSampler(len(dataset), self.shuffle_seed, shuffle=not per_fact)
+        batch_size = self.phrasings_per_step
+        if self._resume_position is not None:
+            epoch, batches = self._resume_position
+            self.sampler.start_at(epoch, batches * (1 if per_fact else batch_size))
+            self._resume_position = None
+        if per_fact:
+            return DataLoader(dataset, batch_size=None, sampler=self.sampler,
+                              num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                          collate_fn=_MixedCollator(self.collator), num_workers=self.num_workers)
+
+    def facts_seen(self, steps: int) -> int:
+        """Facts the stream has reached after ``steps`` optimizer steps (mixed: equivalent)."""
+        return min(steps // self.steps_per_fact, self.n_facts * self.passes)
+
+
+def _fields(fact: dict[str, Any]) -> dict[str, str]:
+    """Template fields: the question without its final "?" (templates add their own)."""
+    return {"question": fact["question"].rstrip().rstrip("?").rstrip(), "answer": fact["answer"]}
+
+
+def _template(entry: Any) -> tuple[str, str]:
+    if isinstance(entry, str) or len(entry) != 2 or not all(isinstance(x, str) for x in entry):
+        raise ValueError(f"data.templates entries are [prompt, target] pairs, got {entry!r}")
+    prompt, target = entry
+    if "{answer}" not in target:
+        raise ValueError(f"data.templates target {target!r} does not contain {{answer}}")
+    return prompt, target
