@@ -34,7 +34,8 @@ RETRO = {
     "seed": 0,
     "precision": "32-true",
 }
-BACKGROUND = {"batch_size": 4, "max_length": 32, "parts": ["wiki"], "max_batches": 3, "seed": 0}
+BACKGROUND = {"batch_size": 4, "max_length": 32, "parts": ["wiki"], "n": 3, "unit": "batch",
+              "seed": 0}
 WARNING = "failed its integrity check"
 
 
@@ -225,7 +226,7 @@ def _edit_meta(path: Path) -> None:
     from smfexp.smf.background import BackgroundStats
 
     stats = BackgroundStats.load(path)
-    stats.meta["key"]["max_batches"] = 999
+    stats.meta["key"]["n"] = 999
     stats.save(path)
 
 

@@ -22,7 +22,7 @@ TINY_MEMORY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memor
 TINY_RETROFIT = ["retrofit.steps=3", "retrofit.batch_size=4", "retrofit.max_length=64",
                  "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
                  "method.background.batch_size=4", "method.background.max_length=64",
-                 "method.background.max_batches=4"]
+                 "method.background.n=4"]
 
 
 def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str]):

@@ -72,9 +72,10 @@ def _check_memory(cfg: DictConfig) -> None:
 
 
 def _check_retrofit(retro: Any) -> None:
-    for key in ("steps", "lr", "batch_size", "max_length", "grad_accum", "heldout_batches"):
+    for key in ("lr", "batch_size", "max_length", "grad_accum", "heldout_batches",
+                "calibration_batches"):
         _positive(retro.get(key), f"retrofit.{key}")
-    for key in ("warmup_steps", "weight_decay", "heldout_docs"):
+    for key in ("steps", "warmup_steps", "weight_decay", "heldout_docs"):
         _positive(retro.get(key), f"retrofit.{key}", allow_zero=True)
     _positive(retro.get("max_docs"), "retrofit.max_docs")
     parts = retro.get("parts")
@@ -131,8 +132,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check_memory(cfg)
         _check_retrofit(cfg.retrofit)
         background = method.get("background") or {}
-        for key in ("batch_size", "max_length", "max_batches"):
+        for key in ("batch_size", "max_length", "n"):
             _positive(background.get(key), f"method.background.{key}")
+        from smfexp.smf.background import UNITS
+
+        _choice(background.get("unit"), "method.background.unit", UNITS)
     _check_data_dir(cfg.paths.get("data_dir"), "paths.data_dir")
 
 

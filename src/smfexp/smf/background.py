@@ -1,8 +1,10 @@
 """Background-corpus slot statistics for the tfidf and kl selectors.
 
-Computed once per (model, memory, background corpus, batching) and cached: ``df`` (number of
-background batches reading a slot at least once), ``reads`` (total reads) and ``n_batches``.
-Batch size changes ``df``, so it belongs in the cache key.
+Computed once per (model, memory, background corpus, granularity) and cached: ``df`` (number
+of background units - sequences, or batches - reading a slot at least once), ``reads`` (total
+reads) and ``n_batches`` (N, the number of units). The unit decides whether idf can tell
+slots apart: a 2048-token batch reads most of a 16K-slot table (idf ~ 0 nearly everywhere),
+one 128-token sequence reads a few percent of it. It belongs in the cache key.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from smfexp.smf.counting import AccessCounter
 from smfexp.utils.io import atomic_file, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,22 @@ class BackgroundStats:
         """Key usage per layer: ``coverage`` = share of slots ever read, ``top1pct_read_share``
         = share of all reads that go to the most-read 1% of slots (~0.01 when reads are even;
         near 1 when the memory has collapsed onto a few slots and every update touches the
-        slots everything reads)."""
+        slots everything reads); whether idf discriminates: the share of slots every unit
+        read (``df_eq_n``) and with idf < 0.1 (``idf_below_0.1``)."""
+        n = self.n_batches
         return {
-            "n_batches": self.n_batches,
+            "n_batches": n,
+            "unit": self.meta.get("unit", "batch"),
             "layers": [
                 {
                     "n_slots": int(d.numel()),
                     "total_reads": int(r.sum()),
                     "coverage": float((d > 0).double().mean()) if d.numel() else 0.0,
                     "top1pct_read_share": top_read_share(r, 0.01),
+                    "df_eq_n": float((d == n).double().mean()) if d.numel() else 0.0,
+                    "idf_below_0.1": float(
+                        (torch.log((n + 1) / (d.double() + 1)) < 0.1).double().mean()
+                    ) if d.numel() else 0.0,
                 }
                 for d, r in zip(self.df, self.reads, strict=True)
             ],
@@ -187,56 +195,89 @@ def _progress(it: Iterable, enabled: bool, total: int | None) -> Iterable:
     return track(it, description="background stats", total=total)
 
 
+UNITS = ("sequence", "batch")
+
+
+def count_units(indices: Tensor, mask: Tensor, n_slots: int, unit: str) -> tuple[Tensor, Tensor]:
+    """(reads, df increment) of one forward batch: reads per slot over its real tokens, and
+    how many background units (each sequence, or the batch as one) read each slot."""
+    idx = indices.reshape(indices.shape[0], indices.shape[1], -1).long()
+    weights = mask.to(idx.device, torch.int64).unsqueeze(-1).expand_as(idx)
+    reads = torch.zeros(n_slots, dtype=torch.int64, device=idx.device)
+    reads.index_add_(0, idx.reshape(-1), weights.reshape(-1))
+    if unit == "batch":
+        return reads, (reads > 0).long()
+    real = weights.reshape(-1) > 0
+    seq = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1).expand_as(idx)
+    keys = torch.unique((seq.reshape(-1) * n_slots + idx.reshape(-1))[real])
+    df = torch.zeros(n_slots, dtype=torch.int64, device=idx.device)
+    df.index_add_(0, keys % n_slots, torch.ones_like(keys))
+    return reads, df
+
+
 def compute_background_stats(
     model: torch.nn.Module,
     dataloader: Iterable[Mapping[str, Tensor]],
     memory_layers: list,
     progress: bool = True,
     max_batches: int | None = None,
+    unit: str = "batch",
+    max_units: int | None = None,
+    forward: Callable[[Tensor, Tensor], Any] | None = None,
 ) -> BackgroundStats:
-    """Run the model over background batches and count which slots each batch reads.
+    """Run the model over background batches and count which slots each unit reads.
 
+    ``unit="batch"``: df_i = number of batches that read slot i (N = batches). ``"sequence"``:
+    every sequence of a batch is its own unit (N = sequences; a forward pass still carries a
+    whole batch), the granularity of a one-fact training step. ``max_units`` caps N.
     Each memory layer must expose ``values`` ([n_slots, v_dim]) and, after a forward,
     ``last_indices`` ([B, T, K]). Only tokens with ``attention_mask`` = 1 are counted.
-    The model is put in eval mode for the pass and its training flag restored afterwards.
+    ``forward(input_ids, attention_mask)`` replaces ``model(...)`` (e.g. one that stops after
+    the last memory layer). The model is put in eval mode and its training flag restored.
     """
+    if unit not in UNITS:
+        raise ValueError(f"background unit={unit!r}; valid: {', '.join(UNITS)}")
     device = _model_device(model)
     n_slots = [int(layer.values.shape[0]) for layer in memory_layers]
     count_device = memory_layers[0].values.device if memory_layers else device
-    counter = AccessCounter(n_slots, device=count_device)
     df = [torch.zeros(n, dtype=torch.int64, device=count_device) for n in n_slots]
     reads = [torch.zeros(n, dtype=torch.int64, device=count_device) for n in n_slots]
-    n_batches = 0
+    n_units = 0
     try:
         total: int | None = len(dataloader)  # type: ignore[arg-type]
     except TypeError:
         total = None
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
+    run = forward or (lambda ids, mask: model(input_ids=ids, attention_mask=mask))
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for batch in _progress(dataloader, progress, total):
-                if max_batches is not None and n_batches >= max_batches:
+            for n_batch, batch in enumerate(_progress(dataloader, progress, total)):
+                if max_batches is not None and n_batch >= max_batches:
+                    break
+                if max_units is not None and n_units >= max_units:
                     break
                 input_ids = batch["input_ids"].to(device)
                 mask = batch.get("attention_mask")
                 mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
-                model(input_ids=input_ids, attention_mask=mask)
-                counter.reset()
+                if unit == "sequence" and max_units is not None:
+                    keep = min(input_ids.shape[0], max_units - n_units)
+                    input_ids, mask = input_ids[:keep], mask[:keep]
+                run(input_ids, mask)
                 for li, layer in enumerate(memory_layers):
                     if layer.last_indices is None:
                         raise RuntimeError(f"memory layer {li} did not record last_indices")
-                    counter.add(li, layer.last_indices, mask)
-                    c = counter.counts(li)
-                    reads[li] += c
-                    df[li] += (c > 0).long()
-                n_batches += 1
+                    r, d = count_units(layer.last_indices.to(count_device),
+                                       mask.to(count_device), n_slots[li], unit)
+                    reads[li] += r
+                    df[li] += d
+                n_units += input_ids.shape[0] if unit == "sequence" else 1
     finally:
         model.train(was_training)
-    return BackgroundStats(df, reads, n_batches)
+    return BackgroundStats(df, reads, n_units, {"unit": unit})
 
 
 def background_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:

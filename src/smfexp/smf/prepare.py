@@ -14,13 +14,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from smfexp.data.modules import BackgroundDataModule
 from smfexp.memory import memory_modules
+from smfexp.memory.attach import forward_through_memories
 from smfexp.smf.background import (
     BackgroundStats,
     compute_background_stats,
     load_or_compute_background_stats,
 )
 from smfexp.smf.retrofit_cache import ensure_retrofit
-from smfexp.smf.selectors import NEEDS_BACKGROUND
 from smfexp.utils.io import cache_root
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,19 @@ def background_statistics(
         )
         data.setup()
         loader = data.train_dataloader()
-        log.info("computing background access statistics (once per retrofit; cached)")
+        unit = background_cfg.get("unit", "batch")
+        n = background_cfg.get("n")
+        log.info("computing background access statistics over %s %ss (once per retrofit; "
+                 "cached)", n or "all", unit)
         return compute_background_stats(
             model,
             loader,
             memory_modules(model),
             progress=progress,
-            max_batches=background_cfg.get("max_batches"),
+            max_batches=n if unit == "batch" else None,
+            unit=unit,
+            max_units=n,
+            forward=forward_through_memories(model),
         )
 
     return load_or_compute_background_stats(cache_root() / "background", key, compute)
@@ -68,13 +74,12 @@ def prepare_smf(
     directory, report = ensure_retrofit(
         model, tokenizer, cfg.model, cfg.memory, cfg.retrofit, data_dir=cfg.paths.data_dir
     )
-    background = None
-    if NEEDS_BACKGROUND[cfg.selector.name]:
-        bg_cfg = OmegaConf.to_container(cfg.method.background, resolve=True)
-        assert isinstance(bg_cfg, dict)
-        background = background_statistics(
-            model, tokenizer, directory.name, bg_cfg, cfg.paths.data_dir
-        )
+    # every SMF run gets the statistics: tfidf / kl select with them, and the selection
+    # diagnostics (how much background text reads the updated rows) need them for any selector
+    bg_cfg = OmegaConf.to_container(cfg.method.background, resolve=True)
+    assert isinstance(bg_cfg, dict)
+    background = background_statistics(model, tokenizer, directory.name, bg_cfg,
+                                       cfg.paths.data_dir)
     return {
         "background": background,
         "retrofit_info": {"checkpoint": str(directory), "heldout_loss": report.get("heldout_loss")},
