@@ -30,6 +30,9 @@ from torch import nn
 from smfexp.memory.deferred import ValueGradSink, deferred_embedding_bag
 
 QUERY_NORMS = ("none", "layer", "batch")
+# "zero": an empty memory - its output is exactly 0, so the model with it attached *is* the base
+# model, and every row SMF writes holds only what was written into it
+VALUE_INITS = ("normal", "zero")
 
 
 class ProductKeyMemory(nn.Module):
@@ -44,8 +47,12 @@ class ProductKeyMemory(nn.Module):
         k_dim: int = 256,
         v_dim: int | None = None,
         query_norm: str = "none",
+        value_init: str = "normal",
     ) -> None:
         super().__init__()
+        if value_init not in VALUE_INITS:
+            raise ValueError(f"value_init={value_init!r} is not one of {', '.join(VALUE_INITS)}")
+        self.value_init = value_init
         if k_dim % 2:
             raise ValueError(f"k_dim must be even (two halves per query), got {k_dim}")
         if not 0 < knn <= n_keys:
@@ -92,14 +99,44 @@ class ProductKeyMemory(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Keys uniform in +-1/sqrt(half) (Lample et al.), values N(0, 1/v_dim)."""
+        """Keys uniform in +-1/sqrt(half) (Lample et al.), values N(0, 1/v_dim) (or 0)."""
         bound = 1.0 / math.sqrt(self.k_dim // 2)
         self.keys.uniform_(-bound, bound)
-        self.values.normal_(0.0, self.v_dim**-0.5)
+        if self.value_init == "zero":
+            self.values.zero_()
+        else:
+            self.values.normal_(0.0, self.v_dim**-0.5)
         for lin in (self.query_proj, self.gate_proj, self.out_proj):
             lin.reset_parameters()
         if self.query_norm is not None:
             self.query_norm.reset_parameters()
+
+    @torch.no_grad()
+    def calibrate_query_norm(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Accumulate the exact mean / variance of the queries of ``x`` [..., hidden] (real
+        tokens where ``mask`` is 1) into the BatchNorm running statistics.
+
+        Call :meth:`start_calibration` first. Used when the query path does not train (an
+        untrained, or zero-valued, memory): batch statistics would otherwise never be set.
+        """
+        q = self.query_proj(x.to(self.query_proj.weight.dtype)).reshape(-1, self.heads
+                                                                         * self.k_dim)
+        if mask is not None:
+            q = q[mask.reshape(-1).bool()]
+        q = q.double()
+        n, total, squares = self._calibration
+        self._calibration = (n + q.shape[0], total + q.sum(0), squares + (q * q).sum(0))
+        mean = self._calibration[1] / self._calibration[0]
+        var = self._calibration[2] / self._calibration[0] - mean * mean
+        bn = self.query_norm
+        assert isinstance(bn, nn.BatchNorm1d)
+        bn.running_mean.copy_(mean.float())
+        bn.running_var.copy_(var.clamp_min(bn.eps).float())
+
+    def start_calibration(self) -> None:
+        zeros = torch.zeros(self.heads * self.k_dim, dtype=torch.float64,
+                            device=self.query_proj.weight.device)
+        self._calibration = (0, zeros, zeros.clone())
 
     def _standardise(self, q: torch.Tensor) -> torch.Tensor:
         """BatchNorm over all tokens of ``q`` [..., heads * k_dim], in fp32.

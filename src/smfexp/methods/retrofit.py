@@ -9,7 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from smfexp.memory import MemoryConfig, attach_memory, freeze_backbone, save_memory
-from smfexp.memory.attach import memory_config, set_sparse_values
+from smfexp.memory.attach import (
+    forward_through_memories,
+    memory_config,
+    memory_modules,
+    set_sparse_values,
+)
 from smfexp.methods.base import FinetuneModule
 from smfexp.utils.precision import autocast_for
 
@@ -51,3 +56,44 @@ def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | Non
         tokens += n
     model.train(was_training)
     return total / max(tokens, 1)
+
+
+@torch.inference_mode()
+def calibrate_query_norms(model: torch.nn.Module, loader: DataLoader,
+                          max_batches: int | None = None) -> int:
+    """Set every BatchNorm query normaliser's statistics from the background text.
+
+    The retrofit's training steps update them as they go; with ``retrofit.steps=0`` (an
+    untrained memory, e.g. ``memory.value_init=zero``) this pass is the whole stage: without
+    it the queries keep the direction every hidden state shares and most tokens read the same
+    few slots. Returns the number of tokens the statistics were taken over.
+    """
+    memories = [m for m in memory_modules(model) if isinstance(m.query_norm, torch.nn.BatchNorm1d)]
+    if not memories:
+        return 0
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        module.calibrate_query_norm(args[0], current["mask"])
+
+    for m in memories:
+        m.start_calibration()
+    handles = [m.register_forward_pre_hook(hook) for m in memories]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    run = forward_through_memories(model)
+    tokens = 0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            mask = batch["attention_mask"].to(device)
+            current["mask"] = mask
+            run(batch["input_ids"].to(device), mask)
+            tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return tokens

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from smfexp.data.modules import BackgroundDataModule
 from smfexp.memory import MemoryConfig, load_memory
 from smfexp.memory.attach import detach_memory, memory_config
-from smfexp.methods.retrofit import RetrofitModule, mean_loss
+from smfexp.methods.retrofit import RetrofitModule, calibrate_query_norms, mean_loss
 from smfexp.utils.io import (
     atomic_directory,
     atomic_write_json,
@@ -62,9 +62,14 @@ def retrofit_key(model_cfg: Any, memory: MemoryConfig, retro: dict[str, Any]) ->
         )
         if k in retro
     }
+    if retro.get("steps") == 0:  # no training: the calibration pass is the whole stage
+        budget["calibration_batches"] = retro.get("calibration_batches", 8)
+    described = memory.to_dict()
+    if described.get("value_init") == "normal":  # the default: keys of older caches stay valid
+        del described["value_init"]
     return {
         "model": {k: model.get(k) for k in ("name", "source", "path", "revision", "tiny", "seed")},
-        "memory": memory.to_dict(),
+        "memory": described,
         "retrofit": budget,
     }
 
@@ -168,24 +173,38 @@ def _train_retrofit(
         warmup_steps=retro.get("warmup_steps", 0),
         schedule="cosine",
     )
-    attached_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
-    trainer = L.Trainer(
-        max_steps=retro["steps"],
-        accumulate_grad_batches=retro.get("grad_accum", 1),
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        precision=precision,
-        max_epochs=-1,
-        callbacks=[TQDMProgressBar()] if progress else [],
-    )
-    log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"], directory)
-    trainer.fit(module, train_dataloaders=data.train_dataloader())
-    after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
+    empty = memory.value_init == "zero"
+    # an empty memory adds exactly 0: the attached model *is* the base model
+    attached_loss = base_loss if empty else mean_loss(model, data.heldout_dataloader(),
+                                                      heldout_batches, precision)
+    steps = 0
+    if retro["steps"] > 0:
+        trainer = L.Trainer(
+            max_steps=retro["steps"],
+            accumulate_grad_batches=retro.get("grad_accum", 1),
+            gradient_clip_val=1.0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            precision=precision,
+            max_epochs=-1,
+            callbacks=[TQDMProgressBar()] if progress else [],
+        )
+        log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"],
+                 directory)
+        trainer.fit(module, train_dataloaders=data.train_dataloader())
+        steps = trainer.global_step
+        after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
+    else:  # no training: only the query normalisers' statistics, from background text
+        tokens = calibrate_query_norms(model, data.train_dataloader(),
+                                       retro.get("calibration_batches", 8))
+        log.info("memory query statistics calibrated on %d background tokens (retrofit.steps=0)",
+                 tokens)
+        after_loss = attached_loss if empty else mean_loss(
+            model, data.heldout_dataloader(), heldout_batches, precision)
     report = {
         "key": key,
         "heldout_loss": {
@@ -193,7 +212,7 @@ def _train_retrofit(
             "attached_untrained": attached_loss,
             "retrofitted": after_loss,
         },
-        "steps": trainer.global_step,
+        "steps": steps,
         "trainable_params": module.trainable_params,
         "precision": str(precision),
         "seconds": time.perf_counter() - t0,
