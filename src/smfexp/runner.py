@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
+from smfexp.callbacks.stream import StreamProbeCallback
 from smfexp.checkpointing import (
     CHECKPOINT_DIR,
     ResumableCheckpoint,
@@ -103,6 +104,20 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return []
 
 
+def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
+                          probes: list[str], accelerator: str) -> StreamProbeCallback | None:
+    """Probe scores along the stream when ``eval.every_n_facts`` is set (else None)."""
+    if not eval_cfg.every_n_facts:
+        return None
+    precision = eval_cfg.stream_precision
+    if precision == "auto":
+        precision = "bf16" if "bf16" in str(resolve_precision("auto", accelerator)) else "fp32"
+    facts_seen = getattr(datamodule, "facts_seen", lambda steps: steps)
+    return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer, probes,
+                               eval_cfg.every_n_facts, facts_seen,
+                               getattr(datamodule, "steps_per_fact", 1), precision)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns (and writes) the results.json content."""
     t_start = time.perf_counter()
@@ -135,6 +150,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "eval": {k: v for k, v in eval_cfg.to_dict().items() if k != "progress"},
         "target": [datamodule.target.probe, stable_hash(datamodule.target.rows)],
     }
+    if datamodule.target.variants:  # keys of older caches stay valid without variants
+        score_key["variants"] = stable_hash(datamodule.target.variants)
     stage = Path(retrofit_info["checkpoint"]).name if retrofit_info else None
     forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer,
                                     cache_key=score_key, stage_key=stage)
@@ -148,7 +165,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR,
                                        int(cfg.get("checkpoint_every_n_steps", 0) or 0),
                                        run_key(cfg))
-    callbacks = [forgetting, checkpointer, *build_callbacks(cfg)]
+    stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting.eval_cfg.probes,
+                                   str(trainer_kwargs.get("accelerator")))
+    callbacks = [forgetting, *([stream] if stream else []), checkpointer, *build_callbacks(cfg)]
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
     loggers = build_loggers(cfg, run_metadata(cfg))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
@@ -185,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "model_load": load_seconds,
             "fit_with_eval": fit_seconds,
         },
+        "stream": stream.results if stream else None,
         "trained_artifact": saved,
         "retrofit": retrofit_info,
         "resumed_from": str(resume_from) if resume_from else None,

@@ -43,6 +43,12 @@ class EvalConfig:
     gsm8k_generate: bool = False
     data_dir: str | None = None
     max_batch_tokens: int = 16384
+    # along the stream (training runs): score stream_limit target rows and probe rows
+    # (stream_limits per probe, e.g. {wikitext: 1} document) every every_n_facts facts
+    every_n_facts: int | None = None
+    stream_limit: int = 32
+    stream_limits: dict[str, int | None] = field(default_factory=dict)
+    stream_precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, str):
@@ -75,6 +81,18 @@ class EvalConfig:
             raise ValueError(
                 f"eval.precision={self.precision!r} is not valid; choose one of {list(PRECISIONS)}"
             )
+        if self.stream_precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"eval.stream_precision={self.stream_precision!r} is not valid; "
+                             f"choose one of {[*PRECISIONS, 'auto']}")
+        if self.every_n_facts is not None and not _positive_int(self.every_n_facts):
+            raise ValueError(f"eval.every_n_facts={self.every_n_facts!r} must be a positive "
+                             f"integer or null")
+        if not _positive_int(self.stream_limit):
+            raise ValueError(f"eval.stream_limit={self.stream_limit!r} must be a positive integer")
+        bad = sorted(set(self.stream_limits) - set(PROBE_NAMES))
+        if bad:
+            raise ValueError(f"eval.stream_limits has unknown probe(s) {bad}; "
+                             f"valid: {list(PROBE_NAMES)}")
         for name in ("batch_size", "max_batch_tokens"):
             value = getattr(self, name)
             if not _positive_int(value):
@@ -101,10 +119,11 @@ class EvalConfig:
             )
         if "probes" in data and data["probes"] is not None and not isinstance(data["probes"], str):
             data["probes"] = list(data["probes"])
-        if data.get("limits") is not None:
-            data["limits"] = {str(k): data["limits"][k] for k in data["limits"]}
-        else:
-            data.pop("limits", None)
+        for key in ("limits", "stream_limits"):
+            if data.get(key) is not None:
+                data[key] = {str(k): data[key][k] for k in data[key]}
+            else:
+                data.pop(key, None)
         if data.get("data_dir") is not None:
             data["data_dir"] = str(data["data_dir"])
         return cls(**data)

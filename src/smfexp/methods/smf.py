@@ -30,6 +30,7 @@ from smfexp.methods.base import FinetuneModule
 from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
+from smfexp.smf.diagnostics import SelectionDiagnostics, weight_on_rows
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
 from smfexp.smf.sparse_optim import (
     RowSparseAdam,
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam")
 COUNT_TOKENS = ("attention", "loss")
+# raw: plain SGD (Lin et al.), the step is lr x gradient. row_rms: the step of a layer's
+# selected rows has RMS lr x v_dim^-1/2 (the RMS of a freshly initialised value row) whatever
+# the gradient's size - which scales with the gate, the read weights and the loss - so one lr
+# transfers across memories and retrofits; the gradient sets the direction and how the
+# rows' steps compare.
+LR_UNITS = ("raw", "row_rms")
 
 
 def _distributed() -> bool:
@@ -87,6 +94,17 @@ def _build_selected_grad(values: torch.nn.Parameter, sink: ValueGradSink | None,
         check_invariants=False)
 
 
+def normalise_row_step(values: torch.nn.Parameter, scale: float) -> None:
+    """Rescale ``values.grad`` (the selected rows) to RMS ``scale`` per element (row_rms)."""
+    grad = values.grad
+    if grad is None:
+        return
+    block = grad._values() if grad.is_sparse else grad
+    rms = block.double().pow(2).mean().sqrt()
+    if rms > 0:
+        block.mul_((scale / rms).to(block.dtype))
+
+
 class SparseMemoryFinetune(FinetuneModule):
     method_name = "smf"
     manual_accumulation = True
@@ -102,6 +120,7 @@ class SparseMemoryFinetune(FinetuneModule):
         train_gate: bool = False,
         gate_lr: float | None = None,
         count_tokens: str = "attention",
+        lr_unit: str = "raw",
         grad_accum: int = 1,
         grad_clip: float | None = 1.0,
         selector_seed: int = 0,
@@ -118,6 +137,11 @@ class SparseMemoryFinetune(FinetuneModule):
                              f"{', '.join(COUNT_TOKENS)}")
         if grad_accum < 1:
             raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
+        if lr_unit not in LR_UNITS:
+            raise ValueError(f"method.lr_unit={lr_unit!r}; valid: {', '.join(LR_UNITS)}")
+        if lr_unit != "raw" and optimizer != "sgd":
+            raise ValueError(f"method.lr_unit={lr_unit} needs method.optimizer=sgd (Adam's step "
+                             f"is normalised per element already)")
         if NEEDS_BACKGROUND[selector] and background is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -129,6 +153,7 @@ class SparseMemoryFinetune(FinetuneModule):
             raise ValueError(f"method.gate_lr must be > 0 or null (got {gate_lr})")
         self.gate_lr = gate_lr
         self.count_tokens = count_tokens
+        self.lr_unit = lr_unit
         self.grad_accum = grad_accum
         self.grad_clip = grad_clip
         self.selector_seed = selector_seed
@@ -141,6 +166,10 @@ class SparseMemoryFinetune(FinetuneModule):
         self.touched = [torch.zeros(m.n_slots, dtype=torch.bool) for m in self.memories]
         self.generator: torch.Generator | None = None
         self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
+        self.diagnostics = SelectionDiagnostics(
+            len(self.memories), list(background.reads) if background is not None else None)
+        self._unit = 0  # the fact (or, for batches mixing facts, the step) being trained
+        self._answer_positions: Tensor | None = None
 
     # -- what trains --------------------------------------------------------------------
     def prepare_model(self) -> None:
@@ -176,14 +205,29 @@ class SparseMemoryFinetune(FinetuneModule):
             gate_lr = self.gate_lr if self.gate_lr is not None else self.lr
             optimizers.append(torch.optim.SGD(gates, lr=gate_lr) if self.optimizer_name == "sgd"
                               else torch.optim.Adam(gates, lr=gate_lr, betas=self.betas))
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) else 1
-        steps = max(math.ceil(total / self.grad_accum), 1)
+        steps = self.optimizer_steps()
         schedulers = [get_scheduler(
             self.schedule if self.schedule != "constant" else "constant_with_warmup", o,
             num_warmup_steps=min(self.warmup_steps, max(steps - 1, 0)), num_training_steps=steps,
         ) for o in optimizers]
         return optimizers, schedulers
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of this run (what the lr schedule spans).
+
+        Under manual optimization ``trainer.max_steps`` already counts optimizer steps (each
+        ``values_opt.step()`` is one global step), while the batches of an epoch are
+        micro-batches: only those are divided by ``grad_accum``.
+        """
+        trainer = self.trainer
+        _ = trainer.estimated_stepping_batches  # has Lightning set up the train dataloader
+        batches = trainer.num_training_batches
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        from_epochs = (math.ceil(batches / self.grad_accum) * epochs
+                       if epochs is not None and math.isfinite(batches) else math.inf)
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else math.inf
+        total = min(from_epochs, max_steps)
+        return int(total) if math.isfinite(total) and total > 0 else 1
 
     def setup(self, stage: str) -> None:
         """Keep the value tables out of DDP's dense gradient buckets (their grads are sparse);
@@ -198,10 +242,13 @@ class SparseMemoryFinetune(FinetuneModule):
         self.touched = [t.to(device) for t in self.touched]
         if self.background is not None:
             self.background = self.background.to(device)
+            self.diagnostics.reads = list(self.background.reads)
         self.generator = torch.Generator(device=device).manual_seed(self.selector_seed)
         if self._restored is not None:  # resumed: the selector state continues
             self.generator.set_state(self._restored["generator"])
             self.touched = [t.to(device) for t in self._restored["touched"]]
+            if "diagnostics" in self._restored:
+                self.diagnostics.load_state_dict(self._restored["diagnostics"])
             self._restored = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -211,7 +258,8 @@ class SparseMemoryFinetune(FinetuneModule):
         super().on_save_checkpoint(checkpoint)
         assert self.generator is not None
         checkpoint["smf"] = {"generator": self.generator.get_state(),
-                             "touched": [t.cpu() for t in self.touched]}
+                             "touched": [t.cpu() for t in self.touched],
+                             "diagnostics": self.diagnostics.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -226,6 +274,11 @@ class SparseMemoryFinetune(FinetuneModule):
                 else loss_bearing_mask(batch["labels"]))
         for layer, memory in enumerate(self.memories):
             self.counter.add(layer, memory.last_indices, mask)
+        facts = batch.get("fact_index")
+        one_fact = facts is not None and bool((facts == facts[0]).all())
+        # diagnostics unit: the fact of a one-fact batch, else the optimizer step
+        self._unit = int(facts[0]) if one_fact else -(self.global_step + 1)
+        self._answer_positions = loss_bearing_mask(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].shape[0])
         if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
@@ -238,7 +291,7 @@ class SparseMemoryFinetune(FinetuneModule):
         raw = self.optimizers(use_pl_optimizer=False)
         raw = raw if isinstance(raw, list) else [raw]
         self.counter.all_reduce()
-        stats: dict[str, float] = {}
+        stats: dict[str, float] = self.diagnostics.step(self._unit)
         for layer, memory in enumerate(self.memories):
             counts = self.counter.counts(layer)
             bg = self.background.layer(layer) if self.background is not None else None
@@ -248,6 +301,10 @@ class SparseMemoryFinetune(FinetuneModule):
                 _all_reduce_rows(memory.values, chosen.indices)
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
             self.touched[layer][chosen.indices] = True
+            answer_weight = weight_on_rows(memory.last_indices, memory.last_weights,
+                                           self._answer_positions, chosen.indices)
+            self.diagnostics.add(layer, chosen.indices, answer_weight)
+            stats[f"smf/L{layer}/answer_weight_on_selected"] = answer_weight
             score = selector_score_stats(chosen.scores)
             stats[f"smf/L{layer}/rows_read"] = float((counts > 0).sum())
             stats[f"smf/L{layer}/rows_selected"] = float(chosen.indices.numel())
@@ -256,9 +313,14 @@ class SparseMemoryFinetune(FinetuneModule):
             stats[f"smf/L{layer}/score_mean"] = score["mean"]
         self.counter.reset()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        norm = clip_grad_norm_(trainable, self.grad_clip or math.inf)  # also the NaN check
+        # row_rms fixes each step's size itself: clipping would only shrink it
+        clip = math.inf if self.lr_unit == "row_rms" else (self.grad_clip or math.inf)
+        norm = clip_grad_norm_(trainable, clip)  # also the NaN check
         self.check_finite(norm, "gradient norm")
         stats["train/grad_norm"] = float(norm)
+        if self.lr_unit == "row_rms":
+            for memory in self.memories:
+                normalise_row_step(memory.values, memory.v_dim ** -0.5)
         values_opt.step()  # the wrapped step counts as the trainer's global step
         for opt in raw[1:]:  # gate optimizer: unwrapped so one SMF step = one global step
             opt.step()
@@ -305,15 +367,22 @@ class SparseMemoryFinetune(FinetuneModule):
                 "train_gate": self.train_gate,
                 "gate_lr": self.gate_lr,
                 "count_tokens": self.count_tokens,
+                "lr_unit": self.lr_unit,
                 "updated_rows_per_layer": rows,
                 "slots_per_layer": [m.n_slots for m in self.memories],
                 "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),
                 "background_batches": self.background.n_batches if self.background else None,
                 # is the memory spread over its slots, or collapsed onto a few (pkm.py)?
+                "background_unit": self.background.meta.get("unit", "batch")
+                if self.background else None,
+                # is the memory spread over its slots (pkm.py), and does idf discriminate?
                 "background_key_usage": [
-                    {k: layer[k] for k in ("coverage", "top1pct_read_share")}
+                    {k: layer[k] for k in ("coverage", "top1pct_read_share", "df_eq_n",
+                                           "idf_below_0.1")}
                     for layer in self.background.summary()["layers"]
                 ] if self.background else None,
+                # how specific the updated rows are (smf/diagnostics.py), per layer
+                "diagnostics": self.diagnostics.summary(self.touched),
                 "world_size": dist.get_world_size() if _distributed() else 1,
                 "ranks_agree": getattr(self, "ranks_agree", None),
             }

@@ -1,0 +1,106 @@
+"""Learning and forgetting along the stream: cheap probe scores every ``every_n_facts`` facts.
+
+Lin et al. draw, for each method, facts learned and each forgetting probe against training
+steps. Here a fixed subset of the target (facts spread evenly over the stream, so the curve
+shows both facts being learned as the stream reaches them and earlier ones being kept or
+lost) and the first rows of every probe are scored at step 0, every ``every_n_facts`` facts,
+and at the end. Full before/after scores stay the ForgettingCallback's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+from smfexp.data.modules import TargetSpec
+from smfexp.eval import EvalConfig, evaluate_probes, load_probe_rows, score_probe
+
+log = logging.getLogger(__name__)
+
+TARGET = "target"
+
+
+def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` rows evenly spaced over ``rows`` (all of them if there are no more than ``n``)."""
+    if len(rows) <= n:
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
+class StreamProbeCallback(Callback):
+    """Scores a target subset and every probe's first rows at fixed points of the stream."""
+
+    def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any,
+                 probes: list[str], every_n_facts: int, facts_seen: Any,
+                 steps_per_fact: int = 1, precision: str = "fp32") -> None:
+        """``facts_seen(step)`` maps optimizer steps to facts reached (data module);
+        ``precision`` is the resolved ``eval.stream_precision`` (fp32 | bf16)."""
+        if every_n_facts < 1:
+            raise ValueError(f"eval.every_n_facts must be >= 1 (got {every_n_facts})")
+        self.eval_cfg = dataclasses.replace(eval_cfg, probes=list(probes), progress=False,
+                                            limit=eval_cfg.stream_limit,
+                                            limits=dict(eval_cfg.stream_limits),
+                                            precision=precision)
+        self.target_rows = spread(target.rows, eval_cfg.stream_limit)
+        self.target_probe = target.probe
+        self.tokenizer = tokenizer
+        self.every = every_n_facts
+        self.facts_seen = facts_seen
+        self.steps_per_fact = steps_per_fact
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.points: list[dict[str, Any]] = []
+        self._last_facts = -1
+
+    def _score(self, trainer: Trainer, model: torch.nn.Module, step: int) -> None:
+        facts = self.facts_seen(step)
+        if facts == self._last_facts:
+            return
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            if not self.rows:
+                self.rows = {p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes}
+            scores = {TARGET: score_probe(self.target_probe, model, self.tokenizer,
+                                          self.target_rows, self.eval_cfg)}
+            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.rows))
+        finally:
+            model.train(was_training)
+        self._last_facts = facts
+        self.points.append({"step": step, "facts": facts, "scores": scores,
+                            "seconds": time.perf_counter() - t0})
+        flat = {f"stream/{probe}/{k}": float(v) for probe, m in scores.items()
+                for k, v in m.items() if k != "n"}
+        flat["stream/facts"] = float(facts)
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=step)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.points:
+            self._score(trainer, pl_module.model, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step and step % (self.every * self.steps_per_fact) == 0:
+            self._score(trainer, pl_module.model, step)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._score(trainer, pl_module.model, trainer.global_step)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return {"every_n_facts": self.every, "limit": self.eval_cfg.limit,
+                "target_rows": len(self.target_rows), "points": self.points}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"points": self.points, "last_facts": self._last_facts}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.points = list(state_dict.get("points", []))
+        self._last_facts = state_dict.get("last_facts", -1)
