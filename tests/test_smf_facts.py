@@ -1,0 +1,131 @@
+"""SMF on the fact stream: exact top-t updates, the lr unit, and the selection diagnostics."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from smfexp.data.facts import FactsDataModule
+from smfexp.data.modules import BackgroundDataModule
+from smfexp.memory import attach_memory, memory_modules
+from smfexp.memory.attach import forward_through_memories
+from smfexp.methods.smf import SparseMemoryFinetune
+from smfexp.smf.background import compute_background_stats
+from smfexp.smf.diagnostics import SelectionDiagnostics, jaccard, read_share, weight_on_rows
+from smfexp.smf.selectors import tfidf_scores, top_t
+
+MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
+
+
+def test_diagnostics_arithmetic_matches_a_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    reads = [torch.randint(0, 50, (40,), generator=gen) for _ in range(2)]
+    steps = [(0, [torch.tensor([1, 2, 3]), torch.tensor([5])]),
+             (0, [torch.tensor([3, 4]), torch.tensor([6])]),  # same fact, second step
+             (1, [torch.tensor([2, 9]), torch.tensor([5, 6])]),
+             (2, [torch.tensor([10, 11]), torch.tensor([7])])]
+    diag = SelectionDiagnostics(2, reads)
+    for unit, rows in steps:
+        diag.step(unit)
+        for layer, r in enumerate(rows):
+            diag.add(layer, r, answer_weight=0.5 * layer)
+    touched = [torch.zeros(40, dtype=torch.bool) for _ in range(2)]
+    for _, rows in steps:
+        for layer, r in enumerate(rows):
+            touched[layer][r] = True
+    summary = diag.summary(touched)
+    facts = {0: [{1, 2, 3, 4}, {5, 6}], 1: [{2, 9}, {5, 6}], 2: [{10, 11}, {7}]}
+    for layer in range(2):
+        sets = [facts[f][layer] for f in (0, 1, 2)]
+        overlaps = [len(a & b) / len(a | b) for a, b in zip(sets[1:], sets[:-1], strict=True)]
+        r = reads[layer].numpy()
+        shares = [r[sorted(s)].sum() / r.sum() for s in sets]
+        assert summary[layer]["overlap"] == pytest.approx(np.mean(overlaps))
+        assert summary[layer]["fact_background_share"] == pytest.approx(np.mean(shares))
+        all_rows = sorted(set().union(*sets))
+        assert summary[layer]["touched_background_share"] == pytest.approx(
+            r[all_rows].sum() / r.sum())
+        assert summary[layer]["answer_weight_on_selected"] == pytest.approx(0.5 * layer)
+    assert jaccard(torch.tensor([1, 2]), torch.tensor([2, 3])) == pytest.approx(1 / 3)
+    assert read_share(torch.tensor([1, 1, 2]), torch.tensor([2])) == pytest.approx(0.5)
+
+
+def test_answer_weight_counts_only_the_given_positions() -> None:
+    indices = torch.tensor([[[0, 1], [2, 3], [0, 3]]])  # [B=1, T=3, K=2]
+    weights = torch.tensor([[[0.9, 0.1], [0.5, 0.5], [0.25, 0.75]]])
+    positions = torch.tensor([[False, True, True]])
+    # positions 1 and 2: weight on rows {3} = 0.5 + 0.75 of 2.0
+    assert weight_on_rows(indices, weights, positions, torch.tensor([3])) == pytest.approx(0.625)
+
+
+def _smf_on_facts(tokenizer, data_dir, **smf):
+    from smfexp.models.loading import ModelSpec, load_model
+
+    model, _ = load_model(ModelSpec(name="tiny", source="tiny"))
+    torch.manual_seed(0)
+    attach_memory(model, MEMORY)
+    bg = BackgroundDataModule(tokenizer, data_dir=str(data_dir), batch_size=4, max_length=32,
+                              parts=["wiki"], heldout_docs=0)
+    bg.setup()
+    stats = compute_background_stats(model, bg.train_dataloader(), memory_modules(model),
+                                     progress=False, unit="sequence", max_units=64,
+                                     forward=forward_through_memories(model))
+    data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4)
+    data.setup()
+    module = SparseMemoryFinetune(model, tokenizer, background=stats, warmup_steps=0,
+                                  schedule="constant", **smf)
+    return module, data, stats
+
+
+def _one_step(module, data) -> list[torch.Tensor]:
+    """Fit one optimizer step; return each layer's counts of that step (independent hook)."""
+    batch = next(iter(data.train_dataloader()))
+    counts = [torch.zeros(m.n_slots, dtype=torch.int64) for m in module.memories]
+    hooks = []
+    for layer, memory in enumerate(module.memories):
+        def record(mod, args, out, layer=layer):
+            mask = batch["attention_mask"].bool()
+            counts[layer] += torch.bincount(mod.last_indices[mask].reshape(-1),
+                                            minlength=mod.n_slots)
+        hooks.append(memory.register_forward_hook(record))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
+def test_tfidf_run_updates_exactly_the_top_t_rows_of_the_steps_counts(tokenizer, data_dir):
+    module, data, stats = _smf_on_facts(tokenizer, data_dir, selector="tfidf", top_t=6, lr=5.0)
+    before = [m.values.detach().clone() for m in module.memories]
+    counts = _one_step(module, data)
+    for layer, memory in enumerate(module.memories):
+        changed = (memory.values.detach() != before[layer]).any(dim=1).nonzero().squeeze(1)
+        expected = top_t(*tfidf_scores(counts[layer], stats.layer(layer)), 6).indices
+        assert torch.equal(changed, expected), layer
+    diagnostics = module.extra_results()["smf"]["diagnostics"]
+    assert len(diagnostics) == 2
+    assert all(0 <= d["touched_background_share"] <= 1 for d in diagnostics)
+
+
+def test_row_rms_step_has_the_configured_size(tokenizer, data_dir):
+    module, data, _ = _smf_on_facts(tokenizer, data_dir, selector="tfidf", top_t=6, lr=0.5,
+                                    lr_unit="row_rms")
+    before = [m.values.detach().clone() for m in module.memories]
+    _one_step(module, data)
+    for layer, memory in enumerate(module.memories):
+        delta = memory.values.detach() - before[layer]
+        moved = delta[(delta != 0).any(dim=1)]
+        assert moved.shape[0] == 6
+        assert moved.pow(2).mean().sqrt().item() == pytest.approx(0.5 * memory.v_dim ** -0.5,
+                                                                  rel=1e-4)
+
+
+def test_row_rms_needs_sgd(tiny_model, tokenizer):
+    attach_memory(tiny_model, MEMORY)
+    with pytest.raises(ValueError, match="lr_unit=row_rms needs method.optimizer=sgd"):
+        SparseMemoryFinetune(tiny_model, tokenizer, selector="random", lr_unit="row_rms",
+                             optimizer="adam")
