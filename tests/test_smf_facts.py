@@ -129,3 +129,34 @@ def test_row_rms_needs_sgd(tiny_model, tokenizer):
     with pytest.raises(ValueError, match="lr_unit=row_rms needs method.optimizer=sgd"):
         SparseMemoryFinetune(tiny_model, tokenizer, selector="random", lr_unit="row_rms",
                              optimizer="adam")
+
+
+@pytest.mark.parametrize("value_init", ["normal", "zero"])
+def test_saved_run_stores_only_the_changed_rows_and_reloads_exactly(tokenizer, data_dir,
+                                                                    tmp_path, value_init):
+    from safetensors import safe_open
+
+    from smfexp.memory import save_memory
+    from smfexp.models.loading import ModelSpec, load_model
+    from smfexp.models.trained import load_trained
+
+    module, data, _ = _smf_on_facts(tokenizer, data_dir, selector="tfidf", top_t=6, lr=5.0)
+    if value_init == "zero":
+        with torch.no_grad():
+            for m in module.memories:
+                m.values.zero_()
+        module.model._smf_memory_config.value_init = "zero"
+    else:  # the run started from a saved retrofit: the other rows come from there
+        module.base_checkpoint = str(save_memory(module.model, tmp_path / "retrofit"))
+    _one_step(module, data)
+    saved = module.save_trained(tmp_path / "run" / "trained")
+    with safe_open(str(saved / "memory.safetensors"), framework="pt") as fh:
+        rows = {k: fh.get_tensor(k) for k in fh.keys() if k.endswith("values.rows")}
+        assert not [k for k in fh.keys() if k.endswith("memory.values")]
+    assert [int(r.numel()) for r in rows.values()] == [6, 6]
+    base, _ = load_model(ModelSpec(name="tiny", source="tiny"))
+    reloaded, kind = load_trained(base, tmp_path / "run")
+    assert kind == "memory"
+    for mine, theirs in zip(module.memories, memory_modules(reloaded), strict=True):
+        assert torch.equal(mine.values, theirs.values)
+        assert torch.equal(mine.query_proj.weight, theirs.query_proj.weight)

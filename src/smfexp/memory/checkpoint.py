@@ -58,8 +58,20 @@ def _describe(model: nn.Module, cfg: MemoryConfig) -> dict[str, Any]:
     }
 
 
-def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write the memory weights and config into ``directory`` (each file atomically)."""
+def save_memory(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    rows: list[torch.Tensor] | None = None,
+    untouched_from: str | None = None,
+) -> Path:
+    """Write the memory weights and config into ``directory`` (each file atomically).
+
+    ``rows`` (one bool mask or index tensor per memory layer): store only those rows of each
+    value table - what sparse finetuning changed - and every other parameter whole. The other
+    rows come back from ``untouched_from`` on load: ``"zero"`` (an empty memory: the artifact
+    is self-contained) or the directory of the checkpoint finetuning started from. A 262K-slot
+    memory is 1.8 GB of values; the rows a fact stream writes are a few MB.
+    """
     cfg = memory_config(model)
     if cfg is None or not memory_blocks(model):
         raise ValueError("save_memory: the model has no memory attached")
@@ -67,6 +79,16 @@ def save_memory(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     meta = _describe(model, cfg)
     state = {k: v.detach().contiguous().cpu() for k, v in _memory_state(model).items()}
+    if rows is not None:
+        if untouched_from is None:
+            raise ValueError("save_memory(rows=...) needs untouched_from ('zero' or a directory)")
+        for block, selected in zip(memory_blocks(model), rows, strict=True):
+            key = f"layers.{block.layer_idx}.memory.values"
+            index = selected.nonzero().squeeze(1) if selected.dtype == torch.bool else selected
+            index = index.detach().cpu().long()
+            state[f"{key}.rows"] = index.contiguous()
+            state[f"{key}.data"] = state.pop(key).index_select(0, index).contiguous()
+        meta["values"] = {"stored": "rows", "untouched_from": str(untouched_from)}
     with atomic_file(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"smfexp_memory": json.dumps(meta, sort_keys=True)})
     atomic_write_json(directory / CONFIG_NAME, meta)
@@ -131,9 +153,41 @@ def load_memory(model: nn.Module, directory: str | os.PathLike) -> list[nn.Modul
             params[f"layers.{block.layer_idx}.memory.{name}"] = p
         if block.gate is not None:
             params[f"layers.{block.layer_idx}.gate"] = block.gate
+    sparse = (meta.get("values") or {}).get("stored") == "rows"
+    if sparse:
+        untouched = meta["values"]["untouched_from"]
+        if untouched == "zero":
+            with torch.no_grad():
+                for block in memory_blocks(model):
+                    block.memory.values.zero_()
+        elif not (Path(untouched) / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"this memory checkpoint stores only the rows finetuning changed; the others come "
+                f"from {untouched}, which no longer exists - rebuild it with the run's retrofit "
+                f"config (python -m smfexp.retrofit ...), then load again")
+        else:
+            load_memory(model, untouched)
+        params = {k: v for k, v in params.items() if not k.endswith(".memory.values")}
     weights = Path(directory) / WEIGHTS_NAME
     with safe_open(str(weights), framework="pt") as fh:
         saved_keys = set(fh.keys())
+        if sparse:
+            values_of = {b.layer_idx: b.memory.values for b in memory_blocks(model)}
+            row_keys = {f"layers.{i}.memory.values.{part}" for i in values_of
+                        for part in ("rows", "data")}
+            if not row_keys <= saved_keys:
+                lacking = sorted(row_keys - saved_keys)[:2]
+                raise ValueError(f"memory checkpoint lacks value rows {lacking}")
+            with torch.no_grad():
+                for i, values in values_of.items():
+                    index = fh.get_tensor(f"layers.{i}.memory.values.rows")
+                    data = fh.get_tensor(f"layers.{i}.memory.values.data")
+                    if index.numel() and (int(index.max()) >= values.shape[0] or
+                                          data.shape != (index.numel(), values.shape[1])):
+                        raise ValueError(f"memory checkpoint value rows of layer {i} do not fit "
+                                         f"a {tuple(values.shape)} table")
+                    values.index_copy_(0, index, data.to(values.dtype))
+            saved_keys -= row_keys
         missing, unexpected = sorted(set(params) - saved_keys), sorted(saved_keys - set(params))
         if missing or unexpected:
             raise ValueError(

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import get_scheduler
 
-from smfexp.memory import memory_blocks, save_memory
+from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
 from smfexp.methods.base import FinetuneModule
 from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
@@ -124,6 +124,7 @@ class SparseMemoryFinetune(FinetuneModule):
         grad_accum: int = 1,
         grad_clip: float | None = 1.0,
         selector_seed: int = 0,
+        base_checkpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
         if selector not in SELECTORS:
@@ -158,6 +159,9 @@ class SparseMemoryFinetune(FinetuneModule):
         self.grad_clip = grad_clip
         self.selector_seed = selector_seed
         self.background = background
+        # the memory checkpoint finetuning starts from: a saved run stores only the rows it
+        # changed and takes the others from here
+        self.base_checkpoint = base_checkpoint
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self.memories = [b.memory for b in memory_blocks(self.model)]
@@ -341,7 +345,15 @@ class SparseMemoryFinetune(FinetuneModule):
 
     # -- outputs -------------------------------------------------------------------------
     def save_trained(self, directory: Path) -> Path:
-        return save_memory(self.model, Path(directory) / "memory")
+        """The memory with only the value rows this run changed (the rest: the starting point)."""
+        start = self.base_checkpoint
+        cfg = memory_config(self.model)
+        if start is None and cfg is not None and cfg.value_init == "zero":
+            start = "zero"
+        if start is None:  # nowhere to take the other rows from: write the whole tables
+            return save_memory(self.model, Path(directory) / "memory")
+        return save_memory(self.model, Path(directory) / "memory", rows=self.touched,
+                           untouched_from=start)
 
     def on_fit_end(self) -> None:
         """Under data parallelism, check that every rank ended with the same value tables."""

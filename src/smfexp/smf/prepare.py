@@ -82,5 +82,6 @@ def prepare_smf(
                                        cfg.paths.data_dir)
     return {
         "background": background,
+        "base_checkpoint": str(directory),
         "retrofit_info": {"checkpoint": str(directory), "heldout_loss": report.get("heldout_loss")},
     }
