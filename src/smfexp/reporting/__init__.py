@@ -18,6 +18,12 @@ from smfexp.reporting.collect import (
     summary_keys,
     training_keys,
 )
+from smfexp.reporting.frontier import (
+    frontier_figure,
+    grid_table,
+    matched_markdown,
+    stream_figure,
+)
 from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
 from smfexp.reporting.tables import markdown_report, summarize
 from smfexp.utils.io import atomic_write_text
@@ -45,7 +51,8 @@ class Report:
 
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Report:
-    """Collect every run under ``root`` and write summary.md/csv, runs.csv and the PNGs.
+    """Collect every run under ``root`` and write summary.md/csv, runs.csv and the PNGs
+    (pareto, training curves, the learning-vs-forgetting frontier, curves along the stream).
 
     ``out`` defaults to ``<root>/report``; it is never scanned for runs itself.
     """
@@ -53,7 +60,11 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     out = Path(out) if out is not None else root / "report"
     runs = collect_runs(root, exclude=[out])
     summary = summarize(runs)
+    grid = grid_table(runs)
     markdown = markdown_report(runs, summary, title=f"Report for {root.resolve()}")
+    matched = matched_markdown(grid)
+    if matched:
+        markdown = markdown + "\n" + matched
     files = {
         "summary.md": atomic_write_text(out / "summary.md", markdown),
         "summary.csv": atomic_write_text(out / "summary.csv", summary.to_csv(index=False)),
@@ -61,5 +72,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
         "pareto.png": save_png(pareto_figure(runs), out / "pareto.png"),
         "training_curves.png": save_png(training_curves_figure(runs),
                                         out / "training_curves.png"),
+        "frontier.png": save_png(frontier_figure(grid), out / "frontier.png"),
+        "stream.png": save_png(stream_figure(runs), out / "stream.png"),
     }
     return Report(runs=runs, summary=summary, markdown=markdown, files=files)

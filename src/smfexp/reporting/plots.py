@@ -30,7 +30,7 @@ from smfexp.utils.io import atomic_file
 MARKERS = {NO_SELECTOR: "o", "tfidf": "^", "kl": "s", "random": "D", "all": "v"}
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -102,7 +102,7 @@ def pareto_figure(df: pd.DataFrame) -> Figure:
     n = max(len(probes), 1)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(4.6 * ncols, 3.9 * nrows + 0.5)
+    fig = new_figure(4.6 * ncols, 3.9 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -159,7 +159,7 @@ def training_curves_figure(df: pd.DataFrame, keys: Sequence[str] = ("train/loss"
         if log is not None and "step" in log:
             logs.append((run, log))
     present = [k for k in keys if any(k in log and log[k].notna().any() for _, log in logs)]
-    fig = _new_figure(5.5 * max(len(present), 1), 4.2)
+    fig = new_figure(5.5 * max(len(present), 1), 4.2)
     axes = fig.subplots(1, max(len(present), 1), squeeze=False).ravel()
     if not present:
         axes[0].text(0.5, 0.5, "no Lightning CSV logs with train/* metrics\n"

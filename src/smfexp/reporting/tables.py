@@ -191,7 +191,8 @@ def _cell(row: pd.Series, key: str, signed: bool) -> str:
     return text if n == row["n_ok"] else f"{text} (n={n})"
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub Markdown table (cells' own "|" escaped): the one table writer of the project."""
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -214,7 +215,7 @@ def _beyond_heldout_table(trained: pd.DataFrame, keys: list[str],
     targets = [c for c in columns if c.probe == TARGET and f"{key(c)}:mean" in trained]
     if not targets or trained[[f"{key(c)}:mean" for c in targets]].isna().all().all():
         return ""
-    table = _md_table(
+    table = md_table(
         [*keys, "runs", *(c.header("Δ beyond held-out ") for c in targets)],
         ([*(str(r[k]) for k in keys), str(r["status"]),
           *(_cell(r, key(c), True) for c in targets)] for _, r in trained.iterrows()),
@@ -233,14 +234,14 @@ def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
     if summary.empty:
         return "_no runs_\n"
     keys = _key_columns(summary)
-    scores = _md_table(
+    scores = md_table(
         [*keys, "runs", *(c.header() for c in columns)],
         ([*(str(r[k]) for k in keys), str(r["status"]),
           *(_cell(r, score_key("score", c.probe, c.metric), False) for c in columns)]
          for _, r in summary.iterrows()),
     )
     trained = summary[summary["method"] != BASE]
-    deltas = _md_table(
+    deltas = md_table(
         [*keys, "runs", *(c.header("Δ ") for c in columns)],
         ([*(str(r[k]) for k in keys), str(r["status"]),
           *(_cell(r, score_key("delta", c.probe, c.metric), True) for c in columns)]
