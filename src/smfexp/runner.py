@@ -105,17 +105,20 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
-                          probes: list[str], accelerator: str) -> StreamProbeCallback | None:
-    """Probe scores along the stream when ``eval.every_n_facts`` is set (else None)."""
+                          forgetting: ForgettingCallback,
+                          accelerator: str) -> StreamProbeCallback | None:
+    """Probe scores along the stream when ``eval.every_n_facts`` is set (else None), on the
+    first rows of the ones the before/after scoring uses."""
     if not eval_cfg.every_n_facts:
         return None
     precision = eval_cfg.stream_precision
     if precision == "auto":
         precision = "bf16" if "bf16" in str(resolve_precision("auto", accelerator)) else "fp32"
     facts_seen = getattr(datamodule, "facts_seen", lambda steps: steps)
-    return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer, probes,
+    return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer, forgetting.eval_cfg.probes,
                                eval_cfg.every_n_facts, facts_seen,
-                               getattr(datamodule, "steps_per_fact", 1), precision)
+                               getattr(datamodule, "steps_per_fact", 1), precision,
+                               probe_rows=lambda: forgetting.probe_rows)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -165,7 +168,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR,
                                        int(cfg.get("checkpoint_every_n_steps", 0) or 0),
                                        run_key(cfg))
-    stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting.eval_cfg.probes,
+    stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
                                    str(trainer_kwargs.get("accelerator")))
     callbacks = [forgetting, *([stream] if stream else []), checkpointer, *build_callbacks(cfg)]
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"

@@ -25,11 +25,13 @@ from lightning import Callback, LightningModule, Trainer
 from smfexp.data.modules import TargetSpec
 from smfexp.errors import RunInterrupted
 from smfexp.eval import (
+    PROBES,
     EvalConfig,
     evaluate_probes,
     load_probe_rows,
     primary_metric,
     score_probe,
+    select_probe_rows,
 )
 from smfexp.memory import memory_blocks
 from smfexp.utils.io import atomic_write_json, cache_root, stable_hash
@@ -157,6 +159,8 @@ class ForgettingCallback(Callback):
         self.target = target
         self.tokenizer = tokenizer
         self.probe_rows: dict[str, list[dict[str, Any]]] = {}  # loaded once, scored twice
+        # rows chosen on the model before training (retention); kept in checkpoints
+        self._selected: dict[str, list[dict[str, Any]]] = {}
         self.cache_key = cache_key
         self.stage_key = stage_key
         self.base: dict[str, dict[str, float]] = {}
@@ -180,14 +184,48 @@ class ForgettingCallback(Callback):
                     variant = variant[: self.eval_cfg.limit]
                 scores[name] = score_probe(self.target.probe, model, self.tokenizer, variant,
                                            self.eval_cfg)
-            if not self.probe_rows:
-                self.probe_rows = {
-                    p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes
-                }
+            self.prepare_rows(model)
             scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.probe_rows))
         finally:
             model.train(was_training)
         return scores
+
+    def prepare_rows(self, model: torch.nn.Module) -> None:
+        """Load every probe's rows once. Probes that keep what the model knows (retention)
+        select their rows on ``model``, the model before training (cached with its scores)."""
+        if self.probe_rows:
+            return
+        rows = {p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes}
+        for probe in self.eval_cfg.probes:
+            if probe in self._selected:
+                rows[probe] = self._selected[probe]
+            elif PROBES[probe].select is not None:
+                rows[probe] = self._select(probe, model, rows[probe])
+                self._selected[probe] = rows[probe]
+        self.probe_rows = rows
+
+    def _select(self, probe: str, model: torch.nn.Module,
+                rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        path = None
+        if self.cache_key is not None:
+            key = {**self.cache_key, "stage": self.stage_key, "select": probe}
+            path = cache_root() / "scores" / f"{stable_hash(key)}.rows.json"
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                if cached.get("key") == json.loads(json.dumps(key, default=str)):
+                    return cached["rows"]
+            except (OSError, ValueError, AttributeError):
+                pass
+        was_training = model.training
+        model.eval()
+        try:
+            selected = select_probe_rows(probe, model, self.tokenizer, rows, self.eval_cfg)
+        finally:
+            model.train(was_training)
+        log.info("%s: %d rows selected on the model before training", probe, len(selected))
+        if path is not None:
+            atomic_write_json(path, {"key": key, "rows": selected})
+        return selected
 
     def _log(self, trainer: Trainer, prefix: str, scores: dict[str, dict[str, float]]) -> None:
         flat = {
@@ -225,6 +263,7 @@ class ForgettingCallback(Callback):
         log.info("scoring target + probes before training")
         model = pl_module.model
         with signals_stop_scoring(stop_on_first=True):
+            self.prepare_rows(model)  # before any training step: what the model knows now
             self.before = self._cached_scores(model, self.stage_key)
             if self.stage_key is None:
                 self.base = self.before
@@ -279,8 +318,9 @@ class ForgettingCallback(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "base": self.base}
+        return {"before": self.before, "base": self.base, "selected_rows": self._selected}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = state_dict.get("before", {})
         self.base = state_dict.get("base", {})
+        self._selected = dict(state_dict.get("selected_rows", {}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,9 +38,12 @@ class StreamProbeCallback(Callback):
 
     def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any,
                  probes: list[str], every_n_facts: int, facts_seen: Any,
-                 steps_per_fact: int = 1, precision: str = "fp32") -> None:
+                 steps_per_fact: int = 1, precision: str = "fp32",
+                 probe_rows: Callable[[], dict[str, list[dict[str, Any]]]] | None = None) -> None:
         """``facts_seen(step)`` maps optimizer steps to facts reached (data module);
-        ``precision`` is the resolved ``eval.stream_precision`` (fp32 | bf16)."""
+        ``precision`` is the resolved ``eval.stream_precision`` (fp32 | bf16);
+        ``probe_rows()`` gives the rows the full before/after scoring uses (their first ones
+        are scored here, so rows selected on the model before training are the same)."""
         if every_n_facts < 1:
             raise ValueError(f"eval.every_n_facts must be >= 1 (got {every_n_facts})")
         self.eval_cfg = dataclasses.replace(eval_cfg, probes=list(probes), progress=False,
@@ -53,6 +57,7 @@ class StreamProbeCallback(Callback):
         self.facts_seen = facts_seen
         self.steps_per_fact = steps_per_fact
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.probe_rows = probe_rows
         self.points: list[dict[str, Any]] = []
         self._last_facts = -1
 
@@ -65,7 +70,7 @@ class StreamProbeCallback(Callback):
         model.eval()
         try:
             if not self.rows:
-                self.rows = {p: load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes}
+                self.rows = self._rows()
             scores = {TARGET: score_probe(self.target_probe, model, self.tokenizer,
                                           self.target_rows, self.eval_cfg)}
             scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.rows))
@@ -79,6 +84,17 @@ class StreamProbeCallback(Callback):
         flat["stream/facts"] = float(facts)
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=step)
+
+    def _rows(self) -> dict[str, list[dict[str, Any]]]:
+        full = self.probe_rows() if self.probe_rows is not None else {}
+        rows = {}
+        for probe in self.eval_cfg.probes:
+            if probe in full:
+                limit = self.eval_cfg.limit_for(probe)
+                rows[probe] = full[probe][:limit] if limit else list(full[probe])
+            else:
+                rows[probe] = load_probe_rows(probe, self.eval_cfg)
+        return rows
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.points:

@@ -14,6 +14,7 @@ from smfexp.eval.registry import (
     primary_metric,
     score_probe,
     score_probe_samples,
+    select_probe_rows,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "primary_metric",
     "score_probe",
     "score_probe_samples",
+    "select_probe_rows",
 ]

@@ -32,6 +32,10 @@ class Probe:
     score: Callable[[Any, Any, list[dict[str, Any]], EvalConfig], ProbeResult]
     primary: dict[str, tuple[str, bool]]  # protocol -> (metric, higher_is_better)
     doc: str = ""
+    # rows that depend on the model before training (what it already knows): called once on
+    # that model, the same rows are then scored before and after
+    select: Callable[[Any, Any, list[dict[str, Any]], EvalConfig], list[dict[str, Any]]] | None \
+        = None
 
 
 def data_dir(cfg: EvalConfig) -> Path | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOLS = ("harness", "paper")
-PROBE_NAMES = ("medmcqa", "triviaqa", "wikitext", "gsm8k", "nq_open")
+PROBE_NAMES = ("medmcqa", "triviaqa", "wikitext", "gsm8k", "nq_open", "retention")
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from smfexp.data.sources import Rows
-from smfexp.eval import gsm8k, medmcqa, nq_open, triviaqa, wikitext
+from smfexp.eval import gsm8k, medmcqa, nq_open, retention, triviaqa, wikitext
 from smfexp.eval.base import Probe, ProbeResult
 from smfexp.eval.config import PROBE_NAMES, PROTOCOLS, EvalConfig
 from smfexp.eval.core import scoring_mode
@@ -17,7 +17,7 @@ from smfexp.eval.core import scoring_mode
 log = logging.getLogger(__name__)
 
 PROBES: Mapping[str, Probe] = MappingProxyType(
-    {m.PROBE.name: m.PROBE for m in (medmcqa, triviaqa, wikitext, gsm8k, nq_open)}
+    {m.PROBE.name: m.PROBE for m in (medmcqa, triviaqa, wikitext, gsm8k, nq_open, retention)}
 )
 assert tuple(PROBES) == PROBE_NAMES
 
@@ -36,6 +36,17 @@ def load_probe_data(name: str, cfg: EvalConfig) -> Rows:
 def load_probe_rows(name: str, cfg: EvalConfig) -> list[dict[str, Any]]:
     """The first ``cfg.limit`` rows of a probe's fixed held-out split, in order."""
     return load_probe_data(name, cfg).rows
+
+
+def select_probe_rows(
+    name: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig
+) -> list[dict[str, Any]]:
+    """The rows to score before and after training, for probes whose rows depend on what the
+    model knows before training (e.g. ``retention``); other probes' rows unchanged."""
+    probe = _probe(name)
+    if probe.select is None:
+        return rows
+    return probe.select(model, tokenizer, list(rows), cfg)
 
 
 def score_probe_samples(
