@@ -12,12 +12,13 @@ by construction. ``limit`` counts paragraphs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from smfexp.data.sources import Rows, load_wikitext
-from smfexp.eval.base import Probe, ProbeResult, data_dir, mean, require_rows, take
+from smfexp.eval.base import Probe, ProbeResult, data_dir, mean, take
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.core import HEAD_CHUNK_ELEMENTS, model_device, scoring_mode, scoring_parts
 
@@ -26,6 +27,8 @@ FIRST_DOC = 40       # paragraphs of documents 40..61 (the wikitext probe scores
 MIN_WORDS = 40       # paragraphs, not headings or captions
 MAX_TOKENS = 192     # tokens per paragraph scored (its beginning)
 MIN_PROB = 0.5       # "knows it": greedy and at least this probable before training
+
+log = logging.getLogger(__name__)
 
 
 def load(cfg: EvalConfig) -> Rows:
@@ -96,11 +99,16 @@ def select(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
                  if g == ids[p + 1] and lp >= _LOG_MIN_PROB]
         if known:
             kept.append({**row, "positions": known})
+    if not kept:
+        log.warning("retention: the model predicts none of the %d paragraphs' words with "
+                    "p >= %.1f; its scores are NaN", len(rows), MIN_PROB)
     return kept
 
 
 def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfig) -> ProbeResult:
-    require_rows(rows, "retention")
+    if not rows:  # the model knew none of the words (a random model): nothing to retain
+        nan = float("nan")
+        return ProbeResult({"accuracy": nan, "logprob": nan, "n": 0.0, "n_words": 0.0}, [])
     if any("positions" not in r for r in rows):
         raise ValueError("retention rows must be selected on the model before training first "
                          "(smfexp.eval.retention.select)")

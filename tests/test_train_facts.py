@@ -1,0 +1,62 @@
+"""End to end on the fact stream: real Lightning runs of the tiny model through the runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
+        "memory.heads=2", "retrofit.steps=3", "retrofit.batch_size=4", "retrofit.max_length=64",
+        "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
+        "method.background.n=16", "method.background.max_length=32"]
+
+
+def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dict:
+    from smfexp.runner import train
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "model=tiny", "data=triviaqa_facts", "data.n_facts=4", "data.phrasings_per_step=2",
+            "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
+            "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
+            "eval.progress=false", f"paths.data_dir={data_dir}", *overrides])
+    cfg.paths.output_dir = str(tmp_path / name)
+    results = train(cfg)
+    on_disk = json.loads((tmp_path / name / "results.json").read_text())
+    assert on_disk["status"] == "ok"
+    return results
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
+
+
+def test_smf_stream_writes_diagnostics_phrasings_and_stream_points(tmp_path, data_dir):
+    results = _run(tmp_path, data_dir, "smf", ["method=smf", "selector=tfidf", "selector.top_t=4",
+                                               "eval.every_n_facts=2", *TINY])
+    assert results["steps"] == 4 and results["data"]["batching"] == "per_fact"
+    for section in ("before", "after"):
+        assert {"target", "target_seen", "triviaqa", "retention"} <= set(results[section])
+    smf = results["smf"]
+    assert len(smf["diagnostics"]) == 2  # one per memory layer
+    for layer in smf["diagnostics"]:
+        assert 0 <= layer["overlap"] <= 1 and 0 <= layer["touched_background_share"] <= 1
+        assert 0 <= layer["fact_background_share"] <= layer["touched_background_share"] + 1e-9
+    usage = smf["background_key_usage"][0]
+    assert smf["background_unit"] == "sequence" and 0 <= usage["idf_below_0.1"] <= 1
+    facts = [p["facts"] for p in results["stream"]["points"]]
+    assert facts == [0, 2, 4]  # start, every 2 facts, end (the end point is not repeated)
+    assert "target" in results["stream"]["points"][-1]["scores"]
+
+
+@pytest.mark.parametrize("overrides", [["method=lora"], ["method=full", "data.batching=mixed"]])
+def test_baselines_and_mixed_batches_run_on_the_same_stream(tmp_path, data_dir, overrides):
+    results = _run(tmp_path, data_dir, "run", overrides)
+    assert results["steps"] == 4  # 4 facts, one step each (mixed: the same examples)
+    assert results["data"]["batching"] == ("mixed" if len(overrides) > 1 else "per_fact")
+    assert "target_seen" in results["after"]
