@@ -9,7 +9,7 @@ export SMFEXP_DATA_DIR ?= $(if $(wildcard data/),$(abspath data),)
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup data-link test test-slow test-all run lint format bench clean
+.PHONY: help setup data-link test test-slow test-all run lint format bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ format: setup
 
 bench: setup  ## benchmark suite -> BENCHMARKS.md (~25 min on 2 cores, run it alone; BENCH_ARGS=--quick: minutes)
 	$(BIN)/python benchmarks/suite.py --out BENCHMARKS.md $(BENCH_ARGS)
+
+gpu-check: setup  ## the CUDA check (benchmarks/gpu_check.py): tests, short runs, step times, eval throughput -> BENCHMARKS_GPU.md
+	$(BIN)/python benchmarks/gpu_check.py --out BENCHMARKS_GPU.md
 
 clean:  ## remove run outputs (not the model cache)
 	rm -rf outputs multirun wandb .pytest_cache

@@ -126,7 +126,7 @@ def test_row_rms_step_has_the_configured_size(tokenizer, data_dir):
 
 def test_row_rms_needs_sgd(tiny_model, tokenizer):
     attach_memory(tiny_model, MEMORY)
-    with pytest.raises(ValueError, match="lr_unit=row_rms needs method.optimizer=sgd"):
+    with pytest.raises(ValueError, match=r"lr_unit=row_rms needs method\.optimizer=sgd"):
         SparseMemoryFinetune(tiny_model, tokenizer, selector="random", lr_unit="row_rms",
                              optimizer="adam")
 
@@ -151,8 +151,9 @@ def test_saved_run_stores_only_the_changed_rows_and_reloads_exactly(tokenizer, d
     _one_step(module, data)
     saved = module.save_trained(tmp_path / "run" / "trained")
     with safe_open(str(saved / "memory.safetensors"), framework="pt") as fh:
-        rows = {k: fh.get_tensor(k) for k in fh.keys() if k.endswith("values.rows")}
-        assert not [k for k in fh.keys() if k.endswith("memory.values")]
+        names = list(fh.keys())  # a safetensors handle, not a dict
+        rows = {k: fh.get_tensor(k) for k in names if k.endswith("values.rows")}
+        assert not [k for k in names if k.endswith("memory.values")]
     assert [int(r.numel()) for r in rows.values()] == [6, 6]
     base, _ = load_model(ModelSpec(name="tiny", source="tiny"))
     reloaded, kind = load_trained(base, tmp_path / "run")

@@ -9,10 +9,12 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from smfexp.data.sources import DataUnavailableError, MalformedDataError
+
+if TYPE_CHECKING:  # the methods import NonFiniteError; they must not need Hydra's config lib
+    from omegaconf import DictConfig
 from smfexp.models.loading import ModelUnavailableError
 from smfexp.utils.io import atomic_write_json
 

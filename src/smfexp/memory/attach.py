@@ -228,16 +228,17 @@ def attach_memory(model: nn.Module, cfg: MemoryConfig | Mapping[str, Any]) -> li
     for i in indices:
         mlp = blocks[i].mlp
         device = next((p.device for p in mlp.parameters()), torch.device("cpu"))
-        memory = ProductKeyMemory(
-            hidden,
-            n_keys=cfg.n_keys,
-            heads=cfg.heads,
-            knn=cfg.knn,
-            k_dim=cfg.k_dim,
-            v_dim=cfg.v_dim,
-            query_norm=cfg.query_norm,
-            value_init=cfg.value_init,
-        ).to(device=device, dtype=torch.float32)
+        with torch.device(device):  # built in place: a 1M-slot table is 2.3 GB
+            memory = ProductKeyMemory(
+                hidden,
+                n_keys=cfg.n_keys,
+                heads=cfg.heads,
+                knn=cfg.knn,
+                k_dim=cfg.k_dim,
+                v_dim=cfg.v_dim,
+                query_norm=cfg.query_norm,
+                value_init=cfg.value_init,
+            ).to(dtype=torch.float32)
         wrapper = MemoryBlock(mlp, memory, cfg, layer_idx=i)
         blocks[i].mlp = wrapper
         wrappers.append(wrapper)
