@@ -29,8 +29,9 @@ from torch import nn
 
 from smfexp.smf.background import LayerBackground
 from smfexp.smf.counting import AccessCounter
-from smfexp.smf.selectors import get_selector
-from smfexp.smf.sparse_optim import DenseMaskedAdamW, RowSparseAdam, RowSparseSGD
+from smfexp.smf.selectors import select
+from dense_masked import DenseMaskedAdamW
+from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
 
 SMALL, MID, LARGE = 16_384, 262_144, 1_048_576
 
@@ -116,10 +117,9 @@ def time_selectors(cases: list[Case], top_t: int, repeats: int) -> dict[tuple[st
     times: dict[tuple[str, str], list[float]] = {}
     for i in range(repeats + 1):
         for name in ("kl", "tfidf"):
-            fn = get_selector(name)
             for c in cases:
                 t0 = time.perf_counter()
-                fn(c.counts, bgs[c.name], top_t, gen)
+                select(name, c.counts, bgs[c.name], top_t, gen)
                 if i:
                     times.setdefault((name, c.name), []).append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}

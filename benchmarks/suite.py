@@ -87,7 +87,8 @@ from smfexp.models.loading import ModelSpec, load_model
 from smfexp.runner import build_method
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.selectors import NEEDS_BACKGROUND
-from smfexp.smf.sparse_optim import DenseMaskedAdamW, RowSparseAdam, RowSparseSGD
+from dense_masked import DenseMaskedAdamW
+from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
 from smfexp.utils.io import atomic_write_json, atomic_write_text
 from smfexp.utils.precision import autocast_for, cpu_has_fast_bf16, resolve_precision
 
@@ -395,7 +396,7 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
             return {"skipped": reason, "tables_bytes": tables}
         mem_cfg = OmegaConf.to_container(cfg.memory, resolve=True)
         attach_memory(model, MemoryConfig.from_config(mem_cfg))
-        if NEEDS_BACKGROUND[selector]:
+        if selector in NEEDS_BACKGROUND:
             extra["background"] = synthetic_background([m.n_slots for m in memory_modules(model)])
         out.update(tables_bytes=tables, layers=memory_layer_indices(model), slots=n_keys**2)
     module = build_method(cfg, model, tok, **extra)

@@ -1,8 +1,9 @@
 """Corrupt cache entries are rebuilt with a warning: never used, never a crash.
 
-Each cache kind (retrofit checkpoint, background statistics, cached base scores, converted
-embedded model) is damaged the ways disks and people damage files: truncated, overwritten with
-garbage, bytes flipped behind an intact header, a file deleted, the config edited.
+Every stage (retrofit checkpoint, background statistics, cached base scores, converted
+embedded model) goes through one cache (``smfexp.stages.cache``); each is damaged the ways
+disks and people damage files: truncated, overwritten with garbage, bytes flipped behind an
+intact header, a file deleted, the config edited.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 import torch
 
 from smfexp.models.loading import ModelSpec, load_model
-from smfexp.utils.io import MANIFEST, cache_root, manifest_problem
+from smfexp.stages.cache import MANIFEST, WARNING, manifest_problem, write_manifest
+from smfexp.utils.io import cache_root
 
 SPEC = {"name": "tiny", "source": "tiny"}
 MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
@@ -36,7 +38,6 @@ RETRO = {
 }
 BACKGROUND = {"batch_size": 4, "max_length": 32, "parts": ["wiki"], "n": 3, "unit": "batch",
               "seed": 0}
-WARNING = "failed its integrity check"
 
 
 def _use_cache(mp: pytest.MonkeyPatch, root: Path) -> None:
@@ -85,8 +86,8 @@ def _memory_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory, data_dir):
     """One real tiny retrofit, built once; every test works on a copy of its cache."""
-    from smfexp.smf.prepare import background_statistics
-    from smfexp.smf.retrofit_cache import ensure_retrofit
+    from smfexp.stages.background import background_statistics
+    from smfexp.stages.retrofit import ensure_retrofit
 
     root = tmp_path_factory.mktemp("pristine") / "cache"
     with pytest.MonkeyPatch.context() as mp:
@@ -117,21 +118,21 @@ def cache(pristine, tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture()
 def retrofit_runs(monkeypatch) -> list[int]:
-    from smfexp.smf import retrofit_cache
+    from smfexp.stages import retrofit
 
     runs: list[int] = []
-    train = retrofit_cache._train_retrofit
+    train = retrofit._train_retrofit
 
     def counted(*args, **kwargs):
         runs.append(1)
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(retrofit_cache, "_train_retrofit", counted)
+    monkeypatch.setattr(retrofit, "_train_retrofit", counted)
     return runs
 
 
 def _retrofit(data_dir: Path):
-    from smfexp.smf.retrofit_cache import ensure_retrofit
+    from smfexp.stages.retrofit import ensure_retrofit
 
     model, tok = load_model(ModelSpec(**SPEC))
     directory, report = ensure_retrofit(
@@ -179,45 +180,33 @@ def test_intact_retrofit_is_reused(pristine, cache, retrofit_runs, data_dir, cap
         assert torch.equal(p, pristine["memory"][n]), n
 
 
-def test_retrofit_without_manifest_is_verified_then_upgraded(
-    pristine, cache, retrofit_runs, data_dir
-):
-    """Entries written before manifests load (their weights and key check out) and gain one."""
+def test_retrofit_without_manifest_is_rebuilt(pristine, cache, retrofit_runs, data_dir, caplog):
+    """The manifest is written last: without one the entry is unfinished or foreign."""
     directory = cache / pristine["directory"]
     (directory / MANIFEST).unlink()
-    _, _, report = _retrofit(data_dir)
-    assert retrofit_runs == [] and report == pristine["report"]
-    assert manifest_problem(directory, report["key"]) is None
-
-
-def test_retrofit_without_manifest_and_bad_weights_is_rebuilt(
-    pristine, cache, retrofit_runs, data_dir, caplog
-):
-    directory = cache / pristine["directory"]
-    (directory / MANIFEST).unlink()
-    truncate(directory / "memory.safetensors")
     with caplog.at_level(logging.WARNING):
-        _retrofit(data_dir)
+        _, _, report = _retrofit(data_dir)
     assert retrofit_runs == [1] and WARNING in caplog.text
+    assert manifest_problem(directory, report["key"]) is None
 
 
 # --------------------------------------------------------------------------- background stats
 def _background(pristine, data_dir: Path, runs: list[int], monkeypatch):
-    from smfexp.smf import prepare
-    from smfexp.smf.retrofit_cache import ensure_retrofit
+    from smfexp.stages import background
+    from smfexp.stages.retrofit import ensure_retrofit
 
-    compute = prepare.compute_background_stats
+    compute = background.compute_background_stats
 
     def counted(*args, **kwargs):
         runs.append(1)
         return compute(*args, **kwargs)
 
-    monkeypatch.setattr(prepare, "compute_background_stats", counted)
+    monkeypatch.setattr(background, "compute_background_stats", counted)
     model, tok = load_model(ModelSpec(**SPEC))
     directory, _ = ensure_retrofit(
         model, tok, SPEC, MEMORY, RETRO, data_dir=str(data_dir), progress=False
     )
-    return prepare.background_statistics(
+    return background.background_statistics(
         model, tok, directory.name, BACKGROUND, str(data_dir), progress=False
     )
 
@@ -241,14 +230,13 @@ BACKGROUND_CORRUPTIONS: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("case", sorted(BACKGROUND_CORRUPTIONS))
 def test_corrupt_background_stats_are_rebuilt(case, pristine, cache, data_dir, monkeypatch, caplog):
-    (path,) = (cache / "background").glob("*.safetensors")
+    (path,) = (cache / "background").glob("*/background.safetensors")
     BACKGROUND_CORRUPTIONS[case](path)
     runs: list[int] = []
     with caplog.at_level(logging.WARNING):
         stats = _background(pristine, data_dir, runs, monkeypatch)
     assert runs == [1]
-    if case != "deleted":
-        assert str(path) in caplog.text and "rebuilding" in caplog.text
+    assert str(path.parent) in caplog.text and "rebuilding" in caplog.text
     expected = pristine["stats"]
     assert stats.n_batches == expected.n_batches
     for got, want in zip(stats.df + stats.reads, expected.df + expected.reads, strict=True):
@@ -258,12 +246,12 @@ def test_corrupt_background_stats_are_rebuilt(case, pristine, cache, data_dir, m
     assert runs == []
 
 
-def test_background_summary_json_is_not_trusted(pristine, cache, data_dir, monkeypatch):
-    (summary,) = (cache / "background").glob("*.json")
-    not_json(summary)  # only for people browsing the cache; the loader never reads it
+def test_every_file_of_an_entry_is_checked(pristine, cache, data_dir, monkeypatch):
+    (summary,) = (cache / "background").glob("*/background.json")
+    not_json(summary)  # a summary for people browsing the cache: damaged, the entry is rebuilt
     runs: list[int] = []
     stats = _background(pristine, data_dir, runs, monkeypatch)
-    assert runs == [] and torch.equal(stats.reads[0], pristine["stats"].reads[0])
+    assert runs == [1] and torch.equal(stats.reads[0], pristine["stats"].reads[0])
 
 
 # --------------------------------------------------------------------------- cached scores
@@ -292,26 +280,28 @@ def scorer(data_dir, tmp_path, monkeypatch):
 
 
 def _scores_file() -> Path:
-    (path,) = (cache_root() / "scores").glob("*.json")
+    (path,) = (cache_root() / "scores").glob("*/scores.json")
     return path
 
 
 def _edit_scores(path: Path) -> None:
     cached = json.loads(path.read_text())
-    cached["scores"]["target"]["acc"] = 1.0 - cached["scores"]["target"]["acc"]
+    cached["target"]["acc"] = 1.0 - cached["target"]["acc"]
     path.write_text(json.dumps(cached))
 
 
 def _edit_score_key(path: Path) -> None:
-    cached = json.loads(path.read_text())
-    cached["key"]["test"] = "another run"
-    path.write_text(json.dumps(cached))
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    manifest["key"] = "another run"
+    (path.parent / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _wrong_types(path: Path) -> None:
     cached = json.loads(path.read_text())
-    cached["scores"]["target"] = "high"
+    cached["target"] = "high"
     path.write_text(json.dumps(cached))
+    # the key the scorer fixture caches under: a matching manifest, only the types are wrong
+    write_manifest(path.parent, {"test": "corrupt-cache", "stage": "stage"})
 
 
 SCORE_CORRUPTIONS: dict[str, Callable[[Path], None]] = {
@@ -340,8 +330,11 @@ def test_corrupt_scores_are_recomputed(case, scorer, caplog):
 
 
 # --------------------------------------------------------------------------- embedded model
-def _fake_conversion(directory: Path, source: Path) -> None:
-    """A small directory shaped like a cached conversion (real safetensors, no real model)."""
+SOURCE_KEY = {"gguf": "model.gguf", "size": 400}
+
+
+def _fake_conversion(directory: Path, key: dict = SOURCE_KEY) -> None:
+    """A small entry shaped like a cached conversion (real safetensors, no real model)."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True)
@@ -351,21 +344,13 @@ def _fake_conversion(directory: Path, source: Path) -> None:
     )
     (directory / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
     (directory / "tokenizer.json").write_text(json.dumps({"model": {}}))
-    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
-    marker = {"source_name": source.name, "source_size": source.stat().st_size, "files": files}
-    (directory / "smfexp_cache.json").write_text(json.dumps(marker))
+    write_manifest(directory, key)
 
 
-def _marker_without_files(path: Path) -> None:
-    marker = json.loads(path.read_text())
-    marker["files"] = {}
-    path.write_text(json.dumps(marker))
-
-
-def _other_source(path: Path) -> None:
-    marker = json.loads(path.read_text())
-    marker["source_size"] += 1
-    path.write_text(json.dumps(marker))
+def _manifest_without_files(path: Path) -> None:
+    manifest = json.loads(path.read_text())
+    manifest["files"] = {}
+    path.write_text(json.dumps(manifest))
 
 
 def _same_size_garbage_header(path: Path) -> None:
@@ -381,44 +366,75 @@ def _json_same_size(path: Path) -> None:
 EMBEDDED_CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "weights truncated": ("model.safetensors", truncate, "model.safetensors"),
     "weights deleted": ("model.safetensors", delete, "model.safetensors is missing"),
-    "header garbage": ("model.safetensors", _same_size_garbage_header, "header"),
-    "weights garbage": ("model.safetensors", garbage, "model.safetensors"),
+    "header garbage": ("model.safetensors", _same_size_garbage_header, "checksum"),
+    "weights garbage": ("model.safetensors", garbage, "checksum"),
     "config garbage": ("config.json", _json_same_size, "config.json"),
     "config deleted": ("config.json", delete, "config.json is missing"),
-    "marker not json": ("smfexp_cache.json", not_json, "smfexp_cache.json"),
-    "marker deleted": ("smfexp_cache.json", delete, "smfexp_cache.json"),
-    "marker empty list": ("smfexp_cache.json", lambda p: p.write_text("[]"), "smfexp_cache"),
-    "marker lists nothing": ("smfexp_cache.json", _marker_without_files, "smfexp_cache"),
-    "other gguf": ("smfexp_cache.json", _other_source, "another GGUF"),
+    "manifest not json": (MANIFEST, not_json, MANIFEST),
+    "manifest deleted": (MANIFEST, delete, MANIFEST),
+    "manifest empty list": (MANIFEST, lambda p: p.write_text("[]"), MANIFEST),
+    "manifest lists nothing": (MANIFEST, _manifest_without_files, MANIFEST),
 }
 
 
 def test_intact_conversion_passes(tmp_path):
-    from smfexp.models.loading import conversion_problem
-
-    source = tmp_path / "model.gguf"
-    source.write_bytes(b"GGUF" * 100)
-    _fake_conversion(tmp_path / "conv", source)
-    assert conversion_problem(tmp_path / "conv", source) is None
+    _fake_conversion(tmp_path / "conv")
+    assert manifest_problem(tmp_path / "conv", SOURCE_KEY) is None
+    other_gguf = {**SOURCE_KEY, "size": 401}
+    assert "another config" in manifest_problem(tmp_path / "conv", other_gguf)
 
 
 @pytest.mark.parametrize("case", sorted(EMBEDDED_CORRUPTIONS))
 def test_corrupt_conversion_fails_its_check(case, tmp_path):
-    from smfexp.models.loading import conversion_problem
-
-    source = tmp_path / "model.gguf"
-    source.write_bytes(b"GGUF" * 100)
     directory = tmp_path / "conv"
-    _fake_conversion(directory, source)
+    _fake_conversion(directory)
     name, corrupt, reason = EMBEDDED_CORRUPTIONS[case]
     corrupt(directory / name)
-    problem = conversion_problem(directory, source)
+    problem = manifest_problem(directory, SOURCE_KEY)
     assert problem is not None and reason in problem
+
+
+def test_large_files_are_checked_by_structure_not_rehashed(tmp_path, monkeypatch):
+    """Weights above HASH_LIMIT are not hashed on every load; truncation is still caught."""
+    from smfexp.stages import cache as cache_module
+
+    directory = tmp_path / "conv"
+    _fake_conversion(directory)
+    monkeypatch.setattr(cache_module, "HASH_LIMIT", 0)
+    flip_tail(directory / "model.safetensors")
+    assert manifest_problem(directory, SOURCE_KEY) is None  # the documented trade-off
+    truncate(directory / "model.safetensors")
+    assert "model.safetensors" in manifest_problem(directory, SOURCE_KEY)
+
+
+def test_generic_entries_are_built_once_and_rebuilt_when_damaged(tmp_path, monkeypatch, caplog):
+    from smfexp.stages.cache import load_or_build
+
+    monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
+    builds: list[int] = []
+
+    def build(directory: Path) -> None:
+        builds.append(1)
+        (directory / "value.json").write_text(json.dumps({"x": 1}))
+
+    def load(directory: Path) -> dict:
+        return json.loads((directory / "value.json").read_text())
+
+    first, entry = load_or_build("demo", {"k": 1}, build, load)
+    again, _ = load_or_build("demo", {"k": 1}, build, load)
+    assert first == again == {"x": 1} and builds == [1]
+    (entry / "value.json").write_text('{"x": 2}')  # edited behind the cache's back
+    with caplog.at_level(logging.WARNING):
+        fixed, _ = load_or_build("demo", {"k": 1}, build, load)
+    assert fixed == {"x": 1} and builds == [1, 1] and WARNING in caplog.text
+    load_or_build("demo", {"k": 2}, build, load)  # another key: another entry
+    assert builds == [1, 1, 1] and len(list((tmp_path / "cache" / "demo").iterdir())) == 2
 
 
 def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
     """``embedded_model_dir`` converts again (here: a stand-in converter) after a failed check."""
     from smfexp.models import loading
+    from smfexp.stages.cache import entry_dir
 
     source = tmp_path / "pkg" / "model.gguf"
     source.parent.mkdir()
@@ -426,11 +442,12 @@ def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(loading, "_embedded_gguf", lambda spec: source)
     spec = ModelSpec(name="fake", source="embedded")
-    target = tmp_path / "cache" / "models" / f"fake-{source.stat().st_size}"
-    _fake_conversion(target, source)
+    key = loading.embedded_key(source)
+    target = entry_dir("models", key, "fake")
+    _fake_conversion(target, key)
     assert loading.embedded_model_dir(spec) == target  # intact: reused, nothing converted
 
-    good = {p.name: p.read_bytes() for p in target.iterdir() if p.name != "smfexp_cache.json"}
+    good = {p.name: p.read_bytes() for p in target.iterdir() if p.name != MANIFEST}
     converted: list[str] = []
 
     class _Converted:
@@ -457,5 +474,4 @@ def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         assert loading.embedded_model_dir(spec) == target
     assert sorted(converted) == ["model", "tokenizer"] and WARNING in caplog.text
-    assert loading.conversion_problem(target, source) is None
-    assert (target / "model.safetensors").read_bytes() == good["model.safetensors"]
+    assert manifest_problem(target, key) is None

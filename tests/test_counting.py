@@ -12,9 +12,7 @@ from torch import nn
 
 from smfexp.smf.background import (
     BackgroundStats,
-    background_cache_path,
     compute_background_stats,
-    load_or_compute_background_stats,
 )
 from smfexp.smf.counting import AccessCounter
 
@@ -175,31 +173,3 @@ def test_key_usage_tells_a_collapsed_memory_from_a_spread_one() -> None:
     assert spread_layer["coverage"] == 1.0 and spread_layer["top1pct_read_share"] == 0.01
     assert collapsed_layer["coverage"] == 0.03
     assert collapsed_layer["top1pct_read_share"] == 4900 / 5000
-
-
-def test_load_or_compute_caches_and_rebuilds(tmp_path) -> None:
-    model = _FakeModel()
-    calls = []
-
-    def compute() -> BackgroundStats:
-        calls.append(1)
-        return compute_background_stats(model, _batches(), list(model.mems), progress=False)
-
-    key = {"model": "fake", "bs": 2}
-    first = load_or_compute_background_stats(tmp_path, key, compute)
-    second = load_or_compute_background_stats(tmp_path, key, compute)
-    assert len(calls) == 1
-    assert torch.equal(first.reads[0], second.reads[0])
-    assert second.meta["key"] == key
-
-    path = background_cache_path(tmp_path, key)
-    path.write_bytes(b"garbage, not safetensors")  # corrupt -> rebuild
-    third = load_or_compute_background_stats(tmp_path, key, compute)
-    assert len(calls) == 2 and torch.equal(third.df[1], first.df[1])
-
-    # Same file name but a different stored key (hash collision / foreign file) -> rebuild.
-    other = BackgroundStats(first.df, first.reads, first.n_batches, {"key": {"other": 1}})
-    other.save(path)
-    load_or_compute_background_stats(tmp_path, key, compute)
-    assert len(calls) == 3
-    assert BackgroundStats.load(path).meta["key"] == key

@@ -58,7 +58,7 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "memory.layers=[1.5]"], "memory.layers entry 1.5"),
     (["method=smf", "memory.layers=[]"], "memory.layers"),
     (["method=smf", "+memory.n_key=8"], "unknown memory config key"),
-    (["method=smf", "retrofit.steps=0"], "retrofit.steps"),
+    (["method=smf", "retrofit.steps=-1"], "retrofit.steps"),
     (["method=smf", "retrofit.lr=-1"], "retrofit.lr"),
     (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
     (["method=smf", "method.background.batch_size=0"], "method.background.batch_size"),
@@ -126,7 +126,7 @@ def _compose(config_name: str, overrides: list[str]):
     [
         (["memory.layers=[4]"], "memory.layers"),
         (["memory.knn=200"], "memory.knn"),
-        (["retrofit.steps=0"], "retrofit.steps"),
+        (["retrofit.steps=-1"], "retrofit.steps"),
         (["retrofit.max_length=-1"], "retrofit.max_length"),
         (["retrofit.parts=[nope]"], "retrofit.parts"),
         (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),

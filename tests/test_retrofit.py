@@ -8,7 +8,7 @@ import torch
 def test_retrofit_lowers_heldout_loss_and_is_reused(tmp_path, monkeypatch, data_dir):
     from smfexp.memory import memory_blocks
     from smfexp.models.loading import ModelSpec, load_model
-    from smfexp.smf.retrofit_cache import ensure_retrofit
+    from smfexp.stages.retrofit import ensure_retrofit
     from smfexp.utils.io import cache_root
 
     models = cache_root() / "models"

@@ -1,4 +1,4 @@
-"""Selectors against a direct float64 NumPy computation of the RESEARCH.md formulas."""
+"""Selectors against a direct float64 NumPy computation of the docs/method.md formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from smfexp.smf.background import LayerBackground
 from smfexp.smf.selectors import (
     SELECTORS,
-    get_selector,
     kl_scores,
     select,
     selector_score_stats,
@@ -49,7 +48,6 @@ def test_scores_and_selection_match_numpy(name: str, seed: int) -> None:
 
     t = 25
     sel = select(name, counts, bg, t)
-    assert torch.equal(sel.indices, get_selector(name)(counts, bg, t, None))
     assert sel.indices.dtype == torch.int64
     assert torch.all(sel.indices[1:] > sel.indices[:-1])  # ascending, unique
     assert len(sel.indices) == t
@@ -66,9 +64,9 @@ def test_unread_never_selected_and_t_larger_than_read(name: str) -> None:
     counts, bg, c, *_ = _problem(3, n=200, read_frac=0.1)
     n_read = int((c > 0).sum())
     g = torch.Generator().manual_seed(0)
-    sel = get_selector(name)(counts, bg, n_read + 100, g)
+    sel = select(name, counts, bg, n_read + 100, g).indices
     np.testing.assert_array_equal(sel.numpy(), np.flatnonzero(c))  # every read slot, no more
-    small = get_selector(name)(counts, bg, 5, g)
+    small = select(name, counts, bg, 5, g).indices
     assert bool((counts[small] > 0).all())
     assert len(small) == (n_read if name == "all" else 5)
 
@@ -76,7 +74,7 @@ def test_unread_never_selected_and_t_larger_than_read(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_empty_counts_select_nothing(name: str) -> None:
     _, bg, *_ = _problem(0)
-    sel = get_selector(name)(torch.zeros(400, dtype=torch.long), bg, 10, None)
+    sel = select(name, torch.zeros(400, dtype=torch.long), bg, 10, None).indices
     assert sel.numel() == 0 and sel.dtype == torch.int64
 
 
@@ -84,38 +82,53 @@ def test_ties_broken_by_lower_index() -> None:
     counts = torch.tensor([0, 2, 2, 0, 2, 2, 2])
     bg = LayerBackground(torch.zeros(7, dtype=torch.long), torch.zeros(7, dtype=torch.long), 9)
     for name in ("tfidf", "kl"):
-        assert get_selector(name)(counts, bg, 3, None).tolist() == [1, 2, 4]
+        assert select(name, counts, bg, 3, None).indices.tolist() == [1, 2, 4]
 
 
 def test_kl_prefers_slots_rare_in_background() -> None:
     counts = torch.tensor([5, 5, 5, 0])
     reads = torch.tensor([1000, 0, 10, 7])
     bg = LayerBackground((reads > 0).long(), reads, 10)
-    assert get_selector("kl")(counts, bg, 1, None).tolist() == [1]
-    assert get_selector("kl")(counts, bg, 2, None).tolist() == [1, 2]
+    assert select("kl", counts, bg, 1, None).indices.tolist() == [1]
+    assert select("kl", counts, bg, 2, None).indices.tolist() == [1, 2]
 
 
 def test_random_is_deterministic_with_seeded_generator() -> None:
     counts, *_ = _problem(4)
-    pick = lambda seed: get_selector("random")(
-        counts, None, 10, torch.Generator().manual_seed(seed)
-    )
+    pick = lambda seed: select(
+        "random", counts, None, 10, torch.Generator().manual_seed(seed)
+    ).indices
     a, b, other = pick(123), pick(123), pick(7)
     assert torch.equal(a, b)
     assert not torch.equal(a, other)
     assert len(a) == 10 and bool((counts[a] > 0).all())
 
 
-def test_errors_and_registry() -> None:
-    assert set(SELECTORS) == {"tfidf", "kl", "random", "all"}
-    with pytest.raises(ValueError, match="tfidf"):
-        get_selector("nope")
+def test_errors_name_the_valid_selectors() -> None:
+    with pytest.raises(ValueError, match="valid: tfidf, kl, tf, random, all"):
+        select("nope", torch.tensor([1]), None, 1)
     counts = torch.tensor([1, 0, 2])
     with pytest.raises(ValueError, match="background"):
-        get_selector("kl")(counts, None, 1, None)
+        select("kl", counts, None, 1, None)
     bad = LayerBackground(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="slots"):
-        get_selector("tfidf")(counts, bad, 1, None)
+        select("tfidf", counts, bad, 1, None)
+
+
+@pytest.mark.parametrize("name", list(SELECTORS))
+def test_every_selector_keeps_read_slots_in_ascending_order(name: str) -> None:
+    counts, bg, *_ = _problem(7)
+    sel = select(name, counts, bg, 20, torch.Generator().manual_seed(0))
+    assert sel.indices.numel() == (int((counts > 0).sum()) if name == "all" else 20)
+    assert bool((counts[sel.indices] > 0).all())
+    assert torch.equal(sel.indices, sel.indices.sort().values)
+
+
+def test_tf_ranks_by_counts_alone_and_tfidf_discounts_what_the_background_reads() -> None:
+    counts = torch.tensor([5, 4, 1, 0])
+    common = LayerBackground(torch.tensor([10, 0, 0, 0]), torch.tensor([99, 0, 0, 0]), 10)
+    assert select("tf", counts, None, 2).indices.tolist() == [0, 1]
+    assert select("tfidf", counts, common, 2).indices.tolist() == [1, 2]  # slot 0: df = N
 
 
 def test_score_stats() -> None:

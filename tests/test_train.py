@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from smfexp.data.sources import hub_reachable
+from smfexp.utils.net import hub_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from smfexp.utils.net import reachable, wandb_url
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,10 @@ def wandb_online_possible(timeout: float = 2.0) -> tuple[bool, str]:
         has_key = netrc.is_file() and WANDB_HOST in netrc.read_text(errors="ignore")
     if not has_key:
         return False, "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
-    base = os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}")
-    host = base.split("://")[-1].split("/")[0].split(":")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True, ""
-    except OSError:
-        return False, f"{host} is unreachable"
+    url = wandb_url()
+    if not reachable(url, timeout):
+        return False, f"{urlparse(url).hostname} is unreachable"
+    return True, ""
 
 
 def _wandb_logger(conf: dict[str, Any], run_meta: dict[str, Any]) -> WandbLogger:

@@ -16,7 +16,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def main(cfg: DictConfig) -> None:
     from smfexp.errors import friendly_errors
     from smfexp.models.loading import load_model
-    from smfexp.smf.retrofit_cache import ensure_retrofit
+    from smfexp.stages.retrofit import ensure_retrofit
     from smfexp.validate import validate_retrofit_config
 
     with friendly_errors():

@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
@@ -96,12 +96,11 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Lightning's tqdm bar (the one progress-bar library of the project), or none."""
     kind = cfg.callbacks.get("progress_bar", "tqdm")
-    if kind == "rich":
-        return [RichProgressBar()]
-    if kind == "tqdm":
-        return [TQDMProgressBar()]
-    return []
+    if kind not in ("tqdm", "none"):
+        raise ValueError(f"callbacks.progress_bar={kind!r}; valid: tqdm, none")
+    return [TQDMProgressBar()] if kind == "tqdm" else []
 
 
 def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
@@ -135,13 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     load_seconds = time.perf_counter() - t0
     datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
     datamodule.setup("fit")
-    extra: dict[str, Any] = {}
-    if cfg.method.name == "smf":
-        from smfexp.smf.prepare import prepare_smf
-
-        extra = prepare_smf(cfg, model, tokenizer)
-    retrofit_info = extra.pop("retrofit_info", None)
-    module = build_method(cfg, model, tokenizer, **extra)
+    prepared = hydra.utils.get_class(cfg.method._target_).prepare(cfg, model, tokenizer)
+    module = build_method(cfg, model, tokenizer, **prepared.kwargs)
     if getattr(module, "manual_accumulation", False):
         # the module accumulates and clips itself (per optimizer step), not the Trainer
         trainer_overrides = {"accumulate_grad_batches": 1, "gradient_clip_val": None}
@@ -155,9 +149,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if datamodule.target.variants:  # keys of older caches stay valid without variants
         score_key["variants"] = stable_hash(datamodule.target.variants)
-    stage = Path(retrofit_info["checkpoint"]).name if retrofit_info else None
     forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer,
-                                    cache_key=score_key, stage_key=stage)
+                                    cache_key=score_key, stage_key=prepared.stage)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
     trainer_kwargs.update(trainer_overrides)
@@ -209,7 +202,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
         "stream": stream.results if stream else None,
         "trained_artifact": saved,
-        "retrofit": retrofit_info,
+        "retrofit": None,
+        **prepared.results,
         "resumed_from": str(resume_from) if resume_from else None,
         "output_dir": str(output_dir),
     }

@@ -13,15 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from smfexp.data.sources import (
-    BACKGROUND_PARTS,
-    DataUnavailableError,
-    hub_reachable,
-    resolve_data_dir,
-)
+from smfexp.data.sources import BACKGROUND_PARTS, DataUnavailableError, resolve_data_dir
 from smfexp.eval import EvalConfig
 from smfexp.memory import MemoryConfig
 from smfexp.models.loading import ModelSpec
+from smfexp.utils.net import hub_reachable
 
 
 def model_depth(model_cfg: Any) -> int | None:
@@ -30,14 +26,14 @@ def model_depth(model_cfg: Any) -> int | None:
     if spec.source == "tiny":
         return int(spec.tiny.get("num_hidden_layers", 4))
     if spec.source == "embedded":
-        from smfexp.models.loading import _embedded_gguf
-        from smfexp.utils.io import cache_root
+        from smfexp.models.loading import _embedded_gguf, embedded_key
+        from smfexp.stages.cache import entry_dir
 
         try:
-            size = _embedded_gguf(spec).stat().st_size
+            gguf = _embedded_gguf(spec)
         except Exception:
             return None
-        config = cache_root() / "models" / f"{spec.name}-{size}" / "config.json"
+        config = entry_dir("models", embedded_key(gguf), spec.name) / "config.json"
     elif spec.source == "local" and spec.path:
         config = Path(spec.path).expanduser() / "config.json"
     else:
@@ -127,7 +123,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if method.get("name") == "smf":
         from smfexp.smf.selectors import SELECTORS
 
-        _choice(cfg.selector.name, "selector", sorted(SELECTORS))
+        _choice(cfg.selector.name, "selector", list(SELECTORS))
         _positive(cfg.selector.get("top_t"), "selector.top_t")
         _check_memory(cfg)
         _check_retrofit(cfg.retrofit)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +32,8 @@ from smfexp.eval import (
     select_probe_rows,
 )
 from smfexp.memory import memory_blocks
-from smfexp.utils.io import atomic_write_json, cache_root, stable_hash
+from smfexp.stages.scores import cached_rows, cached_scores
+from smfexp.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +112,6 @@ def gain_beyond_heldout(delta: dict[str, dict[str, float]], probe: str) -> dict[
     return {m: target[m] - other[m] for m in target if m in other}
 
 
-def read_cached_scores(
-    path: Path, key: dict[str, Any]
-) -> tuple[dict[str, dict[str, float]] | None, str]:
-    """Scores cached under ``key``, or (None, why not); never raises on a corrupt file."""
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # missing, unreadable, garbage or truncated JSON
-        return None, f"{type(err).__name__}: {err}"
-    if not isinstance(cached, dict):
-        return None, "not a JSON object"
-    if cached.get("key") != json.loads(json.dumps(key, default=str)):
-        return None, "they were computed for another config"
-    scores = cached.get("scores")
-    if not isinstance(scores, dict) or not all(
-        isinstance(m, dict)
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in m.values())
-        for m in scores.values()
-    ):
-        return None, "malformed scores"
-    if "checksum" in cached and cached["checksum"] != stable_hash(scores, 64):
-        return None, "scores do not match their checksum"
-    return scores, ""
-
-
 class ForgettingCallback(Callback):
     """Runs the same scorers at fit start and fit end and records before/after/delta."""
 
@@ -206,26 +181,19 @@ class ForgettingCallback(Callback):
 
     def _select(self, probe: str, model: torch.nn.Module,
                 rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        path = None
-        if self.cache_key is not None:
-            key = {**self.cache_key, "stage": self.stage_key, "select": probe}
-            path = cache_root() / "scores" / f"{stable_hash(key)}.rows.json"
+        def select() -> list[dict[str, Any]]:
+            was_training = model.training
+            model.eval()
             try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
-                if cached.get("key") == json.loads(json.dumps(key, default=str)):
-                    return cached["rows"]
-            except (OSError, ValueError, AttributeError):
-                pass
-        was_training = model.training
-        model.eval()
-        try:
-            selected = select_probe_rows(probe, model, self.tokenizer, rows, self.eval_cfg)
-        finally:
-            model.train(was_training)
-        log.info("%s: %d rows selected on the model before training", probe, len(selected))
-        if path is not None:
-            atomic_write_json(path, {"key": key, "rows": selected})
-        return selected
+                chosen = select_probe_rows(probe, model, self.tokenizer, rows, self.eval_cfg)
+            finally:
+                model.train(was_training)
+            log.info("%s: %d rows selected on the model before training", probe, len(chosen))
+            return chosen
+
+        if self.cache_key is None:
+            return select()
+        return cached_rows({**self.cache_key, "stage": self.stage_key, "select": probe}, select)
 
     def _log(self, trainer: Trainer, prefix: str, scores: dict[str, dict[str, float]]) -> None:
         flat = {
@@ -242,19 +210,7 @@ class ForgettingCallback(Callback):
     ) -> dict[str, dict[str, float]]:
         if self.cache_key is None:
             return self.score(model)
-        key = {**self.cache_key, "stage": stage}
-        path = cache_root() / "scores" / f"{stable_hash(key)}.json"
-        if path.exists():
-            cached, problem = read_cached_scores(path, key)
-            if cached is not None:
-                log.info("reusing cached scores %s", path.name)
-                return cached
-            log.warning(
-                "cached scores %s failed its integrity check (%s); rescoring", path, problem
-            )
-        scores = self.score(model)
-        atomic_write_json(path, {"key": key, "scores": scores, "checksum": stable_hash(scores, 64)})
-        return scores
+        return cached_scores({**self.cache_key, "stage": stage}, lambda: self.score(model))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.before:  # resumed run: the starting scores were taken already

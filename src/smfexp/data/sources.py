@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import re
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from smfexp.utils.net import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,6 @@ def resolve_data_dir(
                 f"shared/data (see its MANIFEST.md) or unset it to use the hub"
             )
     return None
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Cheap connectivity probe so offline machines fail in seconds, not after retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "0"
-    ) not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:

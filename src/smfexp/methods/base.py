@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ from smfexp.methods.loss import causal_lm_loss
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class Prepared:
+    """What a method's stages built before training (see :meth:`FinetuneModule.prepare`)."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more constructor arguments
+    results: dict[str, Any] = field(default_factory=dict)  # what results.json should say
+    # names what the stages added to the base model (None: the model trained is the base
+    # model); the cached starting scores are keyed by it
+    stage: str | None = None
 
 
 class FinetuneModule(LightningModule):
@@ -66,6 +78,13 @@ class FinetuneModule(LightningModule):
                  100 * self.trainable_params / self.total_params)
 
     # -- what a method decides --------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: Any, model: PreTrainedModel,
+                tokenizer: PreTrainedTokenizerBase) -> Prepared:
+        """The stages this method needs before it can be built, run (or loaded from the
+        cache) on ``model``; ``cfg`` is the composed run config. None for LoRA / full."""
+        return Prepared()
+
     def prepare_model(self) -> None:
         """Set ``requires_grad`` (and wrap the model) for this method."""
         raise NotImplementedError

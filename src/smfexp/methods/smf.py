@@ -26,7 +26,7 @@ from transformers import get_scheduler
 
 from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
-from smfexp.methods.base import FinetuneModule
+from smfexp.methods.base import FinetuneModule, Prepared
 from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
@@ -128,7 +128,7 @@ class SparseMemoryFinetune(FinetuneModule):
         **kwargs: Any,
     ) -> None:
         if selector not in SELECTORS:
-            raise ValueError(f"selector={selector!r}; valid: {', '.join(sorted(SELECTORS))}")
+            raise ValueError(f"selector={selector!r}; valid: {', '.join(SELECTORS)}")
         if top_t <= 0:
             raise ValueError(f"selector.top_t must be > 0 (got {top_t})")
         if optimizer not in OPTIMIZERS:
@@ -143,7 +143,7 @@ class SparseMemoryFinetune(FinetuneModule):
         if lr_unit != "raw" and optimizer != "sgd":
             raise ValueError(f"method.lr_unit={lr_unit} needs method.optimizer=sgd (Adam's step "
                              f"is normalised per element already)")
-        if NEEDS_BACKGROUND[selector] and background is None:
+        if selector in NEEDS_BACKGROUND and background is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
         self.top_t = top_t
@@ -175,7 +175,31 @@ class SparseMemoryFinetune(FinetuneModule):
         self._unit = 0  # the fact (or, for batches mixing facts, the step) being trained
         self._answer_positions: Tensor | None = None
 
-    # -- what trains --------------------------------------------------------------------
+    # -- stage 1 and what trains -------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: Any, model: Any, tokenizer: Any) -> Prepared:
+        """Retrofit (or load) the memories into ``model``, then the background statistics
+        of its slots; both cached, so every job of a sweep after the first starts in seconds."""
+        from omegaconf import OmegaConf
+
+        from smfexp.stages.background import background_statistics
+        from smfexp.stages.retrofit import ensure_retrofit
+
+        directory, report = ensure_retrofit(model, tokenizer, cfg.model, cfg.memory,
+                                            cfg.retrofit, data_dir=cfg.paths.data_dir)
+        settings = OmegaConf.to_container(cfg.method.background, resolve=True)
+        assert isinstance(settings, dict)
+        # every SMF run gets the statistics: tfidf / kl select with them, and the selection
+        # diagnostics (how much background text reads the updated rows) need them for any
+        stats = background_statistics(model, tokenizer, directory.name, settings,
+                                      cfg.paths.data_dir)
+        return Prepared(
+            kwargs={"background": stats, "base_checkpoint": str(directory)},
+            results={"retrofit": {"checkpoint": str(directory),
+                                  "heldout_loss": report.get("heldout_loss")}},
+            stage=directory.name,
+        )
+
     def prepare_model(self) -> None:
         blocks = memory_blocks(self.model)
         if not blocks:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +27,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from smfexp.utils.io import atomic_directory, cache_root
+from smfexp.stages.cache import load_or_build
+from smfexp.utils.net import hub_reachable
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "hub", "local", "tiny")
-_MARKER = "smfexp_cache.json"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -86,74 +84,19 @@ def _embedded_gguf(spec: ModelSpec) -> Path:
     return candidates[0]
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Cheap structural check (no hashing of 0.5 GB): the header parses and the tensors it
-    lists end exactly at the end of the file, so truncation or a garbage header is caught."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if size < 8 or n > size - 8:
-                return f"{path.name}: header length {n} exceeds the file"
-            header = json.loads(fh.read(n))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-        return f"{path.name}: unreadable header ({type(err).__name__})"
-    if not ends or max(ends) != size - 8 - n:
-        return f"{path.name}: tensor data does not fill the file (truncated?)"
-    return None
-
-
-def conversion_problem(directory: Path, source_file: Path) -> str | None:
-    """Why a cached conversion of ``source_file`` must not be used (None: it is intact).
-
-    The marker (written last) records the source GGUF and each file's size; safetensors
-    headers and JSON files are parsed too. Full hashes would cost seconds per load.
-    """
-    try:
-        meta = json.loads((directory / _MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"no {_MARKER}"
-    except (OSError, ValueError) as err:
-        return f"unreadable {_MARKER} ({type(err).__name__})"
-    files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(files, dict) or "config.json" not in files:
-        return f"malformed {_MARKER}"
-    if not any(str(rel).endswith(".safetensors") for rel in files):
-        return f"{_MARKER} lists no weights"
-    st = source_file.stat()
-    if meta.get("source_size") != st.st_size or meta.get("source_name") != source_file.name:
-        return "it was converted from another GGUF file"
-    for rel, size in files.items():
-        f = directory / rel
-        if not f.is_file():
-            return f"{rel} is missing"
-        if f.stat().st_size != size:
-            return f"{rel} has {f.stat().st_size} bytes, expected {size}"
-        if rel.endswith(".safetensors") and (problem := _safetensors_problem(f)):
-            return problem
-        if rel.endswith(".json"):
-            try:
-                json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return f"{rel} is not valid JSON"
-    return None
+def embedded_key(gguf: Path) -> dict[str, Any]:
+    """The cache key of a conversion: which GGUF file it was made from."""
+    return {"gguf": gguf.name, "size": gguf.stat().st_size}
 
 
 def embedded_model_dir(spec: ModelSpec) -> Path:
-    """Return the cached HF directory of an embedded model, converting it on first use."""
+    """The cached HF directory of an embedded model, converted from its GGUF file on first use
+    (and again if the cached copy fails its check)."""
     gguf = _embedded_gguf(spec)
-    target = cache_root() / "models" / f"{spec.name}-{gguf.stat().st_size}"
-    problem = conversion_problem(target, gguf) if target.exists() else "not converted yet"
-    if problem is None:
-        return target
-    if target.exists():
-        log.warning(
-            "cached conversion at %s failed its integrity check (%s); rebuilding", target, problem
-        )
-    log.info("converting %s to an HF directory (once; cached at %s)", gguf.name, target)
-    t0 = time.perf_counter()
-    with atomic_directory(target) as tmp:
+
+    def convert(directory: Path) -> None:
+        log.info("converting %s to an HF directory (once; cached)", gguf.name)
+        t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -163,31 +106,19 @@ def embedded_model_dir(spec: ModelSpec) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        files = {
-            str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
-        meta = {"source_name": gguf.name, "source_size": gguf.stat().st_size, "files": files}
-        (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
-    log.info("converted in %.1f s", time.perf_counter() - t0)
-    return target
+        model.save_pretrained(directory, safe_serialization=True)
+        tok.save_pretrained(directory)
+        log.info("converted in %.1f s", time.perf_counter() - t0)
+
+    def found(directory: Path) -> Path:
+        json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        return directory
+
+    directory, _ = load_or_build("models", embedded_key(gguf), convert, found, name=spec.name)
+    return directory
 
 
 # --------------------------------------------------------------------------- hub
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT")
-    if endpoint:
-        host = endpoint.split("://")[-1].split("/")[0].split(":")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _hub_unavailable(spec: ModelSpec) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"model {spec.name!r} ({spec.path}) is not available: it is not in the local Hugging Face "
@@ -203,7 +134,7 @@ def _from_hub(spec: ModelSpec, loader: Any, **kwargs: Any) -> Any:
         return loader.from_pretrained(spec.path, local_files_only=True, **common)
     except OSError:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _hub_unavailable(spec)
     try:
         return loader.from_pretrained(spec.path, **common)

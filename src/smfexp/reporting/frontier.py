@@ -129,9 +129,10 @@ def _line_order(label: str) -> tuple:
 
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (line, grid point, probe, seed): learning and forgetting of ok runs."""
+    columns = ["line", "point", "probe", "seed", "learning", "forgetting"]
     ok = df[df["status"] == "ok"] if "status" in df else df
     if ok.empty:
-        return pd.DataFrame(columns=["line", "point", "probe", "seed", "learning", "forgetting"])
+        return pd.DataFrame(columns=columns)
     learning = learning_column(ok)
     rows = []
     for probe, forgetting in forgetting_columns(ok).items():
@@ -140,7 +141,7 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
                          "point": grid_point(run.get("overrides")), "probe": probe,
                          "seed": run.get("seed"), "learning": learning[idx],
                          "forgetting": forgetting[idx]})
-    return pd.DataFrame(rows).dropna(subset=["learning", "forgetting"])
+    return pd.DataFrame(rows, columns=columns).dropna(subset=["learning", "forgetting"])
 
 
 def mean_points(grid: pd.DataFrame) -> pd.DataFrame:

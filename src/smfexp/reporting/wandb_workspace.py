@@ -9,16 +9,14 @@ readable line instead of W&B's long retry loop.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 from smfexp.reporting.collect import TARGET, parse_score_key
+from smfexp.utils.net import reachable, wandb_url
 
 DEFAULT_NAME = "SMF: target gain vs forgetting"
-DEFAULT_BASE_URL = "https://api.wandb.ai"
 COUNT_METRICS = frozenset({"n"})
 
 
@@ -140,13 +138,9 @@ def spec_json(workspace: Any) -> str:
 
 
 def _check_reachable(timeout: float) -> None:
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
-    host = url.hostname or "api.wandb.ai"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        raise PublishError(f"cannot reach W&B at {host}:{port} ({err})") from None
+    url = wandb_url()
+    if not reachable(url, timeout):
+        raise PublishError(f"cannot reach W&B at {url}")
 
 
 def _publish(workspace: Any, timeout: float) -> str:

@@ -9,7 +9,6 @@ one 128-token sequence reads a few percent of it. It belongs in the cache key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,8 +21,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from smfexp.utils.io import atomic_file, atomic_write_json, stable_hash
+from smfexp.utils.io import atomic_file, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class BackgroundStats:
         """Write a safetensors file atomically; ``meta`` (e.g. the cache key) goes in its header.
 
         A ``<name>.json`` summary is written beside it for people browsing the cache; the
-        loader only trusts the safetensors header.
+        loader only reads the safetensors file.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,6 @@ class BackgroundStats:
             "n_layers": str(self.n_layers),
             "n_batches": str(self.n_batches),
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
-            "sha256": _checksum(tensors),
         }
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -133,14 +132,6 @@ class BackgroundStats:
             meta = json.loads(md.get("meta", "{}"))
             df = [fh.get_tensor(f"layer{i}.df") for i in range(n_layers)]
             reads = [fh.get_tensor(f"layer{i}.reads") for i in range(n_layers)]
-            stored = md.get("sha256")
-        tensors = {
-            f"layer{i}.{k}": t
-            for i in range(n_layers)
-            for k, t in (("df", df[i]), ("reads", reads[i]))
-        }
-        if stored is not None and stored != _checksum(tensors):
-            raise ValueError(f"{path}: tensors do not match their checksum")
         if n_batches < 0:
             raise ValueError(f"{path}: negative n_batches")
         if not isinstance(meta, dict):
@@ -162,22 +153,6 @@ def top_read_share(reads: Tensor, fraction: float = 0.01) -> float:
     return float(reads.double().topk(k).values.sum()) / total
 
 
-def _checksum(tensors: Mapping[str, Tensor]) -> str:
-    """sha256 over names, shapes and bytes: garbage that keeps the header intact is caught."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def has_checksum(path: str | os.PathLike) -> bool:
-    """Files written before checksums were added lack one (they are upgraded on reuse)."""
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
-        return "sha256" in (fh.metadata() or {})
-
-
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -186,13 +161,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _progress(it: Iterable, enabled: bool, total: int | None) -> Iterable:
-    if not enabled:
-        return it
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover - rich is a dependency, but stay usable without
-        return it
-    return track(it, description="background stats", total=total)
+    return tqdm(it, desc="background stats", total=total, disable=not enabled, leave=False)
 
 
 UNITS = ("sequence", "batch")
@@ -278,42 +247,3 @@ def compute_background_stats(
     finally:
         model.train(was_training)
     return BackgroundStats(df, reads, n_units, {"unit": unit})
-
-
-def background_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:
-    return Path(cache_dir) / f"background-{stable_hash(key)}.safetensors"
-
-
-def load_or_compute_background_stats(
-    cache_dir: str | os.PathLike,
-    key: Mapping[str, Any],
-    compute_fn: Callable[[], BackgroundStats],
-    device: torch.device | str = "cpu",
-) -> BackgroundStats:
-    """Return cached stats for ``key``, or compute, save and return them.
-
-    The full key is stored in the file and compared on load, so a corrupt file, a foreign
-    file or a hash collision triggers a rebuild instead of silently wrong statistics.
-    """
-    path = background_cache_path(cache_dir, key)
-    norm_key = json.loads(json.dumps(key, sort_keys=True, default=str))
-    if path.exists():
-        try:
-            stats = BackgroundStats.load(path, device=device)
-        except Exception as exc:  # corrupt / truncated / foreign file
-            log.warning("background cache %s unreadable (%s); rebuilding", path, exc)
-        else:
-            if stats.meta.get("key") == norm_key:
-                log.info("background stats loaded from %s", path)
-                try:
-                    if not has_checksum(path):
-                        stats.save(path)  # valid but written before checksums: add one
-                except Exception as exc:  # a read-only cache is still usable
-                    log.debug("could not add a checksum to %s: %s", path, exc)
-                return stats
-            log.warning("background cache %s was built for another key; rebuilding", path)
-    stats = compute_fn()
-    stats.meta = {**stats.meta, "key": norm_key}
-    stats.save(path)
-    log.info("background stats saved to %s", path)
-    return stats.to(device)

@@ -2,13 +2,14 @@
 
 Every selector looks only at the slots the step actually read (c_i > 0), scores them in
 float64 and keeps the ``t`` best. Ties are broken by slot index (lower index wins), so a
-selection is a deterministic function of its inputs. Formulas: docs/RESEARCH.md, "Selectors".
+selection is a deterministic function of its inputs. Formulas: docs/method.md, "Selectors".
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
@@ -16,14 +17,15 @@ from torch import Tensor
 
 from smfexp.smf.background import LayerBackground
 
-Selector = Callable[[Tensor, LayerBackground | None, int, torch.Generator | None], Tensor]
-
 
 class Selection(NamedTuple):
     """Selected slot indices (ascending) and their scores (float64, same order)."""
 
     indices: Tensor
     scores: Tensor
+
+
+Selector = Callable[[Tensor, LayerBackground | None, int, torch.Generator | None], Selection]
 
 
 def batch_distribution(counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,15 +85,24 @@ def top_t(read: Tensor, scores: Tensor, t: int) -> Selection:
     return Selection(read.index_select(0, keep), scores.index_select(0, keep))
 
 
-def _select_tfidf(counts, background, t, generator=None) -> Selection:
+def _select_tfidf(counts: Tensor, background: LayerBackground | None, t: int,
+                  generator: torch.Generator | None = None) -> Selection:
     return top_t(*tfidf_scores(counts, background), t)
 
 
-def _select_kl(counts, background, t, generator=None) -> Selection:
+def _select_kl(counts: Tensor, background: LayerBackground | None, t: int,
+               generator: torch.Generator | None = None) -> Selection:
     return top_t(*kl_scores(counts, background), t)
 
 
-def _select_random(counts, background, t, generator=None) -> Selection:
+def _select_tf(counts: Tensor, background: LayerBackground | None, t: int,
+               generator: torch.Generator | None = None) -> Selection:
+    """The ``t`` most-read slots, no background at all (Lin et al.'s "TF only" ablation)."""
+    return top_t(*batch_distribution(counts), t)
+
+
+def _select_random(counts: Tensor, background: LayerBackground | None, t: int,
+                   generator: torch.Generator | None = None) -> Selection:
     """``t`` read slots uniformly without replacement; the score reported is p_i."""
     if t < 0:
         raise ValueError(f"t must be >= 0, got {t}")
@@ -102,74 +113,20 @@ def _select_random(counts, background, t, generator=None) -> Selection:
     return Selection(read.index_select(0, keep), p.index_select(0, keep))
 
 
-def _select_all(counts, background, t, generator=None) -> Selection:
+def _select_all(counts: Tensor, background: LayerBackground | None, t: int,
+                generator: torch.Generator | None = None) -> Selection:
     """Every read slot (dense memory finetuning); ``t`` is ignored."""
     return Selection(*batch_distribution(counts))
 
 
-_SELECTIONS: dict[str, Callable[..., Selection]] = {
+SELECTORS: Mapping[str, Selector] = MappingProxyType({
     "tfidf": _select_tfidf,
     "kl": _select_kl,
+    "tf": _select_tf,
     "random": _select_random,
     "all": _select_all,
-}
-
-NEEDS_BACKGROUND: dict[str, bool] = {"tfidf": True, "kl": True, "random": False, "all": False}
-
-
-def tfidf_selector(
-    counts: Tensor,
-    background: LayerBackground | None,
-    t: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _select_tfidf(counts, background, t, generator).indices
-
-
-def kl_selector(
-    counts: Tensor,
-    background: LayerBackground | None,
-    t: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _select_kl(counts, background, t, generator).indices
-
-
-def random_selector(
-    counts: Tensor,
-    background: LayerBackground | None,
-    t: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _select_random(counts, background, t, generator).indices
-
-
-def all_selector(
-    counts: Tensor,
-    background: LayerBackground | None,
-    t: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _select_all(counts, background, t, generator).indices
-
-
-SELECTORS: dict[str, Selector] = {
-    "tfidf": tfidf_selector,
-    "kl": kl_selector,
-    "random": random_selector,
-    "all": all_selector,
-}
-
-
-def _check_name(name: str) -> None:
-    if name not in SELECTORS:
-        raise ValueError(f"unknown selector {name!r}; valid: {', '.join(sorted(SELECTORS))}")
-
-
-def get_selector(name: str) -> Selector:
-    """Selector function by name; ``ValueError`` lists the valid names."""
-    _check_name(name)
-    return SELECTORS[name]
+})
+NEEDS_BACKGROUND = frozenset({"tfidf", "kl"})
 
 
 def select(
@@ -179,9 +136,10 @@ def select(
     t: int,
     generator: torch.Generator | None = None,
 ) -> Selection:
-    """Like ``get_selector(name)(...)`` but also returns the scores, for logging."""
-    _check_name(name)
-    return _SELECTIONS[name](counts, background, t, generator)
+    """The rows selector ``name`` picks from one layer's counts (and their scores)."""
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; valid: {', '.join(SELECTORS)}")
+    return SELECTORS[name](counts, background, t, generator)
 
 
 def selector_score_stats(scores: Tensor) -> dict[str, float]:

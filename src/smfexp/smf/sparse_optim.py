@@ -22,15 +22,13 @@ selection is consumed by the step (a stale selection is never reused).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from smfexp.memory.deferred import match_rows
-
-MissingSelection = Literal["error", "grad_rows", "skip"]
 
 
 def selected_grad_rows(grad: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,13 +55,6 @@ def selected_grad_rows(grad: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     if keep.numel() == n_sel:
         return rows, buf
     return rows.index_select(0, keep), buf.index_select(0, keep)
-
-
-def grad_row_ids(grad: Tensor) -> Tensor:
-    """Rows present in a sparse grad (or non-zero rows of a dense one), sorted and unique."""
-    if grad.is_sparse:
-        return torch.unique(grad._indices()[0])
-    return grad.ne(0).any(dim=1).nonzero().squeeze(1)
 
 
 @torch.no_grad()
@@ -104,16 +95,8 @@ class _RowSparseOptimizer(Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         defaults: dict[str, Any],
-        missing_selection: MissingSelection = "error",
     ) -> None:
         super().__init__(params, defaults)
-        if missing_selection not in ("error", "grad_rows", "skip"):
-            raise ValueError(
-                f"missing_selection must be error/grad_rows/skip, not {missing_selection!r}"
-            )
-        # What step() does for a param with a grad but no selection: raise (default, so a
-        # forgotten selector is loud), update every row with a grad, or leave it unchanged.
-        self.missing_selection = missing_selection
         self._selected: dict[Tensor, Tensor] = {}
         for group in self.param_groups:
             for p in group["params"]:
@@ -128,16 +111,13 @@ class _RowSparseOptimizer(Optimizer):
             raise KeyError("param is not managed by this optimizer")
         self._selected[param] = torch.unique(rows.detach().to(param.device, torch.int64))
 
-    def _take_rows(self, p: Tensor) -> Tensor | None:
+    def _take_rows(self, p: Tensor) -> Tensor:
+        """This step's selection for ``p``; a grad without one is a bug, so it is loud."""
         rows = self._selected.pop(p, None)
-        if rows is not None:
-            return rows
-        if self.missing_selection == "error":
-            raise RuntimeError(
-                "param has a gradient but no selected rows; call set_selected_rows() before "
-                "step() (or construct the optimizer with missing_selection='grad_rows'/'skip')"
-            )
-        return None if self.missing_selection == "skip" else grad_row_ids(p.grad)
+        if rows is None:
+            raise RuntimeError("param has a gradient but no selected rows; call "
+                               "set_selected_rows() before step()")
+        return rows
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -151,7 +131,7 @@ class _RowSparseOptimizer(Optimizer):
                     if p.grad is None:
                         continue
                     rows = self._take_rows(p)
-                    if rows is None or rows.numel() == 0:
+                    if rows.numel() == 0:
                         continue
                     rows, grad = selected_grad_rows(p.grad, rows)
                     if rows.numel():
@@ -287,12 +267,11 @@ class RowSparseSGD(_RowSparseOptimizer):
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        missing_selection: MissingSelection = "error",
     ) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be >= 0")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(params, defaults, missing_selection)
+        super().__init__(params, defaults)
 
     def _update_rows(self, p: Tensor, rows: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         values = p.index_select(0, rows)
@@ -326,12 +305,11 @@ class RowSparseAdam(_RowSparseOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        missing_selection: MissingSelection = "error",
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError("invalid Adam hyperparameters")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults, missing_selection)
+        super().__init__(params, defaults)
 
     def _update_rows(self, p: Tensor, rows: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
@@ -355,49 +333,3 @@ class RowSparseAdam(_RowSparseOptimizer):
         st["exp_avg"].index_copy_(0, slots, m)
         st["exp_avg_sq"].index_copy_(0, slots, v)
         st["row_step"].index_copy_(0, slots, k)
-
-
-class DenseMaskedAdamW(torch.optim.AdamW):
-    """FLAWED BASELINE - for benchmarks and for tests that document the flaw. Do not train with it.
-
-    What reference SMF implementations do: densify the gradient, zero the unselected rows,
-    then run AdamW over the whole table. Rows selected on earlier steps keep moving (their
-    moments are non-zero; weight decay touches every row), and every step costs O(table) in
-    time plus dense [n_rows, D] moment tensors in memory.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False
-        )
-        self._selected: dict[Tensor, Tensor] = {}
-
-    def set_selected_rows(self, param: Tensor, rows: Tensor) -> None:
-        self._selected[param] = rows.detach().to(param.device, torch.int64)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
-                mask = torch.zeros(p.shape[0], 1, dtype=grad.dtype, device=grad.device)
-                rows = self._selected.get(p)
-                if rows is not None:
-                    mask[rows] = 1
-                p.grad = grad.mul_(mask)  # in place, as the reference implementations do
-        self._selected.clear()
-        super().step()
-        return loss

@@ -1,8 +1,9 @@
-"""Run stage 1 once per (model, memory, corpus, budget, seed) and reuse it across a sweep."""
+"""Stage 1 of SMF, the retrofit: heal freshly attached memories on general text with the
+backbone frozen (or, with ``retrofit.steps=0``, only calibrate their query statistics), once
+per (model, memory, corpus, budget, seed); every job of a sweep reuses the cached result."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -10,27 +11,109 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from smfexp.data.modules import BackgroundDataModule
-from smfexp.memory import MemoryConfig, load_memory
-from smfexp.memory.attach import detach_memory, memory_config
-from smfexp.methods.retrofit import RetrofitModule, calibrate_query_norms, mean_loss
-from smfexp.utils.io import (
-    atomic_directory,
-    atomic_write_json,
-    cache_root,
-    manifest_problem,
-    stable_hash,
-    write_manifest,
+from smfexp.memory import MemoryConfig, attach_memory, freeze_backbone, load_memory, save_memory
+from smfexp.memory.attach import (
+    detach_memory,
+    forward_through_memories,
+    memory_config,
+    memory_modules,
+    set_sparse_values,
 )
-from smfexp.utils.precision import resolve_precision
+from smfexp.methods.base import FinetuneModule
+from smfexp.stages.cache import load_or_build
+from smfexp.utils.io import atomic_write_json
+from smfexp.utils.precision import autocast_for, resolve_precision
 
 log = logging.getLogger(__name__)
 
 REPORT = "retrofit.json"
+
+
+class RetrofitModule(FinetuneModule):
+    """Trains every memory parameter (keys, query, projections, values, gate) densely."""
+
+    method_name = "retrofit"
+
+    def __init__(self, *args: Any, memory: MemoryConfig | dict, **kwargs: Any) -> None:
+        self.memory_cfg = MemoryConfig.from_config(memory)
+        super().__init__(*args, **kwargs)
+
+    def prepare_model(self) -> None:
+        if memory_config(self.model) is None:
+            attach_memory(self.model, self.memory_cfg)
+        set_sparse_values(self.model, False)
+        freeze_backbone(self.model)
+
+    def save_trained(self, directory: Path) -> Path:
+        return save_memory(self.model, Path(directory))
+
+
+@torch.inference_mode()
+def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | None = None,
+              precision: str = "32-true") -> float:
+    """Token-weighted mean causal-LM loss over (at most ``max_batches`` of) a loader."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        with autocast_for(precision, device):
+            total += float(model(**batch).loss) * n
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+@torch.inference_mode()
+def calibrate_query_norms(model: torch.nn.Module, loader: DataLoader,
+                          max_batches: int | None = None) -> int:
+    """Set every BatchNorm query normaliser's statistics from the background text.
+
+    The retrofit's training steps update them as they go; with ``retrofit.steps=0`` (an
+    untrained memory, e.g. ``memory.value_init=zero``) this pass is the whole stage: without
+    it the queries keep the direction every hidden state shares and most tokens read the same
+    few slots. Returns the number of tokens the statistics were taken over.
+    """
+    memories = [m for m in memory_modules(model) if isinstance(m.query_norm, torch.nn.BatchNorm1d)]
+    if not memories:
+        return 0
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        module.calibrate_query_norm(args[0], current["mask"])
+
+    for m in memories:
+        m.start_calibration()
+    handles = [m.register_forward_pre_hook(hook) for m in memories]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    run = forward_through_memories(model)
+    tokens = 0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            mask = batch["attention_mask"].to(device)
+            current["mask"] = mask
+            run(batch["input_ids"].to(device), mask)
+            tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return tokens
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -74,34 +157,6 @@ def retrofit_key(model_cfg: Any, memory: MemoryConfig, retro: dict[str, Any]) ->
     }
 
 
-def retrofit_dir(key: dict[str, Any]) -> Path:
-    return cache_root() / "retrofit" / f"{key['model']['name']}-{stable_hash(key)}"
-
-
-def _load_cached(
-    model: PreTrainedModel, directory: Path, key: dict[str, Any]
-) -> tuple[dict[str, Any] | None, str]:
-    """The cached report with the memories loaded into ``model``, or (None, why not).
-
-    Never raises: a truncated/garbage safetensors file (``SafetensorError`` is no OSError),
-    malformed JSON or a foreign key all mean "rebuild".
-    """
-    problem = manifest_problem(directory, key)
-    if problem not in (None, "no manifest"):
-        return None, problem
-    try:
-        report = json.loads((directory / REPORT).read_text(encoding="utf-8"))
-        if not isinstance(report, dict) or report.get("key") != json.loads(json.dumps(key)):
-            return None, "it was built for another config"
-        load_memory(model, directory)
-    except Exception as err:
-        return None, f"{type(err).__name__}: {err}"
-    if problem == "no manifest":  # written before manifests: loaded fine, so record one now
-        with contextlib.suppress(OSError):  # a read-only cache is still usable
-            write_manifest(directory, key)
-    return report, ""
-
-
 def ensure_retrofit(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -117,23 +172,24 @@ def ensure_retrofit(
     """
     memory = MemoryConfig.from_config(_plain(memory_cfg))
     retro = _plain(retrofit_cfg)
-    n_blocks = model.config.num_hidden_layers
-    memory.validate(n_blocks)
+    memory.validate(model.config.num_hidden_layers)
     key = retrofit_key(model_cfg, memory, retro)
-    directory = retrofit_dir(key)
-    if directory.exists():
-        report, problem = _load_cached(model, directory, key)
-        if report is not None:
-            log.info("reusing retrofit %s", directory)
-            return directory, report
-        log.warning(
-            "retrofit cache %s failed its integrity check (%s); rebuilding", directory, problem
-        )
-        if memory_config(model) is not None:  # a half-loaded memory must not skew base_loss
+
+    def load(directory: Path) -> dict[str, Any]:
+        load_memory(model, directory)
+        return json.loads((directory / REPORT).read_text(encoding="utf-8"))
+
+    def build(directory: Path) -> None:
+        _train_retrofit(model, tokenizer, memory, retro, key, directory, data_dir, progress)
+
+    def undo() -> None:  # a half-loaded memory must not skew the base model's loss
+        if memory_config(model) is not None:
             detach_memory(model)
-    return directory, _train_retrofit(
-        model, tokenizer, memory, retro, key, directory, data_dir, progress
-    )
+
+    report, directory = load_or_build("retrofit", key, build, load,
+                                      name=str(key["model"]["name"]), on_rebuild=undo)
+    log.info("retrofit %s", directory)
+    return directory, report
 
 
 def _train_retrofit(
@@ -145,7 +201,9 @@ def _train_retrofit(
     directory: Path,
     data_dir: str | None,
     progress: bool,
-) -> dict[str, Any]:
+) -> None:
+    """Train (or calibrate) the memories of ``model`` and write them + the report into
+    ``directory`` (the cache's temporary entry)."""
     t0 = time.perf_counter()
     L.seed_everything(retro.get("seed", 0), workers=True)
     data = BackgroundDataModule(
@@ -218,14 +276,16 @@ def _train_retrofit(
         "seconds": time.perf_counter() - t0,
         "corpus": data.info,
     }
-    with atomic_directory(directory) as tmp:
-        module.save_trained(tmp)
-        atomic_write_json(tmp / REPORT, report)
-        write_manifest(tmp, key)  # last: sizes + checksums, verified on every reuse
+    if empty and steps == 0:  # every value row is still 0: store none of them
+        save_memory(model, directory, rows=[torch.empty(0, dtype=torch.long)
+                                            for _ in memory_modules(model)],
+                    untouched_from="zero")
+    else:
+        module.save_trained(directory)
+    atomic_write_json(directory / REPORT, report)
     log.info(
         "retrofit done: held-out background loss base %.4f -> retrofitted %.4f (%.0f s)",
         base_loss,
         after_loss,
         report["seconds"],
     )
-    return report
