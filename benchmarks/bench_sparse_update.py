@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from dense_masked import DenseMaskedAdamW
 from torch import nn
 
 from smfexp.smf.background import LayerBackground
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.selectors import select
-from dense_masked import DenseMaskedAdamW
 from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
 
 SMALL, MID, LARGE = 16_384, 262_144, 1_048_576

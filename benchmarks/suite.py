@@ -78,6 +78,7 @@ from bench_eval import (
     warm_up,
 )
 from bench_sparse_update import _available_gb, make_case, time_interleaved
+from dense_masked import DenseMaskedAdamW
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -87,7 +88,6 @@ from smfexp.models.loading import ModelSpec, load_model
 from smfexp.runner import build_method
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.selectors import NEEDS_BACKGROUND
-from dense_masked import DenseMaskedAdamW
 from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
 from smfexp.utils.io import atomic_write_json, atomic_write_text
 from smfexp.utils.precision import autocast_for, cpu_has_fast_bf16, resolve_precision
