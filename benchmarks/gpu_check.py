@@ -870,7 +870,7 @@ def build_module(
         return SparseMemoryFinetune(
             model=model,
             tokenizer=None,
-            background=background,
+            background_stats=background,
             selector="tfidf",
             top_t=plan.top_t,
             optimizer="sgd",
@@ -898,7 +898,6 @@ def fit_steps(module: Any, plan: Plan, vocab: int) -> Any:
     from torch.utils.data import DataLoader
 
     timer = step_timer(plan.device)
-    manual = getattr(module, "manual_accumulation", False)  # SMF accumulates and clips itself
     trainer = L.Trainer(
         accelerator=plan.accelerator,
         devices=1,
@@ -911,8 +910,7 @@ def fit_steps(module: Any, plan: Plan, vocab: int) -> Any:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        accumulate_grad_batches=1,
-        gradient_clip_val=None if manual else 1.0,
+        **module.trainer_settings(),  # SMF accumulates and clips itself
         callbacks=[timer],
     )
     batch = token_batch(vocab, plan.batch, plan.seq)

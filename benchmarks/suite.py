@@ -413,8 +413,7 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    if getattr(module, "manual_accumulation", False):  # as runner.train: SMF clips itself
-        kwargs.update(accumulate_grad_batches=1, gradient_clip_val=None)
+    kwargs.update(module.trainer_settings())  # as runner.train: SMF accumulates and clips itself
     timer = StepTimer()
     batch = token_batch(model.config.vocab_size, s.batch, s.seq)
     loader = DataLoader([batch] * (s.warmup + s.runs), batch_size=None)

@@ -33,13 +33,21 @@ def test_every_group_option_composes(group, option):
             OmegaConf.resolve(cfg[key])
 
 
-def test_sweep_keys_sit_at_the_top_of_method_configs():
+def test_method_configs_are_exactly_constructor_arguments():
+    import hydra
+
+    from smfexp.validate import constructor_args
+
     for method in _options("method"):
         cfg = _compose([f"method={method}"])
-        for key in ("lr", "epochs", "batch_size", "grad_accum", "grad_clip"):
-            assert key in cfg.method, f"method/{method}.yaml lacks {key}"
-        assert cfg.trainer.max_epochs == cfg.method.epochs
-        assert cfg.data.batch_size == cfg.method.batch_size
+        cls = hydra.utils.get_class(cfg.method._target_)
+        keys = set(cfg.method) - {"_target_"}
+        assert keys <= set(constructor_args(cls)), (method, keys - set(constructor_args(cls)))
+        for key in ("lr", "grad_accum", "grad_clip", "warmup_steps", "schedule"):
+            assert key in keys, f"method/{method}.yaml lacks {key}"
+    # the selector group is short for method.selector
+    assert _compose(["method=smf", "selector=kl"]).method.selector == "kl"
+    assert _compose(["method=smf_kl"]).method.selector == "kl"
 
 
 @pytest.mark.parametrize("method", ["smf", "lora", "full"])
@@ -47,16 +55,16 @@ def test_training_budget_comes_from_the_data_unless_overridden(method):
     """A MedMCQA finetune accumulates, warms up and decays; a fact stream takes one fact per
     optimizer step, every fact with the same step size."""
     medmcqa = _compose([f"method={method}"])
-    assert medmcqa.trainer.max_epochs == 1 and medmcqa.trainer.accumulate_grad_batches == 2
+    assert medmcqa.trainer.max_epochs == 1 and medmcqa.method.grad_accum == 2
     assert (medmcqa.method.warmup_steps, medmcqa.method.schedule) == (100, "cosine")
     facts = _compose([f"method={method}", "data=triviaqa_facts"])
-    assert facts.method.epochs == facts.data.epochs == facts.trainer.max_epochs == 1
-    assert facts.trainer.accumulate_grad_batches == facts.method.grad_accum == 1
+    assert facts.data.epochs == facts.trainer.max_epochs == 1
+    assert facts.method.grad_accum == 1
     assert (facts.method.warmup_steps, facts.method.schedule) == (0, "constant")
-    assert facts.data.phrasings_per_step == facts.method.batch_size
-    overridden = _compose([f"method={method}", "data=triviaqa_facts", "method.epochs=2",
+    assert facts.data.batch_size == facts.data.phrasings_per_step
+    overridden = _compose([f"method={method}", "data=triviaqa_facts", "data.epochs=2",
                            "method.grad_accum=4"])
-    assert overridden.trainer.max_epochs == 2 and overridden.trainer.accumulate_grad_batches == 4
+    assert overridden.trainer.max_epochs == 2 and overridden.method.grad_accum == 4
 
 
 def test_unknown_option_lists_valid_ones():

@@ -25,9 +25,11 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method.lr=0"], "method.lr"),
     (["method.lr=-1e-3"], "method.lr"),
     (["method.lr=fast"], "method.lr"),
-    (["method.batch_size=0"], "method.batch_size"),
+    (["data.batch_size=0"], "data.batch_size"),
     (["method.grad_accum=0"], "method.grad_accum"),
-    (["method.epochs=-1"], "method.epochs"),
+    (["data.epochs=-1"], "data.epochs"),
+    (["+method.lrr=1"], "method.lrr is not an argument of LoRAFinetune; valid: alpha,"),
+    (["selector=kl"], "applies to method=smf only"),
     (["trainer.max_steps=0"], "trainer.max_steps"),
     (["eval.limit=-1"], "eval.limit"),
     (["eval.limit=0"], "eval.limit"),
@@ -46,9 +48,9 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["data.max_bad_fraction=2"], "data.max_bad_fraction"),
     (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),
     (["model.source=nope"], "model.source"),
-    (["method=smf", "selector.top_t=0"], "selector.top_t"),
-    (["method=smf", "selector.top_t=-8"], "selector.top_t"),
-    (["method=smf", "selector.name=nope"], "kl"),
+    (["method=smf", "method.top_t=0"], "method.top_t"),
+    (["method=smf", "method.top_t=-8"], "method.top_t"),
+    (["method=smf", "method.selector=nope"], "kl"),
     (["method=smf", "memory.knn=999"], "memory.knn"),
     (["method=smf", "memory.n_keys=0"], "memory.n_keys"),
     (["method=smf", "memory.k_dim=33"], "memory.k_dim"),
@@ -61,7 +63,8 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "retrofit.steps=-1"], "retrofit.steps"),
     (["method=smf", "retrofit.lr=-1"], "retrofit.lr"),
     (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
-    (["method=smf", "method.background.batch_size=0"], "method.background.batch_size"),
+    (["method=smf", "background.batch_size=0"], "background.batch_size"),
+    (["method=smf", "background.unit=document"], "background.unit"),
 ]
 
 
@@ -205,12 +208,12 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, key: str, tmp_path
 
 
 def test_train_cli_exits_2_in_one_line(tmp_path, data_dir):
-    args = ["model=tiny", "logger=csv", TRIPWIRE, "method=smf", "selector.top_t=0"]
+    args = ["model=tiny", "logger=csv", TRIPWIRE, "method=smf", "method.top_t=0"]
     proc, seconds = _cli("smfexp.train", args, tmp_path, env={"SMFEXP_DATA_DIR": str(data_dir)})
-    _assert_one_line_error(proc, "selector.top_t", tmp_path)
+    _assert_one_line_error(proc, "method.top_t", tmp_path)
     assert seconds < 60
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["status"] == "failed" and "selector.top_t" in results["error"]
+    assert results["status"] == "failed" and "method.top_t" in results["error"]
 
 
 def test_train_cli_missing_data_dir_without_hub(tmp_path):

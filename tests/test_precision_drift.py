@@ -74,7 +74,7 @@ def _lora_losses(precision: str, data_dir: Path) -> list[float]:
 
     overrides = [
         "model=smollm2-135m", "method=lora", "data=medmcqa", f"paths.data_dir={data_dir}",
-        "method.batch_size=4", "method.grad_accum=1", "method.warmup_steps=0",
+        "data.batch_size=4", "method.grad_accum=1", "method.warmup_steps=0",
         "method.schedule=constant", "method.dropout=0.0",
         # every token carries loss: the target-only loss is one letter per row, too noisy
         # per step for a 5% bound, and the full-text loss is what bf16 rounding moves

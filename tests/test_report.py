@@ -81,14 +81,18 @@ def _write_csv_log(run_dir: Path, scale: float) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
+
+
 def _hydra(run_dir: Path, method: str, selector: str | None, seed: int) -> None:
     hydra = run_dir / ".hydra"
     hydra.mkdir(parents=True)
     overrides = [f"method={method}", f"seed={seed}"] + ([f"selector={selector}"] * bool(selector))
     (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (hydra / "config.yaml").write_text(
-        f"seed: {seed}\nmethod:\n  name: {method}\n  uses_selector: {method == 'smf'}\n"
-        f"selector:\n  name: {selector or 'tfidf'}\nmodel:\n  name: smollm2-135m\n"
+        f"seed: {seed}\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
+        + (f"  selector: {selector or 'tfidf'}\n" if method == "smf" else "")
+        + "model:\n  name: smollm2-135m\n"
         "eval:\n  protocol: harness\n")
     (hydra / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      data: medmcqa\n"

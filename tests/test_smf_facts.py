@@ -74,7 +74,7 @@ def _smf_on_facts(tokenizer, data_dir, **smf):
                                      forward=forward_through_memories(model))
     data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4)
     data.setup()
-    module = SparseMemoryFinetune(model, tokenizer, background=stats, warmup_steps=0,
+    module = SparseMemoryFinetune(model, tokenizer, background_stats=stats, warmup_steps=0,
                                   schedule="constant", **smf)
     return module, data, stats
 

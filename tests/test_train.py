@@ -21,8 +21,8 @@ TINY_MEMORY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memor
                "memory.heads=2"]
 TINY_RETROFIT = ["retrofit.steps=3", "retrofit.batch_size=4", "retrofit.max_length=64",
                  "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
-                 "method.background.batch_size=4", "method.background.max_length=64",
-                 "method.background.n=4"]
+                 "background.batch_size=4", "background.max_length=64",
+                 "background.n=4"]
 
 
 def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str]):
@@ -79,7 +79,7 @@ def test_baseline_run_writes_complete_results(method, tmp_path, data_dir):
 def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     from smfexp.runner import train
 
-    overrides = ["method=smf", "selector=kl", "selector.top_t=8", *TINY_MEMORY, *TINY_RETROFIT]
+    overrides = ["method=smf", "selector=kl", "method.top_t=8", *TINY_MEMORY, *TINY_RETROFIT]
     first = train(compose_train(tmp_path / "a", data_dir, overrides))
     _check_common(first, "smf")
     assert first["selector"] == "kl"

@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
         "memory.heads=2", "retrofit.steps=3", "retrofit.batch_size=4", "retrofit.max_length=64",
         "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
-        "method.background.n=16", "method.background.max_length=32"]
+        "background.n=16", "background.max_length=32"]
 
 
 def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dict:
@@ -37,7 +37,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_smf_stream_writes_diagnostics_phrasings_and_stream_points(tmp_path, data_dir):
-    results = _run(tmp_path, data_dir, "smf", ["method=smf", "selector=tfidf", "selector.top_t=4",
+    results = _run(tmp_path, data_dir, "smf", ["method=smf", "selector=tfidf", "method.top_t=4",
                                                "eval.every_n_facts=2", *TINY])
     assert results["steps"] == 4 and results["data"]["batching"] == "per_fact"
     for section in ("before", "after"):

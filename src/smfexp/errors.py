@@ -74,14 +74,24 @@ def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> 
         "status": "interrupted" if isinstance(err, RunInterrupted) else "failed",
         "error": message or f"{type(err).__name__}: {err}",
         "traceback": "".join(traceback.format_exception(err))[-4000:],
-        "method": cfg.method.get("name"),
-        "selector": cfg.selector.get("name") if cfg.method.get("uses_selector") else None,
+        "method": _method_name(cfg),
+        "selector": cfg.method.get("selector"),
         "seed": cfg.get("seed"),
         "model": cfg.model.get("name"),
         "output_dir": str(out),
         # the last good checkpoint: the same command with resume=auto continues from it
         "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
     })
+
+
+def _method_name(cfg: DictConfig) -> str | None:
+    """The method's name from its class (its config has no name key), if it imports."""
+    try:
+        import hydra
+
+        return str(hydra.utils.get_class(str(cfg.method._target_)).method_name)
+    except Exception:  # the failure may be exactly this target: record what is known
+        return None
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from smfexp.checkpointing import (
 )
 from smfexp.eval import EvalConfig
 from smfexp.loggers import build_loggers, finish_loggers
+from smfexp.methods.base import FinetuneModule
 from smfexp.models.loading import load_model
 from smfexp.objective import objective
 from smfexp.utils.io import atomic_write_json, stable_hash
@@ -37,29 +38,17 @@ from smfexp.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
-# method config keys that configure the Trainer/DataModule rather than the LightningModule
-_NON_MODULE_KEYS = ("name", "epochs", "batch_size", "grad_accum", "grad_clip", "uses_selector",
-                    "background")
-
-
 def build_method(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any,
-                 **extra: Any) -> L.LightningModule:
-    """Instantiate ``cfg.method``; methods that accumulate/clip themselves get those keys."""
-    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    assert isinstance(method_cfg, dict)
-    target = hydra.utils.get_class(method_cfg.pop("_target_"))
-    own = ("grad_accum", "grad_clip") if getattr(target, "manual_accumulation", False) else ()
-    for key in _NON_MODULE_KEYS:
-        if key not in own:
-            method_cfg.pop(key, None)
-    # called directly, not via instantiate: extras (background statistics) are not configs
-    return target(model=model, tokenizer=tokenizer, **method_cfg, **extra)
+                 **extra: Any) -> FinetuneModule:
+    """The LightningModule of ``cfg.method``: its config is exactly its constructor arguments;
+    ``extra`` are what its stages built (e.g. background statistics), not configs."""
+    build = hydra.utils.instantiate(cfg.method, _partial_=True, _convert_="all")
+    return build(model=model, tokenizer=tokenizer, **extra)
 
 
-def run_metadata(cfg: DictConfig) -> dict[str, Any]:
+def run_metadata(cfg: DictConfig, module: FinetuneModule) -> dict[str, Any]:
     """Name, group (the sweep) and tags of a job, for experiment trackers."""
-    uses_selector = bool(cfg.method.get("uses_selector"))
-    selector = cfg.selector.name if uses_selector else None
+    method, selector = module.method_name, getattr(module, "selector", None)
     group = None
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -71,9 +60,9 @@ def run_metadata(cfg: DictConfig) -> dict[str, Any]:
     except ValueError:  # not inside a Hydra app (tests, notebooks)
         pass
     data_name = cfg.data.get("name")
-    tags = [t for t in (cfg.method.name, selector, data_name, cfg.model.name) if t]
-    name = "-".join(str(t) for t in (cfg.method.name, selector, f"s{cfg.seed}") if t)
-    config = {"method": cfg.method.name, "selector": selector, "data": data_name,
+    tags = [t for t in (method, selector, data_name, cfg.model.name) if t]
+    name = "-".join(str(t) for t in (method, selector, f"s{cfg.seed}") if t)
+    config = {"method": method, "selector": selector, "data": data_name,
               "model": cfg.model.name, "seed": cfg.seed,
               "config": OmegaConf.to_container(cfg, resolve=False)}
     return {"group": group, "tags": tags, "name": name, "config": config}
@@ -136,11 +125,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     prepared = hydra.utils.get_class(cfg.method._target_).prepare(cfg, model, tokenizer)
     module = build_method(cfg, model, tokenizer, **prepared.kwargs)
-    if getattr(module, "manual_accumulation", False):
-        # the module accumulates and clips itself (per optimizer step), not the Trainer
-        trainer_overrides = {"accumulate_grad_batches": 1, "gradient_clip_val": None}
-    else:
-        trainer_overrides = {}
 
     score_key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -153,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                     cache_key=score_key, stage_key=prepared.stage)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
-    trainer_kwargs.update(trainer_overrides)
+    trainer_kwargs.update(module.trainer_settings())  # accumulation and clipping: the method's
     if isinstance(trainer_kwargs.get("strategy"), dict):
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
@@ -165,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                    str(trainer_kwargs.get("accelerator")))
     callbacks = [forgetting, *([stream] if stream else []), checkpointer, *build_callbacks(cfg)]
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
-    loggers = build_loggers(cfg, run_metadata(cfg))
+    loggers = build_loggers(cfg, run_metadata(cfg, module))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
                         default_root_dir=str(output_dir), enable_progress_bar=enable_bar)
     t0 = time.perf_counter()
@@ -184,8 +168,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results = {
         "status": "ok",
-        "method": cfg.method.name,
-        "selector": cfg.selector.name if cfg.method.get("uses_selector") else None,
+        "method": module.method_name,
+        "selector": getattr(module, "selector", None),
         "seed": cfg.seed,
         "model": cfg.model.name,
         "data": datamodule.info,

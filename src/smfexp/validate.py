@@ -6,6 +6,7 @@ Each entry point (train, retrofit, evaluate) has one ``validate_*_config``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -106,33 +107,72 @@ def _check_data_dir(configured: Any, key: str) -> None:
         )
 
 
+def constructor_args(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base that
+    takes none (e.g. SparseMemoryFinetune -> FinetuneModule); model/tokenizer excluded."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in ("self", "model", "tokenizer") and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def _check_method(cfg: DictConfig) -> type:
+    """A method config is exactly its class's constructor arguments: a key it does not take
+    is a typo (or a setting of another method), said in one line with the valid keys."""
+    import hydra
+
+    target = cfg.method.get("_target_")
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception as err:
+        raise ValueError(f"method._target_={target!r} cannot be imported ({err})") from None
+    valid = constructor_args(cls)
+    for key in cfg.method:
+        if key == "_target_" or key in valid:
+            continue
+        if key == "selector":
+            raise ValueError(f"selector=/method.selector applies to method=smf only; "
+                             f"{cls.__name__} has no selector")
+        raise ValueError(f"method.{key} is not an argument of {cls.__name__}; "
+                         f"valid: {', '.join(sorted(valid))}")
+    return cls
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise ValueError / DataUnavailableError with one line naming the key to change."""
     ModelSpec.from_config(cfg.model)
+    cls = _check_method(cfg)
     method = cfg.method
     _positive(method.get("lr"), "method.lr")
-    _positive(method.get("batch_size"), "method.batch_size")
     _positive(method.get("grad_accum"), "method.grad_accum")
-    _positive(method.get("epochs"), "method.epochs", allow_zero=True)
     _positive(method.get("warmup_steps"), "method.warmup_steps", allow_zero=True)
+    _positive(cfg.data.get("epochs"), "data.epochs", allow_zero=True)
     max_steps = cfg.trainer.get("max_steps", -1)
     if max_steps is not None and max_steps != -1:
         _positive(max_steps, "trainer.max_steps")
     EvalConfig.from_config(cfg.eval)
     _check_data(cfg.data)
-    if method.get("name") == "smf":
+    if "selector" in method:
         from smfexp.smf.selectors import SELECTORS
 
-        _choice(cfg.selector.name, "selector", list(SELECTORS))
-        _positive(cfg.selector.get("top_t"), "selector.top_t")
+        _choice(method.selector, "method.selector", list(SELECTORS))
+        _positive(method.get("top_t"), "method.top_t")
+    if getattr(cls, "uses_memory", False):
         _check_memory(cfg)
         _check_retrofit(cfg.retrofit)
-        background = method.get("background") or {}
+        background = cfg.get("background") or {}
         for key in ("batch_size", "max_length", "n"):
-            _positive(background.get(key), f"method.background.{key}")
+            _positive(background.get(key), f"background.{key}")
         from smfexp.smf.background import UNITS
 
-        _choice(background.get("unit"), "method.background.unit", UNITS)
+        _choice(background.get("unit"), "background.unit", UNITS)
     _check_data_dir(cfg.paths.get("data_dir"), "paths.data_dir")
 
 

@@ -1,9 +1,10 @@
 """Shared LightningModule: loss, logging, optimizer + cosine warmup schedule.
 
-A method subclasses it and says only what trains (``prepare_model``) and, if needed, how
-its parameters are optimised (``build_optimizer``) and saved (``save_trained``).
-Gradient accumulation and clipping are the Trainer's (``method.grad_accum`` /
-``method.grad_clip`` feed ``trainer.accumulate_grad_batches`` / ``gradient_clip_val``).
+A method subclasses it and says only what trains (``prepare_model``), which stages it needs
+first (``prepare``), and, if needed, how its parameters are optimised (``build_optimizer``)
+and saved (``save_trained``). Its constructor arguments are exactly its config
+(``conf/method/<name>.yaml``). Gradient accumulation and clipping are method arguments that
+the runner hands to the Trainer (``trainer_settings``) unless the method does them itself.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FinetuneModule(LightningModule):
     """Causal-LM finetuning with the method deciding which parameters train."""
 
     method_name = "base"
+    uses_memory = False  # True: needs memory layers (its stages retrofit them), see prepare
 
     def __init__(
         self,
@@ -52,12 +54,15 @@ class FinetuneModule(LightningModule):
         warmup_steps: int = 0,
         schedule: str = "cosine",
         gradient_checkpointing: bool = False,
-        **unused: Any,
+        grad_accum: int = 1,
+        grad_clip: float | None = 1.0,
     ) -> None:
         super().__init__()
         self.strict_loading = False  # checkpoints hold only what trains (on_save_checkpoint)
         if lr <= 0:
             raise ValueError(f"method.lr must be > 0 (got {lr})")
+        if grad_accum < 1:
+            raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
         self.model = model
@@ -68,6 +73,8 @@ class FinetuneModule(LightningModule):
         self.warmup_steps = warmup_steps
         self.schedule = schedule
         self.gradient_checkpointing = gradient_checkpointing
+        self.grad_accum = grad_accum
+        self.grad_clip = grad_clip
         self.prepare_model()
         self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_params = sum(p.numel() for p in self.model.parameters())
@@ -88,6 +95,10 @@ class FinetuneModule(LightningModule):
     def prepare_model(self) -> None:
         """Set ``requires_grad`` (and wrap the model) for this method."""
         raise NotImplementedError
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """Trainer arguments that belong to the method: Lightning accumulates and clips."""
+        return {"accumulate_grad_batches": self.grad_accum, "gradient_clip_val": self.grad_clip}
 
     def build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay,

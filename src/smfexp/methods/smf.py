@@ -107,12 +107,11 @@ def normalise_row_step(values: torch.nn.Parameter, scale: float) -> None:
 
 class SparseMemoryFinetune(FinetuneModule):
     method_name = "smf"
-    manual_accumulation = True
+    uses_memory = True
 
     def __init__(
         self,
         *args: Any,
-        background: BackgroundStats | None = None,
         selector: str = "tfidf",
         top_t: int = 512,
         optimizer: str = "sgd",
@@ -121,29 +120,29 @@ class SparseMemoryFinetune(FinetuneModule):
         gate_lr: float | None = None,
         count_tokens: str = "attention",
         lr_unit: str = "raw",
-        grad_accum: int = 1,
-        grad_clip: float | None = 1.0,
         selector_seed: int = 0,
+        background_stats: BackgroundStats | None = None,
         base_checkpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
+        """``background_stats`` and ``base_checkpoint`` (the retrofit this run starts from)
+        are what :meth:`prepare` built; the other keyword arguments are
+        :class:`FinetuneModule`'s."""
         if selector not in SELECTORS:
             raise ValueError(f"selector={selector!r}; valid: {', '.join(SELECTORS)}")
         if top_t <= 0:
-            raise ValueError(f"selector.top_t must be > 0 (got {top_t})")
+            raise ValueError(f"method.top_t must be > 0 (got {top_t})")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"method.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if count_tokens not in COUNT_TOKENS:
             raise ValueError(f"method.count_tokens={count_tokens!r}; valid: "
                              f"{', '.join(COUNT_TOKENS)}")
-        if grad_accum < 1:
-            raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
         if lr_unit not in LR_UNITS:
             raise ValueError(f"method.lr_unit={lr_unit!r}; valid: {', '.join(LR_UNITS)}")
         if lr_unit != "raw" and optimizer != "sgd":
             raise ValueError(f"method.lr_unit={lr_unit} needs method.optimizer=sgd (Adam's step "
                              f"is normalised per element already)")
-        if selector in NEEDS_BACKGROUND and background is None:
+        if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
         self.top_t = top_t
@@ -155,10 +154,8 @@ class SparseMemoryFinetune(FinetuneModule):
         self.gate_lr = gate_lr
         self.count_tokens = count_tokens
         self.lr_unit = lr_unit
-        self.grad_accum = grad_accum
-        self.grad_clip = grad_clip
         self.selector_seed = selector_seed
-        self.background = background
+        self.background = background_stats
         # the memory checkpoint finetuning starts from: a saved run stores only the rows it
         # changed and takes the others from here
         self.base_checkpoint = base_checkpoint
@@ -171,7 +168,8 @@ class SparseMemoryFinetune(FinetuneModule):
         self.generator: torch.Generator | None = None
         self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
         self.diagnostics = SelectionDiagnostics(
-            len(self.memories), list(background.reads) if background is not None else None)
+            len(self.memories),
+            list(background_stats.reads) if background_stats is not None else None)
         self._unit = 0  # the fact (or, for batches mixing facts, the step) being trained
         self._answer_positions: Tensor | None = None
 
@@ -187,14 +185,14 @@ class SparseMemoryFinetune(FinetuneModule):
 
         directory, report = ensure_retrofit(model, tokenizer, cfg.model, cfg.memory,
                                             cfg.retrofit, data_dir=cfg.paths.data_dir)
-        settings = OmegaConf.to_container(cfg.method.background, resolve=True)
+        settings = OmegaConf.to_container(cfg.background, resolve=True)
         assert isinstance(settings, dict)
         # every SMF run gets the statistics: tfidf / kl select with them, and the selection
         # diagnostics (how much background text reads the updated rows) need them for any
         stats = background_statistics(model, tokenizer, directory.name, settings,
                                       cfg.paths.data_dir)
         return Prepared(
-            kwargs={"background": stats, "base_checkpoint": str(directory)},
+            kwargs={"background_stats": stats, "base_checkpoint": str(directory)},
             results={"retrofit": {"checkpoint": str(directory),
                                   "heldout_loss": report.get("heldout_loss")}},
             stage=directory.name,
@@ -239,6 +237,11 @@ class SparseMemoryFinetune(FinetuneModule):
             num_warmup_steps=min(self.warmup_steps, max(steps - 1, 0)), num_training_steps=steps,
         ) for o in optimizers]
         return optimizers, schedulers
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """SMF accumulates and clips itself (once per optimizer step, over every micro-batch
+        of it), so the Trainer must do neither."""
+        return {"accumulate_grad_batches": 1, "gradient_clip_val": None}
 
     def optimizer_steps(self) -> int:
         """Optimizer steps of this run (what the lr schedule spans).

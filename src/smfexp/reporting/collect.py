@@ -150,8 +150,12 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     cfg = _read_yaml(hydra_dir / "config.yaml")
     cfg = cfg if isinstance(cfg, Mapping) else {}
     method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else {}
-    info["method"] = method.get("name") or choices.get("method")
-    if method.get("uses_selector", info["method"] == "smf"):
+    # runs before method configs were constructor arguments had method.name / selector.name
+    name = method.get("name") or _class_method_name(method.get("_target_"))
+    info["method"] = name or choices.get("method")
+    if isinstance(method.get("selector"), str):
+        info["selector"] = method["selector"]
+    elif method.get("uses_selector", info["method"] == "smf"):
         sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
         info["selector"] = sel.get("name") or choices.get("selector")
     info["seed"] = cfg.get("seed")
@@ -161,6 +165,14 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     ev = cfg.get("eval") if isinstance(cfg.get("eval"), Mapping) else {}
     info["protocol"] = ev.get("protocol")
     return {k: v for k, v in info.items() if v is not None}
+
+
+_METHOD_CLASSES = {"SparseMemoryFinetune": "smf", "LoRAFinetune": "lora", "FullFinetune": "full"}
+
+
+def _class_method_name(target: Any) -> str | None:
+    """smf / lora / full from a method's ``_target_`` (without importing torch)."""
+    return _METHOD_CLASSES.get(str(target).rsplit(".", 1)[-1]) if target else None
 
 
 def _is_train_job(run_dir: Path) -> bool:

@@ -1,1 +1,0 @@
-"""Hydra sweeper that does not duplicate jobs for methods that ignore the selector."""
