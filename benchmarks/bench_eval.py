@@ -13,7 +13,8 @@ fraction of a second), smfexp through ``score_probe`` (which also computes Trivi
 with batch size 1: its rolling windows are model-length (8192 tokens) and it materialises
 ``[batch, 8192, vocab]`` logits twice, so larger batches do not fit in memory.
 
-``benchmarks/suite.py`` imports the helpers below (one configuration per child process).
+``benchmarks/cases.py`` (the suite's measurements) imports the helpers below (one
+configuration per child process).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from smfexp.eval import EvalConfig, load_probe_rows, score_probe  # noqa: E402
+from smfexp.eval import EvalConfig  # noqa: E402
 from smfexp.eval.reference import metric, run_harness, write_task  # noqa: E402
 from smfexp.models.loading import ModelSpec, load_model  # noqa: E402
+from smfexp.tasks import load_probe_rows, score_probe  # noqa: E402
 
 METRIC = {  # probe -> (smfexp metric, lm_eval metric, lm_eval filter)
     "medmcqa": ("acc", "acc", "none"),

@@ -191,39 +191,28 @@ def main() -> None:
         f"interleaved), {args.threads} thread(s), t = {args.top_t}, v_dim {args.dim}, "
         f"{batch}x{seq} tokens x {heads} heads x {knn} knn = {idx_small.numel()} reads\n"
     )
-    print(
-        "| step | "
-        + " | ".join(f"{c} (ms)" for c in cols)
-        + " | "
-        + " | ".join(f"{c} / 16K" for c in cols[1:])
-        + " | optimizer state, largest table |"
-    )
-    print("|" + "---|" * (2 * len(cols) + 1))
+    # imported here, not at the top: the suite (cases.py) imports this module before forking
+    # its measured children, whose peak RSS must not include pandas
+    from smfexp.reporting.tables import md_table
+
+    head = ["step", *(f"{c} (ms)" for c in cols), *(f"{c} / 16K" for c in cols[1:]),
+            "optimizer state, largest table"]  # fmt: skip
 
     def fmt(x: float | None, unit: str = "") -> str:
         return "n/a" if x is None else f"{x:.2f}{unit}"
 
+    rows = []
     for name, res in results.items():
         ms = [res[c][0] if c in res else None for c in cols]
         ratios = [None if m is None else m / ms[0] for m in ms[1:]]
         state = next((res[c][1] for c in reversed(cols) if c in res), None)
         state_s = "n/a" if state is None else f"{state / 2**20:.1f} MiB"
-        print(
-            f"| {name} | "
-            + " | ".join(fmt(m) for m in ms)
-            + " | "
-            + " | ".join(fmt(r, "x") for r in ratios)
-            + f" | {state_s} |"
-        )
+        rows.append([name, *(fmt(m) for m in ms), *(fmt(r, "x") for r in ratios), state_s])
     for sel in ("kl", "tfidf"):
         ms = [sel_times[(sel, c)] for c in cols]
-        print(
-            f"| selector {sel} (top-{args.top_t}) | "
-            + " | ".join(fmt(m) for m in ms)
-            + " | "
-            + " | ".join(fmt(m / ms[0], "x") for m in ms[1:])
-            + " | - |"
-        )
+        rows.append([f"selector {sel} (top-{args.top_t})", *(fmt(m) for m in ms),
+                     *(fmt(m / ms[0], "x") for m in ms[1:]), "-"])  # fmt: skip
+    print(md_table(head, rows))
     print(
         f"\n(value table: 16K rows = {SMALL * args.dim * 4 / 2**20:.0f} MiB, "
         f"1M rows = {LARGE * args.dim * 4 / 2**30:.2f} GiB)"

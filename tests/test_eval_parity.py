@@ -28,9 +28,10 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from smfexp.eval import EvalConfig, load_probe_rows, score_probe_samples  # noqa: E402
+from smfexp.eval import EvalConfig  # noqa: E402
 from smfexp.eval.reference import metric as _agg  # noqa: E402
 from smfexp.eval.reference import run_harness, write_task  # noqa: E402
+from smfexp.tasks import load_probe_rows, score_probe_samples  # noqa: E402
 
 LL_TOL = 1e-5  # per-example log-likelihoods (absolute and relative)
 AGG_TOL = 1e-6  # aggregate metrics, relative

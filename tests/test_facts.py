@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from smfexp.data.facts import FactsDataModule, probe_prompt
-from smfexp.eval import EvalConfig, load_probe_rows
+from smfexp.eval import EvalConfig
+from smfexp.tasks import load_probe_rows
 
 
 def _module(tokenizer, data_dir, **kwargs) -> FactsDataModule:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from smfexp.data import sources
 from smfexp.data.collate import IGNORE_INDEX, TokenizedExample, fit_length
+from smfexp.tasks import gsm8k, medmcqa, nq_open, triviaqa
 
 FUZZ = settings(
     max_examples=200,
@@ -103,10 +104,10 @@ VALID: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
 }
 NORMALISERS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "medmcqa": sources.medmcqa_row,
-    "triviaqa": sources.triviaqa_row,
-    "nq_open": sources.nq_open_row,
-    "gsm8k": sources.gsm8k_row,
+    "medmcqa": medmcqa.medmcqa_row,
+    "triviaqa": triviaqa.triviaqa_row,
+    "nq_open": nq_open.nq_open_row,
+    "gsm8k": gsm8k.gsm8k_row,
     "text": sources.text_row,
 }
 
@@ -252,10 +253,10 @@ def test_bad_rows_are_counted_with_one_example(data: st.DataObject, fraction: fl
 
 
 LOADERS: dict[str, tuple[str, Callable[[Path, float], sources.Rows]]] = {
-    "medmcqa": ("medmcqa", lambda d, f: sources.load_medmcqa(d, "validation", f)),
-    "triviaqa": ("triviaqa", sources.load_triviaqa),
-    "nq_open": ("nq_open", sources.load_nq_open),
-    "gsm8k": ("gsm8k_test", lambda d, f: sources.load_gsm8k(d, "test", f)),
+    "medmcqa": ("medmcqa", lambda d, f: medmcqa.load_rows(d, "validation", f)),
+    "triviaqa": ("triviaqa", triviaqa.load_rows),
+    "nq_open": ("nq_open", nq_open.load_rows),
+    "gsm8k": ("gsm8k_test", lambda d, f: gsm8k.load_rows(d, "test", f)),
 }
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from smfexp.callbacks.forgetting import ForgettingCallback
-from smfexp.data import sources
 from smfexp.data.facts import FactsDataModule
 from smfexp.data.modules import TargetSpec
 from smfexp.eval import EvalConfig
 from smfexp.reporting import write_report
+from smfexp.tasks import triviaqa
 
 
 def _scored(callback: ForgettingCallback, target_em: tuple[float, float],
@@ -45,7 +45,7 @@ def test_facts_datamodule_names_its_heldout_probe(tokenizer, data_dir, tmp_path)
 
 
 def test_gain_beyond_heldout_is_target_minus_probe(data_dir):
-    rows = sources.load_triviaqa(data_dir).rows
+    rows = triviaqa.load_rows(data_dir).rows
     cfg = EvalConfig(probes=["triviaqa", "wikitext"], limit=4, progress=False)
     callback = _scored(ForgettingCallback(cfg, TargetSpec("triviaqa", rows[2000:2004],
                                                           heldout_probe="triviaqa"), None),
@@ -61,7 +61,7 @@ def test_gain_beyond_heldout_is_target_minus_probe(data_dir):
 
 
 def test_overlapping_probe_rows_report_nothing(data_dir, caplog):
-    rows = sources.load_triviaqa(data_dir).rows
+    rows = triviaqa.load_rows(data_dir).rows
     cfg = EvalConfig(probes=["triviaqa"], limit=4, progress=False)
     callback = _scored(ForgettingCallback(cfg, TargetSpec("triviaqa", rows[2:6],
                                                           heldout_probe="triviaqa"), None),

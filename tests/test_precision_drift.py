@@ -36,7 +36,8 @@ def embedded() -> tuple[Any, Any]:
 
 
 def _fp32_and_bf16(probe: str, model: Any, tok: Any, n: int, data_dir: Path):
-    from smfexp.eval import EvalConfig, load_probe_rows, score_probe
+    from smfexp.eval import EvalConfig
+    from smfexp.tasks import load_probe_rows, score_probe
 
     rows = load_probe_rows(probe, EvalConfig(data_dir=str(data_dir), limit=n))
     assert len(rows) == n

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smfexp.eval import EvalConfig, load_probe_rows, score_probe, select_probe_rows
-from smfexp.eval.retention import FIRST_DOC, _word_start
+from smfexp.eval import EvalConfig
+from smfexp.tasks import load_probe_rows, score_probe, select_probe_rows
+from smfexp.tasks.retention import FIRST_DOC, _word_start
 
 
 def test_paragraphs_come_from_documents_the_wikitext_probe_does_not_score(data_dir):

@@ -22,8 +22,8 @@ def test_ddp_ranks_agree_on_selection_and_weights(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "smfexp.train", "experiment=smoke", "method=smf", "selector=kl",
-         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=csv",
-         "trainer.max_steps=3", f"hydra.run.dir={run}"],
+         "method.top_t=8", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "logger=csv", "trainer.max_steps=3", f"hydra.run.dir={run}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

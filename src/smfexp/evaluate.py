@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp import __version__
-from smfexp.eval import load_probe_data, primary_metric, score_probe
-from smfexp.eval.core import resolve_max_length
+from smfexp.eval.encode import resolve_max_length
 from smfexp.models.loading import load_model
+from smfexp.tasks import load_probe_data, primary_metric, score_probe
 from smfexp.utils.io import atomic_write_json
 from smfexp.validate import validate_evaluate_config
 

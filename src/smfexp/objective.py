@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from smfexp.eval import primary_metric
+from smfexp.tasks import primary_metric
 
 
 def signed_change_pct(results: dict[str, Any], probe: str, scorer: str) -> float | None:

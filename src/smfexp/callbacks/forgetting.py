@@ -22,17 +22,17 @@ from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
 from smfexp.errors import RunInterrupted
-from smfexp.eval import (
+from smfexp.eval import EvalConfig
+from smfexp.memory import memory_blocks
+from smfexp.stages.scores import cached_rows, cached_scores
+from smfexp.tasks import (
     PROBES,
-    EvalConfig,
     evaluate_probes,
     load_probe_rows,
     primary_metric,
     score_probe,
     select_probe_rows,
 )
-from smfexp.memory import memory_blocks
-from smfexp.stages.scores import cached_rows, cached_scores
 from smfexp.utils.io import stable_hash
 
 log = logging.getLogger(__name__)

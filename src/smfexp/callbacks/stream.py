@@ -19,7 +19,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
-from smfexp.eval import EvalConfig, evaluate_probes, load_probe_rows, score_probe
+from smfexp.eval import EvalConfig
+from smfexp.tasks import evaluate_probes, load_probe_rows, score_probe
 
 log = logging.getLogger(__name__)
 

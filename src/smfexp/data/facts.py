@@ -30,6 +30,7 @@ from smfexp.data import sources
 from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
 from smfexp.data.modules import SFTDataModule, TargetSpec
 from smfexp.data.sampling import ResumableRandomSampler
+from smfexp.tasks import nq_open, triviaqa
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ DEFAULT_TEMPLATES: tuple[tuple[str, str], ...] = (
 
 def probe_prompt(source: str, row: dict[str, Any]) -> str:
     """The prompt the target's scorer uses (harness protocol): training must not see it."""
-    from smfexp.eval import nq_open, triviaqa
-
     if source == "nq_open":
         return nq_open.DESCRIPTION + f"Q: {row['question']}?\nA:"
     return triviaqa.prompt(row, "harness")
@@ -185,20 +184,18 @@ class FactsDataModule(SFTDataModule):
     # -- rows -------------------------------------------------------------------------
     def _pool(self, data_dir: Any) -> tuple[list[dict], list[dict], dict[str, Any], str | None]:
         """(fact pool, held-out rows, provenance, held-out probe name)."""
-        from smfexp.eval import nq_open, triviaqa
-
         if self.source == "file":
             loaded = sources.load_qa_file(self.path, *self.columns,
                                           max_bad_fraction=self.max_bad_fraction)
             return loaded.rows, [], {"source": loaded.source, "skipped_rows": loaded.skipped,
                                      "split": "file: every row is a fact candidate"}, None
         if self.source == "triviaqa":
-            loaded = sources.load_triviaqa(data_dir, self.max_bad_fraction)
+            loaded = triviaqa.load_rows(data_dir, self.max_bad_fraction)
             heldout, pool = triviaqa.split_heldout(loaded.rows)
         else:
-            loaded = sources.load_nq_open(data_dir, self.max_bad_fraction)
+            loaded = nq_open.load_rows(data_dir, self.max_bad_fraction)
             heldout, pool = nq_open.split_heldout(loaded.rows)
-            pool = [sources.qa_from_nq(r) for r in pool]
+            pool = [nq_open.qa_from_nq(r) for r in pool]
         split = (f"{self.source}: [:{len(heldout)}] held-out probe, facts from "
                  f"[{len(heldout)}:] (facts_seed={self.facts_seed})")
         return pool, heldout, {"source": loaded.source, "skipped_rows": loaded.skipped,
@@ -268,7 +265,7 @@ class FactsDataModule(SFTDataModule):
         self.stream = FactStream(phrasings, self.phrasings_per_step, self.steps_per_fact,
                                  self.passes, self.collator)
         probe = "nq_open" if self.source == "nq_open" else "triviaqa"
-        target_rows = [sources.nq_from_qa(f) if probe == "nq_open" else f for f in facts]
+        target_rows = [nq_open.nq_from_qa(f) if probe == "nq_open" else f for f in facts]
         seen = self._seen_rows(facts, target_rows)
         info.update({
             "n_facts": len(facts), "batching": self.batching,

@@ -1,7 +1,8 @@
 """One LightningDataModule per benchmark, all on the same source layer and collator.
 
-A DataModule owns *which rows* a run trains on and which rows measure the target metric;
-the scorers (``smfexp.eval``) own *how* they are scored.
+A DataModule owns *which rows* a run trains on and which rows measure the target metric,
+taking each benchmark's loader and split boundaries from its task module (``smfexp.tasks``);
+the scorers there own *how* they are scored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from smfexp.data import sources
 from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
 from smfexp.data.sampling import ResumableRandomSampler
+from smfexp.tasks import medmcqa
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +186,8 @@ class MedMCQADataModule(SFTDataModule):
     name = "medmcqa"
     LETTERS = "ABCD"
 
-    def __init__(self, *args: Any, eval_size: int = 1000, train_size: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, eval_size: int = medmcqa.EVAL_ROWS,
+                 train_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if eval_size <= 0:
             raise ValueError("data.eval_size must be positive")
@@ -193,15 +195,15 @@ class MedMCQADataModule(SFTDataModule):
         self.train_size = train_size
 
     def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:
-        validation = sources.load_medmcqa(data_dir, "validation", self.max_bad_fraction)
-        evaluation = validation.rows[: self.eval_size]
+        validation = medmcqa.load_rows(data_dir, "validation", self.max_bad_fraction)
+        evaluation, pool = medmcqa.split(validation.rows, self.eval_size)
         if data_dir is not None:
-            train = validation.rows[self.eval_size :]
+            train = pool
             n = self.eval_size
             split = f"offline: validation[:{n}] eval, validation[{n}:] train"
             source = validation.source
         else:
-            hub_train = sources.load_medmcqa(None, "train", self.max_bad_fraction)
+            hub_train = medmcqa.load_rows(None, "train", self.max_bad_fraction)
             train, split, source = hub_train.rows, "hub: train / validation[:eval_size]", (
                 f"{hub_train.source} + {validation.source}"
             )

@@ -1,9 +1,12 @@
 """One source layer for every dataset: a local data directory (offline) or the HF hub.
 
-Each loader returns canonical rows (plain dicts, one schema per dataset, documented on the
-function) plus provenance, so DataModules and scorers never see the on-disk formats.
-Malformed rows are counted, reported with one example and skipped; too many (more than
-``max_bad_fraction``) or none left is an error.
+Generic data IO only: locating the data (:func:`resolve_data_dir`, :data:`LOCAL_FILES`,
+:data:`HUB_IDS`), reading JSONL or a hub split, normalising rows, the background corpus and
+user question/answer files. Each benchmark's row normaliser and loader live in its task module
+(:mod:`smfexp.tasks`), built on these helpers; every loader returns canonical rows (plain
+dicts, one schema per dataset, documented on its normaliser) plus provenance, so DataModules
+and scorers never see the on-disk formats. Malformed rows are counted, reported with one
+example and skipped; too many (more than ``max_bad_fraction``) or none left is an error.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +93,8 @@ def resolve_data_dir(
     return None
 
 
-def _load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
+def load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
+    """Raw rows of a :data:`HUB_IDS` dataset split and their provenance (``hub:...``)."""
     hub_id, config = HUB_IDS[name]
     if not hub_reachable():
         raise DataUnavailableError(
@@ -105,7 +108,8 @@ def _load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
     return ds, f"hub:{hub_id}{'/' + config if config else ''}:{split}"
 
 
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any] | str]:
+def read_jsonl(path: Path) -> Iterable[dict[str, Any] | str]:
+    """Parsed JSONL lines (blank ones skipped); a line that is not JSON comes as its text."""
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             if not line.strip():
@@ -116,7 +120,8 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, Any] | str]:
                 yield line.rstrip("\n")  # reported as malformed by the normaliser
 
 
-def _local_file(data_dir: Path, key: str) -> Path:
+def local_file(data_dir: Path, key: str) -> Path:
+    """The :data:`LOCAL_FILES` file ``key`` of the data directory (it must exist)."""
     path = data_dir / LOCAL_FILES[key]
     if not path.is_file():
         raise DataUnavailableError(
@@ -172,87 +177,11 @@ def text_field(value: Any, what: str) -> str:
     return _text(value, what)
 
 
-def _scalar_text(value: Any, what: str) -> str:
+def scalar_text(value: Any, what: str) -> str:
     """A string, or a number some dumps store instead (e.g. an option "5"); never None/""."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     return _text(value, what)
-
-
-_CHOICE_PREFIX = re.compile(r"^[A-D][.)]\s?")
-
-
-def medmcqa_row(row: dict[str, Any]) -> dict[str, Any]:
-    """-> {question, options: [4 str], answer: 0..3}. Accepts local and hub layouts."""
-    if "choices" in row:
-        choices = row["choices"]
-        if not isinstance(choices, list) or len(choices) != 4:
-            raise ValueError("choices must be a list of 4")
-        options = [_CHOICE_PREFIX.sub("", _text(c, "choice"), count=1) for c in choices]
-        answer = row["answer"]
-    else:
-        options = [_scalar_text(row[k], k) for k in ("opa", "opb", "opc", "opd")]
-        answer = row["cop"]
-    if not all(o.strip() for o in options):  # e.g. a bare "A." choice
-        raise ValueError("options must be non-empty strings")
-    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
-        raise ValueError(f"answer index {answer!r} out of range 0..3")
-    return {"question": _text(row["question"], "question"), "options": options, "answer": answer}
-
-
-_TQA_CONTEXT = re.compile(r"^Question:\s*(.*?)\s*\nAnswer:\s*$", re.S)
-
-
-def triviaqa_row(row: dict[str, Any]) -> dict[str, Any]:
-    """-> {question, answer, aliases}. ``question`` has no "Question:" wrapper."""
-    if "context" in row:
-        match = _TQA_CONTEXT.match(_text(row["context"], "context"))
-        if not match:
-            raise ValueError("context is not 'Question: ...\\nAnswer:'")
-        question, answer, aliases = match.group(1), row["answer"], row.get("aliases") or []
-    else:  # hub rc.nocontext
-        question = row["question"]
-        answer, aliases = row["answer"]["value"], row["answer"]["aliases"]
-    answer = _text(answer, "answer")
-    if not isinstance(aliases, list):  # a bare string would split into characters
-        raise ValueError("aliases must be a list of strings")
-    aliases = [a for a in aliases if isinstance(a, str) and a.strip()]
-    if answer not in aliases:
-        aliases = [answer, *aliases]
-    return {"question": _text(question, "question"), "answer": answer, "aliases": aliases}
-
-
-def nq_open_row(row: dict[str, Any]) -> dict[str, Any]:
-    """-> {question, answers: [str, ...]}."""
-    answers = row["answer"]
-    if not isinstance(answers, list) or not answers:
-        raise ValueError("answer must be a non-empty list")
-    return {
-        "question": _text(row["question"], "question"),
-        "answers": [_scalar_text(a, "answer") for a in answers],
-    }
-
-
-def qa_from_nq(row: dict[str, Any]) -> dict[str, Any]:
-    """An NQ-open row as a fact: the first gold answer is trained, every one counts as right."""
-    return {"question": row["question"], "answer": row["answers"][0],
-            "aliases": list(row["answers"])}
-
-
-def nq_from_qa(row: dict[str, Any]) -> dict[str, Any]:
-    """A fact row in the NQ-open scorer's schema (``answers``), keeping the fact's fields."""
-    return {**row, "answers": list(row["aliases"])}
-
-
-def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
-    """-> {question, answer (full solution), final (the number after ####)}."""
-    answer = _text(row["answer"], "answer")
-    if "####" not in answer:
-        raise ValueError("answer has no '#### N' final line")
-    final = answer.rsplit("####", 1)[1].strip().replace(",", "")
-    if not final:
-        raise ValueError("answer has an empty '####' final line")
-    return {"question": _text(row["question"], "question"), "answer": answer, "final": final}
 
 
 def text_row(row: Any) -> dict[str, Any]:
@@ -270,23 +199,7 @@ def text_row(row: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loaders
-def load_medmcqa(data_dir: Path | None, split: str, max_bad_fraction: float = 0.05) -> Rows:
-    """MedMCQA ``train`` or ``validation``. Offline only ``validation`` exists (4183 rows)."""
-    if data_dir is not None:
-        if split != "validation":
-            raise DataUnavailableError(
-                "MedMCQA train split is not available offline; the DataModule carves a "
-                "training pool out of the validation rows instead"
-            )
-        path = _local_file(data_dir, "medmcqa")
-        raw, source = _read_jsonl(path), f"local:{path}"
-    else:
-        raw, source = _load_hub("medmcqa", split)
-    rows, bad = normalise_rows(raw, medmcqa_row, "medmcqa", max_bad_fraction)
-    return Rows(rows, source, bad)
-
-
-def _load_normalised(
+def load_normalised(
     name: str,
     local_key: str,
     hub_split: str,
@@ -296,59 +209,12 @@ def _load_normalised(
 ) -> Rows:
     """A JSONL file of the data dir, or the hub split, through ``normaliser``."""
     if data_dir is not None:
-        path = _local_file(data_dir, local_key)
-        raw, source = _read_jsonl(path), f"local:{path}"
+        path = local_file(data_dir, local_key)
+        raw, source = read_jsonl(path), f"local:{path}"
     else:
-        raw, source = _load_hub(name, hub_split)
+        raw, source = load_hub(name, hub_split)
     rows, bad = normalise_rows(raw, normaliser, name, max_bad_fraction)
     return Rows(rows, source, bad)
-
-
-def load_triviaqa(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
-    """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
-    return _load_normalised(
-        "triviaqa", "triviaqa", "validation", data_dir, triviaqa_row, max_bad_fraction
-    )
-
-
-def load_nq_open(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
-    """NaturalQuestions-open dev (3610 questions)."""
-    return _load_normalised(
-        "nq_open", "nq_open", "validation", data_dir, nq_open_row, max_bad_fraction
-    )
-
-
-def load_gsm8k(data_dir: Path | None, split: str = "test", max_bad_fraction: float = 0.05) -> Rows:
-    """GSM8K ``train`` or ``test``."""
-    return _load_normalised("gsm8k", f"gsm8k_{split}", split, data_dir, gsm8k_row, max_bad_fraction)
-
-
-_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
-
-
-def split_wikitext_documents(lines: list[str]) -> list[str]:
-    """Group raw WikiText lines into articles; an article starts at a `` = Title = `` line."""
-    docs: list[list[str]] = []
-    for line in lines:
-        if _WIKI_TITLE.match(line.rstrip("\n")) or not docs:
-            docs.append([])
-        docs[-1].append(line if line.endswith("\n") else line + "\n")
-    return ["".join(d) for d in docs]
-
-
-def load_wikitext(data_dir: Path | None) -> Rows:
-    """WikiText-2 raw test as documents -> rows {page} (one per article, in order)."""
-    if data_dir is not None:
-        path = _local_file(data_dir, "wikitext")
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        pages, source = split_wikitext_documents(lines), f"local:{path}"
-    else:
-        ds, source = _load_hub("wikitext", "test")
-        pages = [r["page"] for r in ds]
-    rows = [{"page": p} for p in pages if p.strip()]
-    if not rows:
-        raise MalformedDataError("dataset 'wikitext': no documents")
-    return Rows(rows, source)
 
 
 BACKGROUND_PARTS = ("dolly_hhrlhf", "c4", "wiki", "lambada")
@@ -365,7 +231,7 @@ def load_background(
     rows: list[dict[str, Any]] = []
     skipped = 0
     if data_dir is None:
-        ds, source = _load_hub("background", "train")
+        ds, source = load_hub("background", "train")
         raw = (r["text"] for r in ds if r.get("role") == "assistant")
         good, skipped = normalise_rows(raw, text_row, "background", max_bad_fraction)
         return Rows([{**g, "part": "oasst1"} for g in good], source, skipped)
@@ -373,13 +239,13 @@ def load_background(
     if unknown:
         raise ValueError(f"unknown background parts {unknown}; valid: {list(BACKGROUND_PARTS)}")
     for part in parts:
-        path = _local_file(data_dir, part)
+        path = local_file(data_dir, part)
         if path.suffix == ".txt":
             raw: Iterable[Any] = (
                 line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
             )
         else:
-            raw = _read_jsonl(path)
+            raw = read_jsonl(path)
         good, bad = normalise_rows(raw, text_row, part, max_bad_fraction)
         rows.extend({**g, "part": part} for g in good)
         skipped += bad
@@ -395,11 +261,11 @@ def _answer_list(value: Any, what: str) -> list[str]:
         with contextlib.suppress(json.JSONDecodeError):  # not JSON: an answer with a "["
             value = json.loads(value)
     if isinstance(value, list):
-        out = [_scalar_text(v, what) for v in value]
+        out = [scalar_text(v, what) for v in value]
         if not out:
             raise ValueError(f"{what} is an empty list")
         return out
-    return [_scalar_text(value, what)]
+    return [scalar_text(value, what)]
 
 
 def load_qa_file(
@@ -428,7 +294,7 @@ def load_qa_file(
             columns = list(reader.fieldnames or [])
             raw: list[Any] = list(reader)
     else:
-        raw = list(_read_jsonl(file))
+        raw = list(read_jsonl(file))
         columns = sorted({k for r in raw if isinstance(r, dict) for k in r})
     wanted = {"question_column": question_column, "answer_column": answer_column,
               "aliases_column": aliases_column}

@@ -1,4 +1,5 @@
-"""Pieces every probe module shares: the result type, held-out slicing, prompt wrapping."""
+"""Pieces every task module shares: the probe definition and result types, held-out slicing,
+prompt wrapping."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from smfexp.data.sources import Rows, resolve_data_dir
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import Encoder, chat_prompt, resolve_max_length
+from smfexp.eval.encode import Encoder, chat_prompt, resolve_max_length
 
 log = logging.getLogger(__name__)
 

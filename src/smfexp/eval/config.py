@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOLS = ("harness", "paper")
-PROBE_NAMES = ("medmcqa", "triviaqa", "wikitext", "gsm8k", "nq_open", "retention")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -57,23 +56,29 @@ class EvalConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Fail early with the valid choices; a typo must not silently skip a probe."""
+        """Fail early with the valid choices; a typo must not silently skip a probe.
+
+        Probe names are those of the task registry (:data:`smfexp.tasks.PROBES`), imported
+        here: the task modules import this one.
+        """
+        from smfexp.tasks import PROBES
+
         if self.protocol not in PROTOCOLS:
             raise ValueError(
                 f"eval.protocol={self.protocol!r} is not valid; choose one of {list(PROTOCOLS)}"
             )
-        unknown = [p for p in self.probes if p not in PROBE_NAMES]
+        unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
-            raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBE_NAMES)}")
+            raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBES)}")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"eval.probes lists a probe twice: {self.probes}")
         if self.limit is not None and not _positive_int(self.limit):
             raise ValueError(
                 f"eval.limit={self.limit!r} must be a positive integer (rows per probe) or null"
             )
-        bad = sorted(set(self.limits) - set(PROBE_NAMES))
+        bad = sorted(set(self.limits) - set(PROBES))
         if bad:
-            raise ValueError(f"eval.limits has unknown probe(s) {bad}; valid: {list(PROBE_NAMES)}")
+            raise ValueError(f"eval.limits has unknown probe(s) {bad}; valid: {list(PROBES)}")
         for value in self.limits.values():
             if value is not None and not _positive_int(value):
                 raise ValueError(f"eval.limits values must be positive integers or null: {value!r}")
@@ -89,10 +94,10 @@ class EvalConfig:
                              f"integer or null")
         if not _positive_int(self.stream_limit):
             raise ValueError(f"eval.stream_limit={self.stream_limit!r} must be a positive integer")
-        bad = sorted(set(self.stream_limits) - set(PROBE_NAMES))
+        bad = sorted(set(self.stream_limits) - set(PROBES))
         if bad:
             raise ValueError(f"eval.stream_limits has unknown probe(s) {bad}; "
-                             f"valid: {list(PROBE_NAMES)}")
+                             f"valid: {list(PROBES)}")
         for name in ("batch_size", "max_batch_tokens"):
             value = getattr(self, name)
             if not _positive_int(value):

@@ -24,7 +24,7 @@ SCORE_STAGES = ("before", "after", "delta")  # what the runs log to W&B
 NO_SELECTOR = "-"
 TARGET = "target"
 
-# Used only when smfexp.eval cannot be imported (e.g. a torch-less analysis machine).
+# Used only when smfexp.tasks cannot be imported (e.g. a torch-less analysis machine).
 _FALLBACK_PRIMARY: dict[str, dict[str, tuple[str, bool]]] = {
     "medmcqa": {"harness": ("acc", True), "paper": ("acc", True)},
     "triviaqa": {"harness": ("exact_match", True), "paper": ("acc", True)},
@@ -43,7 +43,7 @@ def primary_metric(probe: str, protocol: str | None) -> tuple[str, bool] | None:
     """(metric, higher_is_better) of a probe, from the real registry when importable."""
     protocol = protocol if isinstance(protocol, str) and protocol else "harness"
     try:
-        from smfexp.eval import primary_metric as registry_primary
+        from smfexp.tasks import primary_metric as registry_primary
 
         return registry_primary(probe, protocol)
     except (ImportError, ValueError, KeyError):

@@ -10,13 +10,18 @@ punctuation, any gold answer. paper: ``Question: {q}\\nAnswer:``, greedy up to 3
 the first newline. Both report SQuAD ``f1`` (max over gold answers) and ``answer_logprob``: the
 mean per-token log-likelihood of the *first* gold answer given the prompt, averaged over
 questions. Under ``paper``, ``exact_match`` uses SQuAD normalisation.
+
+Rows (:func:`nq_open_row`): ``{question, answers: [str, ...]}``; split: :func:`split_heldout`
+at :data:`HELDOUT_ROWS`. :func:`qa_from_nq` / :func:`nq_from_qa` convert to and from the fact
+schema ``{question, answer, aliases}`` of the fact-learning DataModule.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from smfexp.data.sources import Rows, load_nq_open
+from smfexp.data.sources import Rows, load_normalised, scalar_text, text_field
 from smfexp.eval.base import (
     Probe,
     ProbeResult,
@@ -29,7 +34,8 @@ from smfexp.eval.base import (
     wrap,
 )
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import generate_until, loglikelihood
+from smfexp.eval.generate import generate_until
+from smfexp.eval.loglik import loglikelihood
 from smfexp.eval.normalize import NQ_IGNORE, harness_exact_match, max_f1, squad_exact_match
 
 DESCRIPTION = "Answer these questions:\n\n"
@@ -42,6 +48,36 @@ PAPER_MAX_GEN_TOKS = 32
 HELDOUT_ROWS = 1000
 
 
+# --------------------------------------------------------------------------- rows
+def nq_open_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answers: [str, ...]}."""
+    answers = row["answer"]
+    if not isinstance(answers, list) or not answers:
+        raise ValueError("answer must be a non-empty list")
+    return {
+        "question": text_field(row["question"], "question"),
+        "answers": [scalar_text(a, "answer") for a in answers],
+    }
+
+
+def load_rows(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
+    """NaturalQuestions-open dev (3610 questions)."""
+    return load_normalised(
+        "nq_open", "nq_open", "validation", data_dir, nq_open_row, max_bad_fraction
+    )
+
+
+def qa_from_nq(row: dict[str, Any]) -> dict[str, Any]:
+    """An NQ-open row as a fact: the first gold answer is trained, every one counts as right."""
+    return {"question": row["question"], "answer": row["answers"][0],
+            "aliases": list(row["answers"])}
+
+
+def nq_from_qa(row: dict[str, Any]) -> dict[str, Any]:
+    """A fact row in the NQ-open scorer's schema (``answers``), keeping the fact's fields."""
+    return {**row, "answers": list(row["aliases"])}
+
+
 def split_heldout(
     rows: list[dict[str, Any]], heldout: int = HELDOUT_ROWS
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -49,8 +85,9 @@ def split_heldout(
     return rows[:heldout], rows[heldout:]
 
 
+# --------------------------------------------------------------------------- probe
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_nq_open(data_dir(cfg)), cfg, "nq_open", cap=HELDOUT_ROWS)
+    return take(load_rows(data_dir(cfg)), cfg, "nq_open", cap=HELDOUT_ROWS)
 
 
 def build_prompt(tokenizer: Any, row: dict[str, Any], cfg: EvalConfig) -> str:

@@ -8,19 +8,26 @@ background corpus and from the documents the wikitext probe scores) that the mod
 training, predicts greedily with probability >= 0.5. ``accuracy`` = the share it still
 predicts greedily, ``logprob`` = their mean log-probability. Before training accuracy is 1
 by construction. ``limit`` counts paragraphs.
+
+Rows (:func:`load_rows`): ``{text}``, the paragraphs (lines of at least :data:`MIN_WORDS`
+words, no headings) of WikiText-2 test documents :data:`FIRST_DOC` onwards, in order;
+:func:`select` adds ``positions`` (the token positions the model knows) before training.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from smfexp.data.sources import Rows, load_wikitext
+from smfexp.data.sources import Rows
 from smfexp.eval.base import Probe, ProbeResult, data_dir, mean, take
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import HEAD_CHUNK_ELEMENTS, model_device, scoring_mode, scoring_parts
+from smfexp.eval.encode import model_device, scoring_mode
+from smfexp.eval.loglik import HEAD_CHUNK_ELEMENTS, scoring_parts
+from smfexp.tasks import wikitext
 
 FIRST_DOC = 40       # paragraphs of documents 40..61 (the wikitext probe scores the first 2-10;
                      # only eval=full, all 62, overlaps them)
@@ -31,15 +38,22 @@ MIN_PROB = 0.5       # "knows it": greedy and at least this probable before trai
 log = logging.getLogger(__name__)
 
 
-def load(cfg: EvalConfig) -> Rows:
-    docs = load_wikitext(data_dir(cfg))
+# --------------------------------------------------------------------------- rows
+def load_rows(data_dir: Path | None) -> Rows:
+    """The paragraphs of WikiText-2 test documents ``FIRST_DOC..`` -> rows {text}, in order."""
+    docs = wikitext.load_rows(data_dir)
     paragraphs = [
         {"text": line.strip()}
         for row in docs.rows[FIRST_DOC:]
         for line in row["page"].splitlines()
         if len(line.split()) >= MIN_WORDS and not line.strip().startswith("=")
     ]
-    return take(Rows(paragraphs, docs.source, 0, {"first_doc": FIRST_DOC}), cfg, "retention")
+    return Rows(paragraphs, docs.source, 0, {"first_doc": FIRST_DOC})
+
+
+# --------------------------------------------------------------------------- probe
+def load(cfg: EvalConfig) -> Rows:
+    return take(load_rows(data_dir(cfg)), cfg, "retention")
 
 
 def _inputs(tokenizer: Any, rows: list[dict[str, Any]]) -> list[list[int]]:
@@ -111,7 +125,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         return ProbeResult({"accuracy": nan, "logprob": nan, "n": 0.0, "n_words": 0.0}, [])
     if any("positions" not in r for r in rows):
         raise ValueError("retention rows must be selected on the model before training first "
-                         "(smfexp.eval.retention.select)")
+                         "(smfexp.tasks.retention.select)")
     inputs = _inputs(tokenizer, rows)
     positions = [list(r["positions"]) for r in rows]
     preds = _predictions(model, inputs, positions, cfg)

@@ -1,4 +1,22 @@
-"""Probe registry and the entry points the CLI and the forgetting callback call."""
+"""The benchmarks, one task = one module: its rows, split, prompts, scorer.
+
+Each task module (:mod:`~smfexp.tasks.medmcqa`, :mod:`~smfexp.tasks.triviaqa`,
+:mod:`~smfexp.tasks.wikitext`, :mod:`~smfexp.tasks.gsm8k`, :mod:`~smfexp.tasks.nq_open`,
+:mod:`~smfexp.tasks.retention`) holds, for its benchmark: the row normaliser (the canonical row
+schema), ``load_rows(data_dir, ...)`` (on the generic IO of :mod:`smfexp.data.sources`), its
+split boundaries as module constants with the split functions, its prompts, its scorer and
+its ``PROBE = Probe(...)``. The scoring machinery they share is :mod:`smfexp.eval`.
+
+This package holds the registry (:data:`PROBES`) and the entry points the CLI and the
+forgetting callback call.
+
+To add a benchmark:
+
+1. write ``smfexp/tasks/<name>.py`` with those pieces, ending in ``PROBE = Probe(name=...,
+   load=..., score=..., primary={"harness": (metric, higher_is_better), "paper": ...})``
+   (``select=`` for rows that depend on the model before training);
+2. add the module to :data:`TASKS` below. ``EvalConfig`` validates probe names against it.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +27,15 @@ from types import MappingProxyType
 from typing import Any
 
 from smfexp.data.sources import Rows
-from smfexp.eval import gsm8k, medmcqa, nq_open, retention, triviaqa, wikitext
 from smfexp.eval.base import Probe, ProbeResult
-from smfexp.eval.config import PROBE_NAMES, PROTOCOLS, EvalConfig
-from smfexp.eval.core import scoring_mode
+from smfexp.eval.config import PROTOCOLS, EvalConfig
+from smfexp.eval.encode import scoring_mode
+from smfexp.tasks import gsm8k, medmcqa, nq_open, retention, triviaqa, wikitext
 
 log = logging.getLogger(__name__)
 
-PROBES: Mapping[str, Probe] = MappingProxyType(
-    {m.PROBE.name: m.PROBE for m in (medmcqa, triviaqa, wikitext, gsm8k, nq_open, retention)}
-)
-assert tuple(PROBES) == PROBE_NAMES
+TASKS = (medmcqa, triviaqa, wikitext, gsm8k, nq_open, retention)  # the registry, in order
+PROBES: Mapping[str, Probe] = MappingProxyType({m.PROBE.name: m.PROBE for m in TASKS})
 
 
 def _probe(name: str) -> Probe:
@@ -80,7 +96,10 @@ def evaluate_probes(
         raise ValueError(f"rows_override has unknown probe(s) {unknown}; valid: {list(PROBES)}")
     out: dict[str, dict[str, float]] = {}
     for name in cfg.probes:
-        rows = rows_override[name] if name in rows_override else load_probe_rows(name, cfg)
+        if name in rows_override:
+            rows = rows_override[name]
+        else:  # rows that depend on the model (retention) are selected on it as it is now
+            rows = select_probe_rows(name, model, tokenizer, load_probe_rows(name, cfg), cfg)
         t0 = time.perf_counter()
         out[name] = score_probe(name, model, tokenizer, rows, cfg)
         log.info(

@@ -13,25 +13,61 @@ Offline caveat: the local raw file has its blank lines removed, so offline pages
 fewer newlines than the hub's ``EleutherAI/wikitext_document_level`` pages and the harness
 numbers differ slightly from hub-data numbers; on identical pages they are identical
 (``tests/test_eval_parity.py``).
+
+Rows: ``{page}``, one per article, in order (:func:`split_wikitext_documents` groups the
+local file's lines into articles). The retention probe (:mod:`smfexp.tasks.retention`) takes
+its paragraphs from documents this probe's default limits do not reach.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
-from smfexp.data.sources import Rows, load_wikitext
+from smfexp.data.sources import MalformedDataError, Rows, load_hub, local_file
 from smfexp.eval.base import Probe, ProbeResult, data_dir, encoder_for, require_rows, take
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import loglikelihood_tokens, rolling_loglikelihood, sliding_windows
+from smfexp.eval.loglik import loglikelihood_tokens
 from smfexp.eval.normalize import wikitext_detokenizer, wikitext_word_count
+from smfexp.eval.rolling import rolling_loglikelihood, sliding_windows
 
 PAPER_WINDOW = 1024
 PAPER_STRIDE = 512
 
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
 
+
+# --------------------------------------------------------------------------- rows
+def split_wikitext_documents(lines: list[str]) -> list[str]:
+    """Group raw WikiText lines into articles; an article starts at a `` = Title = `` line."""
+    docs: list[list[str]] = []
+    for line in lines:
+        if _WIKI_TITLE.match(line.rstrip("\n")) or not docs:
+            docs.append([])
+        docs[-1].append(line if line.endswith("\n") else line + "\n")
+    return ["".join(d) for d in docs]
+
+
+def load_rows(data_dir: Path | None) -> Rows:
+    """WikiText-2 raw test as documents -> rows {page} (one per article, in order)."""
+    if data_dir is not None:
+        path = local_file(data_dir, "wikitext")
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        pages, source = split_wikitext_documents(lines), f"local:{path}"
+    else:
+        ds, source = load_hub("wikitext", "test")
+        pages = [r["page"] for r in ds]
+    rows = [{"page": p} for p in pages if p.strip()]
+    if not rows:
+        raise MalformedDataError("dataset 'wikitext': no documents")
+    return Rows(rows, source)
+
+
+# --------------------------------------------------------------------------- probe
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_wikitext(data_dir(cfg)), cfg, "wikitext")
+    return take(load_rows(data_dir(cfg)), cfg, "wikitext")
 
 
 def paper_text(rows: list[dict[str, Any]]) -> str:

@@ -13,13 +13,18 @@ Both report SQuAD token ``f1`` (max over aliases; Lin et al.'s fact-learning met
 answer (``row["answer"]``, preceded by a space) given the protocol's prompt, averaged over
 questions — continuous, so forgetting shows even when exact match is ~0.
 Offline rows list the primary answer among the aliases even if the source omitted it.
+
+Rows (:func:`triviaqa_row`): ``{question, answer, aliases}``; split: :func:`split_heldout`
+at :data:`HELDOUT_ROWS`.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
-from smfexp.data.sources import Rows, load_triviaqa
+from smfexp.data.sources import Rows, load_normalised, text_field
 from smfexp.eval.base import (
     Probe,
     ProbeResult,
@@ -32,13 +37,43 @@ from smfexp.eval.base import (
     wrap,
 )
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import generate_until, loglikelihood
+from smfexp.eval.generate import generate_until
+from smfexp.eval.loglik import loglikelihood
 from smfexp.eval.normalize import harness_exact_match, max_f1, paper_substring_match
 
 HELDOUT_ROWS = 1000
 HARNESS_UNTIL = ("\n", ".", ",")
 HARNESS_MAX_GEN_TOKS = 256  # HFLM.max_gen_toks
 PAPER_MAX_GEN_TOKS = 32
+
+_TQA_CONTEXT = re.compile(r"^Question:\s*(.*?)\s*\nAnswer:\s*$", re.S)
+
+
+# --------------------------------------------------------------------------- rows
+def triviaqa_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answer, aliases}. ``question`` has no "Question:" wrapper."""
+    if "context" in row:
+        match = _TQA_CONTEXT.match(text_field(row["context"], "context"))
+        if not match:
+            raise ValueError("context is not 'Question: ...\\nAnswer:'")
+        question, answer, aliases = match.group(1), row["answer"], row.get("aliases") or []
+    else:  # hub rc.nocontext
+        question = row["question"]
+        answer, aliases = row["answer"]["value"], row["answer"]["aliases"]
+    answer = text_field(answer, "answer")
+    if not isinstance(aliases, list):  # a bare string would split into characters
+        raise ValueError("aliases must be a list of strings")
+    aliases = [a for a in aliases if isinstance(a, str) and a.strip()]
+    if answer not in aliases:
+        aliases = [answer, *aliases]
+    return {"question": text_field(question, "question"), "answer": answer, "aliases": aliases}
+
+
+def load_rows(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
+    """The TriviaQA question set (offline: the 3000-question subset, in file order)."""
+    return load_normalised(
+        "triviaqa", "triviaqa", "validation", data_dir, triviaqa_row, max_bad_fraction
+    )
 
 
 def split_heldout(
@@ -48,8 +83,9 @@ def split_heldout(
     return rows[:heldout], rows[heldout:]
 
 
+# --------------------------------------------------------------------------- probe
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_triviaqa(data_dir(cfg)), cfg, "triviaqa", cap=HELDOUT_ROWS)
+    return take(load_rows(data_dir(cfg)), cfg, "triviaqa", cap=HELDOUT_ROWS)
 
 
 def prompt(row: dict[str, Any], protocol: str) -> str:

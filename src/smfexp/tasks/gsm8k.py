@@ -10,14 +10,18 @@ With ``gsm8k_generate`` (off by default: 256 greedy tokens per problem is slow o
 harness ``exact_match_strict`` / ``exact_match_flexible`` (the task's two filters and its
 exact-match rules, zero-shot); paper ``exact_match`` = last number of the generation equals
 the reference number.
+
+Rows (:func:`gsm8k_row`): ``{question, answer (full solution), final (the number after
+####)}``; the probe scores the ``test`` split, in order.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from smfexp.data.sources import Rows, load_gsm8k
+from smfexp.data.sources import Rows, load_normalised, text_field
 from smfexp.eval.base import (
     Probe,
     ProbeResult,
@@ -30,7 +34,8 @@ from smfexp.eval.base import (
     wrap,
 )
 from smfexp.eval.config import EvalConfig
-from smfexp.eval.core import generate_until, loglikelihood
+from smfexp.eval.generate import generate_until
+from smfexp.eval.loglik import loglikelihood
 from smfexp.eval.normalize import (
     GSM8K_FLEXIBLE,
     GSM8K_IGNORE,
@@ -45,8 +50,28 @@ UNTIL = ("Question:", "</s>", "<|im_end|>")
 MAX_GEN_TOKS = 256
 
 
+# --------------------------------------------------------------------------- rows
+def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
+    """-> {question, answer (full solution), final (the number after ####)}."""
+    answer = text_field(row["answer"], "answer")
+    if "####" not in answer:
+        raise ValueError("answer has no '#### N' final line")
+    final = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    if not final:
+        raise ValueError("answer has an empty '####' final line")
+    return {"question": text_field(row["question"], "question"), "answer": answer,
+            "final": final}
+
+
+def load_rows(data_dir: Path | None, split: str = "test", max_bad_fraction: float = 0.05) -> Rows:
+    """GSM8K ``train`` or ``test``."""
+    return load_normalised("gsm8k", f"gsm8k_{split}", split, data_dir, gsm8k_row,
+                           max_bad_fraction)
+
+
+# --------------------------------------------------------------------------- probe
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_gsm8k(data_dir(cfg), "test"), cfg, "gsm8k")
+    return take(load_rows(data_dir(cfg), "test"), cfg, "gsm8k")
 
 
 def prompt(row: dict[str, Any]) -> str:

@@ -1,0 +1,584 @@
+"""The measuring half of the benchmark suite: every configuration (case), the timers, the
+child process each one runs in, and the machine description. ``suite.py`` is the command line
+and the Markdown report, built on this module.
+
+How it measures:
+
+* Every configuration runs in its own child process, forked from the suite after the heavy
+  imports and before any tensor work, so ``getrusage(RUSAGE_SELF).ru_maxrss`` in the child is
+  that configuration's peak RSS (imported libraries included; an idle child is reported as
+  the baseline).
+* A child times ``--runs`` repetitions after ``--warmup`` untimed ones; tables show medians of
+  wall time and of process CPU time, and every ratio divides medians from the same suite run.
+* Training steps use the real method modules: the composed Hydra config (``conf/train.yaml``
+  with ``method=...``, ``selector=...``, ``method.grad_accum=1``), ``runner.build_method`` and
+  a real Lightning Trainer, one optimizer step per batch, on one fixed random-token batch. A
+  step is Lightning's ``on_train_batch_start`` -> ``on_train_batch_end``: forward, backward,
+  (SMF: count reads, select rows, clip) and the optimizer update.
+* Memories are attached fresh (random init, no retrofit: the cost does not depend on the
+  values); tfidf/kl read synthetic random background counts, so no background pass runs.
+* ``--quick``: the tiny random model (``conf/model/tiny.yaml``), a small batch, small tables
+  and a few eval rows - a smoke test of the suite (about a minute), not a measurement.
+"""
+
+# ruff: noqa: E402 - the imports below need sys.path set up first
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TQDM_DISABLE", "1")  # children log to files; no progress bars
+
+import lightning as L
+import torch
+from bench_eval import (
+    METRIC,
+    probe_rows,
+    smfexp_config,
+    time_lm_eval,
+    time_smfexp,
+    warm_up,
+)
+from bench_sparse_update import _available_gb, make_case, time_interleaved
+from dense_masked import DenseMaskedAdamW
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from smfexp.eval.reference import write_task
+from smfexp.memory import MemoryConfig, attach_memory, memory_layer_indices, memory_modules
+from smfexp.models.loading import ModelSpec, load_model
+from smfexp.runner import build_method
+from smfexp.smf.background import BackgroundStats
+from smfexp.smf.selectors import NEEDS_BACKGROUND
+from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
+from smfexp.utils.precision import autocast_for, cpu_has_fast_bf16
+
+CONF = ROOT / "conf"
+SECTIONS = ("forward", "train", "scaling", "eval")
+SELECTORS = ("tfidf", "kl", "random", "all")
+PRECISIONS = ("32-true", "bf16-mixed")  # Lightning names; shown as fp32 / bf16
+SHORT = {"32-true": "fp32", "bf16-mixed": "bf16"}
+EVAL_PROBES = ("medmcqa", "triviaqa", "wikitext")
+EVAL_MODES = (("smfexp", "fp32"), ("smfexp", "bf16"), ("lm-eval", "fp32"))
+GiB = 2**30
+
+
+# =========================================================================== settings
+@dataclass
+class Settings:
+    """Everything a child needs; ``--quick`` and the full run differ only here."""
+
+    quick: bool
+    model: str
+    batch: int
+    seq: int
+    runs: int
+    warmup: int
+    small_keys: int
+    large_keys: int
+    update_dim: int
+    top_t: int
+    scaling_precision: str
+    eval_rows: dict[str, int] = field(default_factory=dict)
+    eval_batch_size: int = 16
+    eval_runs: int = 3
+    threads: int = 0
+    update_threads: int = 1
+    dense_large: bool = False
+    data_dir: str | None = None
+    timeout: float | None = None
+
+
+
+
+# =========================================================================== child helpers
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def quiet_libraries() -> None:
+    """Children: no Lightning banners / dataloader-worker hints in the progress output."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "smfexp", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    with contextlib.suppress(Exception):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+
+
+def bench_model(name: str) -> tuple[Any, Any]:
+    """``load_model`` on ``conf/model/<name>.yaml`` (as Hydra would compose it)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"), resolve=True)
+    return load_model(ModelSpec.from_config(cfg))
+
+
+def default_memory(n_keys: int) -> MemoryConfig:
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "memory" / "default.yaml"), resolve=True)
+    assert isinstance(cfg, dict)
+    return MemoryConfig.from_config({**cfg, "n_keys": n_keys})
+
+
+def table_bytes(n_layers: int, n_keys: int, dim: int) -> int:
+    return n_layers * n_keys * n_keys * dim * 4  # float32 value tables
+
+
+def memory_shape(model: Any, n_keys: int) -> tuple[int, int]:
+    """(memory layers, v_dim) the default memory config gives this model."""
+    cfg = default_memory(n_keys)
+    return len(cfg.resolve_layers(model.config.num_hidden_layers)), cfg.v_dim or (
+        model.config.hidden_size
+    )
+
+
+def enough_memory(need: float, dense: bool = False, s: Settings | None = None) -> str | None:
+    """None if ``need`` bytes (+1 GiB headroom) are available, else why the config is skipped.
+
+    Dense-masked configs needing > 4 GiB run only with ``--dense-large`` (shared machines)."""
+    if dense and need > 4 * GiB and not (s and s.dense_large):
+        return f"needs ~{need / GiB:.0f} GiB; pass --dense-large to run it"
+    avail = _available_gb()
+    if avail < need / GiB + 1:
+        return f"needs ~{need / GiB:.1f} GiB, {avail:.1f} GiB available"
+    return None
+
+
+def token_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def timed_reps(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(runs):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu}
+
+
+def synthetic_background(n_slots: list[int], n_batches: int = 64) -> BackgroundStats:
+    """Random df/reads per slot (a stand-in for the 4-minute background pass; same shapes)."""
+    gen = torch.Generator().manual_seed(0)
+    df = [torch.randint(0, n_batches + 1, (n,), generator=gen) for n in n_slots]
+    reads = [d * torch.randint(1, 9, d.shape, generator=gen) for d in df]
+    return BackgroundStats(df, reads, n_batches, meta={"synthetic": True})
+
+
+class StepTimer(L.Callback):
+    """Wall and CPU time of each training batch: forward + backward + optimizer update."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.loss: list[float] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        self._w0, self._c0 = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        self.wall.append(time.perf_counter() - self._w0)
+        self.cpu.append(time.process_time() - self._c0)
+        loss = out["loss"] if isinstance(out, dict) else out
+        self.loss.append(float(loss) if loss is not None else float("nan"))
+
+
+def compose_train(settings: Settings, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                f"model={settings.model}",
+                "trainer=cpu",
+                "logger=csv",
+                "method.grad_accum=1",
+                *overrides,
+            ],
+        )
+
+
+def use_dense_masked_update(module: Any) -> None:
+    """SMF with the flawed dense masked-AdamW value update (reference implementations): the
+    method's own step (count, select, ``set_selected_rows``, clip, step) runs unchanged, only
+    the value optimizer is swapped for :class:`DenseMaskedAdamW`."""
+    build = module.configure_optimizers
+
+    def configure() -> Any:
+        optimizers, schedulers = build()
+        dense = DenseMaskedAdamW([m.values for m in module.memories], lr=5e-4)
+        optimizers[0] = dense
+        schedulers[0] = torch.optim.lr_scheduler.LambdaLR(dense, lambda _: 1.0)
+        return optimizers, schedulers
+
+    module.configure_optimizers = configure
+
+
+# =========================================================================== children
+def child_idle(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    return {}
+
+
+def child_forward(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    model, _ = bench_model(s.model)
+    out: dict[str, Any] = {}
+    if spec["memory"]:
+        attach_memory(model, default_memory(s.small_keys))
+        out["layers"] = memory_layer_indices(model)
+        out["slots"] = s.small_keys**2
+    x = token_batch(model.config.vocab_size, s.batch, s.seq)["input_ids"]
+    with torch.inference_mode(), autocast_for(spec["precision"]):
+        out.update(timed_reps(lambda: model(input_ids=x), s.warmup, s.runs))
+    return out
+
+
+def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    method, selector = spec["method"], spec.get("selector") or "tfidf"
+    n_keys = spec.get("n_keys", s.small_keys)
+    overrides = [f"method={method}", f"selector={selector}", f"memory.n_keys={n_keys}"]
+    if spec.get("update") == "row_sparse+ckpt":  # activations recomputed in backward
+        overrides.append("method.gradient_checkpointing=true")
+    if spec.get("optimizer"):
+        overrides.append(f"method.optimizer={spec['optimizer']}")
+    cfg = compose_train(s, overrides)
+    model, tok = bench_model(s.model)
+    extra: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    if method == "smf":
+        n_layers, dim = memory_shape(model, n_keys)
+        tables = table_bytes(n_layers, n_keys, dim)
+        copies = 6 if spec.get("update") == "dense_masked" else 1  # + grad, 2 moments, temps
+        reason = enough_memory(copies * tables + 3 * GiB, copies > 1, s)
+        if reason:
+            return {"skipped": reason, "tables_bytes": tables}
+        mem_cfg = OmegaConf.to_container(cfg.memory, resolve=True)
+        attach_memory(model, MemoryConfig.from_config(mem_cfg))
+        if selector in NEEDS_BACKGROUND:
+            extra["background"] = synthetic_background([m.n_slots for m in memory_modules(model)])
+        out.update(tables_bytes=tables, layers=memory_layer_indices(model), slots=n_keys**2)
+    module = build_method(cfg, model, tok, **extra)
+    if spec.get("update") == "dense_masked":
+        use_dense_masked_update(module)
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kwargs, dict)
+    kwargs.update(
+        precision=spec["precision"],
+        max_epochs=1,
+        max_steps=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    kwargs.update(module.trainer_settings())  # as runner.train: SMF accumulates and clips itself
+    timer = StepTimer()
+    batch = token_batch(model.config.vocab_size, s.batch, s.seq)
+    loader = DataLoader([batch] * (s.warmup + s.runs), batch_size=None)
+    trainer = L.Trainer(**kwargs, callbacks=[timer])
+    trainer.fit(module, train_dataloaders=loader)
+    n = s.warmup
+    out.update(
+        wall=timer.wall[n:],
+        cpu=timer.cpu[n:],
+        loss=timer.loss,
+        trainable=module.trainable_params,
+        steps=trainer.global_step,
+    )
+    return out
+
+
+def child_update(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """One optimizer step on one value table (bench_sparse_update's case, "same reads")."""
+    n_rows, dim, small = spec["n_rows"], s.update_dim, s.small_keys**2
+    if s.update_threads:
+        torch.set_num_threads(s.update_threads)
+    heads, knn = 4, 16
+    tables = n_rows * dim * 4
+    dense = spec["optimizer"] == "dense"
+    reason = enough_memory((7 if dense else 2) * tables + GiB, dense, s)
+    if reason:
+        return {"skipped": reason, "tables_bytes": tables}
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, small, (s.batch * s.seq * heads, knn), generator=gen)
+    case = make_case("t", n_rows, idx * (n_rows // small), dim, min(s.top_t, small))
+    make_opt = {
+        "sgd": lambda p: RowSparseSGD([p], lr=1e-3, momentum=0.9),
+        "adam": lambda p: RowSparseAdam([p], lr=1e-3),
+        "dense": lambda p: DenseMaskedAdamW([p], lr=1e-3),
+    }[spec["optimizer"]]
+    ms, state = time_interleaved(make_opt, [case], s.runs, warmup=max(s.warmup, 1))["t"]
+    return {"median_s": ms / 1e3, "state_bytes": state, "tables_bytes": tables}
+
+
+def child_eval(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    probe, scorer, precision = spec["probe"], spec["scorer"], spec["precision"]
+    model, tok = bench_model(s.model)
+    rows = probe_rows(probe, s.eval_rows[probe], s.data_dir)
+    warm_rows = probe_rows("medmcqa", 2, s.data_dir)
+    bs = s.eval_batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if scorer == "smfexp":
+            cfg = smfexp_config(bs, precision, s.data_dir)
+            warm_up(model, tok, folder, warm_rows, bs, (precision,), harness=False)
+
+            def once() -> tuple[float, float]:
+                return time_smfexp(probe, model, tok, rows, cfg)
+        else:
+            warm_up(model, tok, folder, warm_rows, bs, (), harness=True)
+            task = write_task(folder, f"bench_{probe}", probe, rows)
+
+            def once() -> tuple[float, float]:
+                return time_lm_eval(probe, model, tok, folder, task, bs)
+
+        wall, cpu, value = [], [], float("nan")
+        for _ in range(s.eval_runs):
+            c0 = time.process_time()
+            t, value = once()
+            wall.append(t)
+            cpu.append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu, "value": value, "rows": len(rows), "metric": METRIC[probe][0]}
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any], Settings], dict[str, Any]]] = {
+    "idle": child_idle,
+    "forward": child_forward,
+    "train": child_train,
+    "scaling": child_train,
+    "update": child_update,
+    "eval": child_eval,
+}
+
+
+def _child_main(spec: dict[str, Any], s: Settings, conn: Any, log: str | None) -> None:
+    if log:  # the child's own output (library chatter) goes to its log file
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    try:
+        quiet_libraries()
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        torch.manual_seed(0)
+        out = CHILDREN[spec["section"]](spec, s)
+        out["threads"] = torch.get_num_threads()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        out = {"error": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc()}
+    out["peak_rss"] = peak_rss_bytes()
+    conn.send(out)
+    conn.close()
+
+
+# =========================================================================== parent
+def run_isolated(spec: dict[str, Any], s: Settings, log: str | None = None) -> dict[str, Any]:
+    """Run one configuration in a child process; returns its result (or error/skipped)."""
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(spec, s, send, log))
+    t0 = time.perf_counter()
+    proc.start()
+    send.close()
+    result: dict[str, Any] | None = None
+    try:
+        if recv.poll(s.timeout):
+            result = recv.recv()
+        else:
+            proc.kill()  # our own child, by its handle
+            result = {"error": f"timed out after {s.timeout:.0f} s"}
+    except EOFError:
+        pass
+    proc.join()
+    if result is None:
+        result = {"error": f"child died (exit code {proc.exitcode}; out of memory?)"}
+    result["elapsed"] = time.perf_counter() - t0
+    return result
+
+
+def med(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def progress_line(spec: dict[str, Any], r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"FAILED: {r['error']}"
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"
+    parts = []
+    if r.get("wall"):
+        parts.append(f"median {med(r['wall']):.4g} s (CPU {med(r['cpu']):.4g} s)")
+    if r.get("median_s") is not None:
+        parts.append(f"median {r['median_s'] * 1e3:.4g} ms")
+    if r.get("value") is not None:
+        parts.append(f"{r.get('metric')} {r['value']:.4g}")
+    parts.append(f"peak RSS {r['peak_rss'] / GiB:.2f} GiB")
+    return ", ".join(parts)
+
+
+def plan(sections: list[str], s: Settings) -> list[dict[str, Any]]:
+    """Every configuration, in run order (each gets a unique ``id``)."""
+    specs: list[dict[str, Any]] = [{"section": "idle", "id": "idle", "label": "idle child"}]
+    if "forward" in sections:
+        for prec in PRECISIONS:
+            for memory in (False, True):
+                name = "retrofitted" if memory else "base"
+                specs.append(
+                    {
+                        "section": "forward",
+                        "id": f"forward/{name}/{SHORT[prec]}",
+                        "label": f"{name} {SHORT[prec]}",
+                        "memory": memory,
+                        "precision": prec,
+                    }
+                )
+    if "train" in sections:
+        for prec in PRECISIONS:
+            for method, selector in [
+                *(("smf", sel) for sel in SELECTORS),
+                ("lora", None),
+                ("full", None),
+            ]:
+                name = f"{method}/{selector}" if selector else method
+                specs.append(
+                    {
+                        "section": "train",
+                        "id": f"train/{name}/{SHORT[prec]}",
+                        "label": f"{name} {SHORT[prec]}",
+                        "method": method,
+                        "selector": selector,
+                        "precision": prec,
+                    }
+                )
+    if "scaling" in sections:
+        prec = s.scaling_precision
+        for update, opt in (("row_sparse", "sgd"), ("row_sparse", "adam"),
+                            ("row_sparse+ckpt", "sgd"), ("dense_masked", None)):
+            for keys in (s.small_keys, s.large_keys):
+                tag = f"{update}/{opt or 'adamw'}/{keys}"
+                specs.append(
+                    {
+                        "section": "scaling",
+                        "id": f"scaling/{tag}",
+                        "label": tag,
+                        "method": "smf",
+                        "selector": "tfidf",
+                        "precision": prec,
+                        "n_keys": keys,
+                        "update": update,
+                        "optimizer": opt,
+                    }
+                )
+        for opt in ("sgd", "adam", "dense"):
+            for keys in (s.small_keys, s.large_keys):
+                specs.append(
+                    {
+                        "section": "update",
+                        "id": f"update/{opt}/{keys}",
+                        "label": f"update {opt} {keys**2} rows",
+                        "optimizer": opt,
+                        "n_keys": keys,
+                        "n_rows": keys**2,
+                    }
+                )
+    if "eval" in sections:
+        for probe in EVAL_PROBES:
+            for scorer, prec in EVAL_MODES:
+                specs.append(
+                    {
+                        "section": "eval",
+                        "id": f"eval/{probe}/{scorer}/{prec}",
+                        "label": f"{probe} {scorer} {prec}",
+                        "probe": probe,
+                        "scorer": scorer,
+                        "precision": prec,
+                    }
+                )
+    return specs
+
+
+# =========================================================================== machine
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def mem_total_gb() -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+    flags = cpu_flags()
+    load = "n/a"
+    with contextlib.suppress(OSError):
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},
+        "fast_bf16": cpu_has_fast_bf16(),
+        "mem_total_gb": mem_total_gb(),
+        "mem_available_gb": _available_gb(),
+        "loadavg": load,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            p: version(p) for p in ("torch", "transformers", "lightning", "peft", "lm_eval")
+        },
+    }
