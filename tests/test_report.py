@@ -206,9 +206,10 @@ def test_outputs_are_valid_files(report) -> None:
     from matplotlib.image import imread
 
     out = report.files["summary.md"].parent
-    for name in ("summary.md", "summary.csv", "runs.csv", "pareto.png", "training_curves.png"):
+    for name in ("summary.md", "summary.csv", "runs.csv", "pareto.png", "training_curves.png",
+                 "frontier.png", "stream.png"):
         assert (out / name).is_file(), name
-    for name in ("pareto.png", "training_curves.png"):
+    for name in ("pareto.png", "training_curves.png", "frontier.png", "stream.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = imread(out / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -249,22 +250,29 @@ def _summary_keys_from_files(sweep: Path) -> set[str]:
     keys: set[str] = set()
     for path in sweep.rglob("results.json"):
         res = json.loads(path.read_text())
-        for stage in ("before", "after", "delta"):
+        for stage in ("before", "after", "delta", "rel_delta_pct"):
             for probe, metrics in (res.get(stage) or {}).items():
                 keys.update(f"{stage}/{probe}/{m}" for m in metrics)
+        beyond = (res.get("target_beyond_heldout") or {}).get("delta") or {}
+        keys.update(f"beyond_heldout/target/{m}" for m in beyond)
+        for point in (res.get("stream") or {}).get("points", []):
+            keys.add("stream/facts")
+            keys.update(f"stream/{probe}/{m}" for probe, metrics in point["scores"].items()
+                        for m in metrics if m != "n")
     for path in sweep.rglob("metrics.csv"):
-        keys.update(c for c in pd.read_csv(path).columns if c.startswith("train/"))
+        keys.update(c for c in pd.read_csv(path).columns if c.startswith(("train/", "stream/")))
     return keys
 
 
 def test_workspace_spec_offline(sweep: Path, report, monkeypatch: pytest.MonkeyPatch) -> None:
-    from smfexp.reporting import summary_keys, training_keys
+    from smfexp.reporting import stream_keys, summary_keys, training_keys
     from smfexp.reporting.wandb_workspace import panel_metric_keys, spec_json, workspace_spec
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     logged = _summary_keys_from_files(sweep)
-    keys = [*summary_keys(report.runs), *training_keys(report.runs)]
+    keys = [*summary_keys(report.runs), *training_keys(report.runs), *stream_keys(report.runs)]
     assert set(keys) == logged
+    assert not stream_keys(report.runs)  # these runs predate the stream
 
     workspace = workspace_spec("me", "smf", keys)
     used = panel_metric_keys(workspace)
@@ -273,7 +281,8 @@ def test_workspace_spec_offline(sweep: Path, report, monkeypatch: pytest.MonkeyP
     counts = {k for k in wanted if k.endswith("/n")}  # rows scored: bookkeeping, no panel
     assert counts and wanted - counts <= used and not counts & used
     assert [s.name for s in workspace.sections] == [
-        "Target gain vs forgetting", "Before / after", "Training curves"]
+        "Target gain vs forgetting", "Learning vs forgetting frontier", "Before / after",
+        "Training curves"]
     spec = json.loads(spec_json(workspace))
     grouping = spec["section"]["runSets"][0]["grouping"]
     assert [g["name"] for g in grouping] == ["method.value", "selector.value"]
@@ -286,7 +295,11 @@ def test_workspace_spec_offline(sweep: Path, report, monkeypatch: pytest.MonkeyP
         "delta/wikitext/word_perplexity", "before/target/acc", "after/target/acc",
         "before/medmcqa/acc", "after/medmcqa/acc", "before/triviaqa/exact_match",
         "after/triviaqa/exact_match", "before/wikitext/word_perplexity",
-        "after/wikitext/word_perplexity", "train/loss", "train/lr"}
+        "after/wikitext/word_perplexity", "train/loss", "train/lr",
+        # the frontier: no gain beyond held-out in these runs, so the plain Δ target; each
+        # probe's forgetting metric whatever the filter says
+        "rel_delta_pct/wikitext/word_perplexity", "rel_delta_pct/triviaqa/answer_logprob",
+        "rel_delta_pct/medmcqa/acc"}
 
 
 def test_publish_fails_fast_without_network(monkeypatch: pytest.MonkeyPatch,
@@ -363,4 +376,6 @@ def test_notebook_runs_against_report_dir(report, sweep: Path,
         for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "+0.2 ± 0.1" in text  # the table
     assert "image/png" in text  # the Pareto plot
+    assert "Forgetting at matched learning" in text  # the frontier's table, from Δ target
+    assert "stream: no per-step probe scores" in text  # old runs: one line, no crash
     assert "W&B" in text  # the guarded W&B cell ran and explained itself

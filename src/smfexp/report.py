@@ -1,7 +1,8 @@
 """``python -m smfexp.report <dir>``: compare target gain vs forgetting across runs.
 
 <dir> is a run dir, a multirun dir (also a partial sweep) or any folder above them.
-Writes summary.md/csv, runs.csv, pareto.png and training_curves.png into ``--out``
+Writes summary.md/csv (with the forgetting-at-matched-learning tables), runs.csv,
+pareto.png, training_curves.png, frontier.png and stream.png into ``--out``
 (default ``<dir>/report``) and prints the Markdown table. Hydra-free on purpose: reporting
 must work on a laptop that only has the output folders.
 """
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _publish(report: Report, target: str, out: Path, timeout: float) -> str:
-    from smfexp.reporting import summary_keys, training_keys
+    from smfexp.reporting import stream_keys, summary_keys, training_keys
     from smfexp.reporting.tables import display_columns
     from smfexp.reporting.wandb_workspace import publish_workspace, spec_json, workspace_spec
     from smfexp.utils.io import atomic_write_text
@@ -43,7 +44,7 @@ def _publish(report: Report, target: str, out: Path, timeout: float) -> str:
     if not entity or not project or "/" in project:
         raise ValueError(f"--wandb expects ENTITY/PROJECT, got {target!r}")
     runs = report.runs
-    keys = [*summary_keys(runs), *training_keys(runs)]
+    keys = [*summary_keys(runs), *training_keys(runs), *stream_keys(runs)]
     metrics: dict[str, set[str]] = {}
     for col in display_columns(runs):
         metrics.setdefault(col.probe, set()).add(col.metric)

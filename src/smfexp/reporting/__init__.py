@@ -1,7 +1,8 @@
 """Turn run/multirun directories into a gain-vs-forgetting comparison (tables, plots, W&B).
 
 ``write_report`` is what ``python -m smfexp.report`` and the notebook call; the submodules
-are usable on their own (``collect`` -> DataFrame, ``tables``, ``plots``, ``wandb_workspace``).
+are usable on their own (``collect`` -> DataFrame, ``tables``, ``plots``, ``frontier``,
+``wandb_workspace``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from smfexp.reporting.collect import (
     NoResultsError,
     collect_runs,
     load_runs,
+    stream_keys,
     summary_keys,
     training_keys,
 )
@@ -23,6 +25,7 @@ from smfexp.reporting.frontier import (
     grid_table,
     matched_markdown,
     stream_figure,
+    stream_points,
 )
 from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
 from smfexp.reporting.tables import markdown_report, summarize
@@ -32,7 +35,13 @@ __all__ = [
     "NoResultsError",
     "Report",
     "collect_runs",
+    "frontier_figure",
+    "grid_table",
     "load_runs",
+    "matched_markdown",
+    "stream_figure",
+    "stream_keys",
+    "stream_points",
     "summarize",
     "summary_keys",
     "training_keys",

@@ -20,7 +20,10 @@ import pandas as pd
 RESULTS = "results.json"
 STAGES = ("before", "after", "delta", "rel_delta_pct", "beyond_heldout")
 # beyond_heldout/target/<metric>: target change minus its held-out probe's change (facts)
-SCORE_STAGES = ("before", "after", "delta")  # what the runs log to W&B
+# what the runs log as W&B summary keys (runner.summary_metrics); the frontier reads the
+# last two, so old runs without them simply get no frontier panel
+SCORE_STAGES = ("before", "after", "delta", "rel_delta_pct", "beyond_heldout")
+STREAM = "stream"  # stream/<probe>/<metric> and stream/facts: history keys along the stream
 NO_SELECTOR = "-"
 TARGET = "target"
 
@@ -68,7 +71,7 @@ def parse_score_key(key: str) -> tuple[str, str, str] | None:
 
 
 def summary_keys(df: pd.DataFrame) -> list[str]:
-    """The W&B summary keys the runs carry with at least one value (before/after/delta)."""
+    """The W&B summary keys the runs carry with at least one value (``SCORE_STAGES``)."""
     keys = []
     for col in df.columns:
         parsed = parse_score_key(str(col))
@@ -321,14 +324,44 @@ def load_training_log(run_dir: str | Path) -> pd.DataFrame | None:
         return None
 
 
+def _run_dirs(df: pd.DataFrame) -> list[str]:
+    return [str(d) for d in df.get("run_dir", pd.Series(dtype=str)).dropna()]
+
+
+def _logged_keys(run_dir: str, prefix: str) -> set[str]:
+    log = load_training_log(run_dir)
+    if log is None:
+        return set()
+    return {str(c) for c in log.columns if str(c).startswith(prefix) and log[c].notna().any()}
+
+
 def training_keys(df: pd.DataFrame) -> list[str]:
     """``train/*`` metric names logged by at least one run (they are W&B summary keys too)."""
+    return sorted(set().union(*(_logged_keys(d, "train/") for d in _run_dirs(df))))
+
+
+def stream_keys(df: pd.DataFrame) -> list[str]:
+    """``stream/<probe>/<metric>`` and ``stream/facts`` keys logged by at least one run.
+
+    Read from the CSV logs and from results.json's stream points (what the stream callback
+    logs, the row counts ``n`` excepted); old runs without a stream contribute nothing.
+    """
     keys: set[str] = set()
-    for run_dir in df.get("run_dir", pd.Series(dtype=str)).dropna():
-        log = load_training_log(run_dir)
-        if log is not None:
-            keys.update(c for c in log.columns
-                        if str(c).startswith("train/") and log[c].notna().any())
+    for run_dir in _run_dirs(df):
+        keys |= _logged_keys(run_dir, f"{STREAM}/")
+        try:
+            results = json.loads((Path(run_dir) / RESULTS).read_text(encoding="utf-8"))
+            points = results[STREAM]["points"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for point in points if isinstance(points, list) else []:
+            scores = point.get("scores") if isinstance(point, Mapping) else None
+            for probe, metrics in (scores or {}).items():
+                keys.update(f"{STREAM}/{probe}/{m}" for m, v in (metrics or {}).items()
+                            if m != "n" and isinstance(v, int | float)
+                            and not isinstance(v, bool))
+            if isinstance(point, Mapping) and point.get("facts") is not None:
+                keys.add(f"{STREAM}/facts")
     return sorted(keys)
 
 

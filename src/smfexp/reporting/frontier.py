@@ -258,7 +258,8 @@ def frontier_figure(grid: pd.DataFrame) -> Figure:
 
 # --------------------------------------------------------------------------- the stream
 def stream_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Long table of every run's stream points: line, point, seed, facts, probe, metric, value."""
+    """Long table of every run's stream points: line, point, seed, facts, probe, metric, value
+    (the ``stream/<probe>/<metric>`` values; row counts ``n`` left out, as in the logs)."""
     rows = []
     ok = df[df["status"] == "ok"] if "status" in df else df
     for _, run in ok.iterrows():
@@ -270,7 +271,8 @@ def stream_points(df: pd.DataFrame) -> pd.DataFrame:
         for entry in (stream or {}).get("points", []) if isinstance(stream, dict) else []:
             for probe, metrics in (entry.get("scores") or {}).items():
                 for metric, value in (metrics or {}).items():
-                    if isinstance(value, int | float) and not isinstance(value, bool):
+                    if metric != "n" and isinstance(value, int | float) \
+                            and not isinstance(value, bool):
                         rows.append({"line": line_label(run["method"], run.get("selector")),
                                      "point": grid_point(run.get("overrides")),
                                      "seed": run.get("seed"), "facts": entry.get("facts"),
@@ -278,9 +280,30 @@ def stream_points(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def stream_figure(df: pd.DataFrame, target_metric: str = "exact_match") -> Figure:
-    """Facts learned (the target subset's score) and each probe's continuous metric against
-    the facts the stream has reached; one thin line per run, coloured by method."""
+def stream_mean(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of :func:`stream_points` per (line, point, probe, metric,
+    facts), by increasing facts; ``seeds`` says how many runs reached that point."""
+    keys = ["line", "point", "probe", "metric", "facts"]
+    if long.empty:
+        return pd.DataFrame(columns=[*keys, "value", "std", "seeds"])
+    agg = long.groupby(keys, sort=False, dropna=False).agg(
+        value=("value", "mean"), std=("value", "std"), seeds=("value", "size"))
+    return agg.reset_index().sort_values(["line", "point", "probe", "metric", "facts"],
+                                         kind="stable", ignore_index=True)
+
+
+def stream_target_metric(df: pd.DataFrame, default: str = "exact_match") -> str:
+    """The runs' most common target metric (what the learning curve shows), else ``default``."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    metrics = ok.get("target_metric", pd.Series(dtype=object)).dropna().astype(str)
+    return str(metrics.mode().iloc[0]) if not metrics.empty else default
+
+
+def stream_figure(df: pd.DataFrame, target_metric: str | None = None) -> Figure:
+    """Facts learned (the target subset's score, by default in the runs' target metric) and
+    each probe's continuous metric against the facts the stream has reached; one line per
+    grid point (mean over seeds, ± std shaded), coloured by method."""
+    target_metric = target_metric or stream_target_metric(df)
     long = stream_points(df)
     panels: list[tuple[str, str]] = []
     if not long.empty:
@@ -301,13 +324,17 @@ def stream_figure(df: pd.DataFrame, target_metric: str = "exact_match") -> Figur
     for i, (probe, metric) in enumerate(panels, 1):
         ax = fig.add_subplot(1, len(panels), i)
         block = long[(long["probe"] == probe) & (long["metric"] == metric)]
-        seen: set[str] = set()
-        for (line, _, _), run in block.groupby(["line", "point", "seed"], sort=False,
-                                               dropna=False):
-            run = run.sort_values("facts")
-            ax.plot(run["facts"], run["value"], "-", lw=1, alpha=0.7, color=colors[line],
-                    label=None if line in seen else line)
-            seen.add(line)
+        means = stream_mean(block)
+        for line in lines:  # legend in method order, one entry per method
+            curves = means[means["line"] == line].groupby("point", sort=False)
+            for n, (_, curve) in enumerate(curves):
+                ax.plot(curve["facts"], curve["value"], "-", lw=1, alpha=0.8,
+                        color=colors[line], label=None if n else line)
+                spread = curve["std"].fillna(0)
+                if (spread > 0).any():
+                    ax.fill_between(curve["facts"], curve["value"] - spread,
+                                    curve["value"] + spread, color=colors[line], alpha=0.15,
+                                    lw=0)
         ax.set_xlabel("facts seen")
         ax.set_ylabel(f"{'trained facts' if probe == TARGET else probe}: {metric}")
         ax.set_title("learning" if probe == TARGET else f"forgetting: {probe}")

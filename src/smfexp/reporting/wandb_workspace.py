@@ -1,5 +1,10 @@
 """A W&B saved-workspace spec for gain-vs-forgetting, built offline and published on demand.
 
+Sections: target gain vs forgetting (deltas), the learning-vs-forgetting frontier per probe
+(learning as :func:`smfexp.reporting.frontier.learning_column` takes it, forgetting as the
+probe's % change), before / after, training curves, and learning / forgetting along the
+stream (``stream/<probe>/<metric>`` against ``stream/facts``).
+
 Panels only reference keys passed in ``metric_keys`` (what the runs actually log), so a
 workspace never shows empty charts for metrics nobody wrote. Building needs no network;
 publishing checks mode, API key and reachability first and gives up after a timeout with one
@@ -13,7 +18,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from smfexp.reporting.collect import TARGET, parse_score_key
+from smfexp.reporting.collect import STREAM, TARGET, parse_score_key
+from smfexp.reporting.frontier import FORGETTING_METRICS
 from smfexp.utils.net import reachable, wandb_url
 
 DEFAULT_NAME = "SMF: target gain vs forgetting"
@@ -44,6 +50,49 @@ def _keys_by_probe(keys: Iterable[str], stage: str,
     return out
 
 
+def _frontier_axes(keys: Sequence[str], metrics: Mapping[str, Iterable[str]] | None
+                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]:
+    """The frontier's axes among ``keys``: learning ``(metric, key)`` per target metric (its
+    gain beyond the held-out questions, else its plain gain, like ``learning_column``) and
+    forgetting ``(probe, key, higher_is_better)`` per probe of ``FORGETTING_METRICS``."""
+    present = set(keys)
+    learning = []
+    for metric in sorted({p[2] for k in keys if (p := parse_score_key(k)) and p[1] == TARGET
+                          and p[0] in ("beyond_heldout", "delta")}):
+        if metrics is None and metric in COUNT_METRICS:
+            continue
+        if metrics is not None and metric not in set(metrics.get(TARGET, ())):
+            continue
+        for stage in ("beyond_heldout", "delta"):
+            if (key := f"{stage}/{TARGET}/{metric}") in present:
+                learning.append((metric, key))
+                break
+    forgetting = [(probe, key, higher) for probe, (metric, higher) in FORGETTING_METRICS.items()
+                  if (key := f"rel_delta_pct/{probe}/{metric}") in present]
+    return learning, forgetting
+
+
+def _stream_keys(keys: Sequence[str], metrics: Mapping[str, Iterable[str]] | None
+                 ) -> dict[str, list[str]]:
+    """``{probe: [key, ...]}`` of the ``stream/<probe>/<metric>`` keys, target first; with
+    ``metrics``, a probe keeps those and its forgetting metric (the frontier's)."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != STREAM:
+            continue
+        _, probe, metric = parts
+        if metrics is None and metric in COUNT_METRICS:
+            continue
+        wanted = set(metrics.get(probe, ())) if metrics is not None else None
+        if wanted is not None and probe in FORGETTING_METRICS:
+            wanted.add(FORGETTING_METRICS[probe][0])
+        if wanted is not None and metric not in wanted:
+            continue
+        out.setdefault(probe, []).append(key)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != TARGET))
+
+
 def workspace_spec(entity: str, project: str, metric_keys: Iterable[str], *,
                    name: str = DEFAULT_NAME,
                    metrics: Mapping[str, Iterable[str]] | None = None,
@@ -51,9 +100,12 @@ def workspace_spec(entity: str, project: str, metric_keys: Iterable[str], *,
                    max_runs: int = 100) -> Any:
     """Build the ``wandb_workspaces`` Workspace offline.
 
-    ``metric_keys``: the runs' summary keys (``before|after|delta/<probe>/<metric>``,
-    ``train/loss``...). ``metrics``: optional ``{probe: metrics}`` to keep (e.g. the primary
-    ones); default all. Runs are grouped by the ``group_by`` config keys.
+    ``metric_keys``: the runs' summary keys (``before|after|delta|rel_delta_pct/<probe>/
+    <metric>``, ``beyond_heldout/target/<metric>``, ``train/loss``...) and history keys
+    (``stream/<probe>/<metric>``, ``stream/facts``). ``metrics``: optional ``{probe:
+    metrics}`` to keep (e.g. the primary ones); default all. The frontier always plots each
+    probe's forgetting metric (``FORGETTING_METRICS``), whatever ``metrics`` says. Runs are
+    grouped by the ``group_by`` config keys.
     """
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
@@ -85,6 +137,18 @@ def workspace_spec(entity: str, project: str, metric_keys: Iterable[str], *,
                 metrics=[delta_key(probe, metric)], orientation="v",
                 groupby_aggfunc="mean", groupby_rangefunc="stddev",
             ))
+    learning, forgetting = _frontier_axes(keys, metrics)
+    def learned(key: str) -> str:
+        return "target beyond held-out" if key.startswith("beyond_heldout/") else "Δ target"
+
+    frontier_panels = [
+        wr.ScatterPlot(
+            title=(f"frontier {probe}: {learned(learning_key)} {target_metric} vs "
+                   f"{key.split('/')[2]} % change ({'↓' if higher else '↑'} = more forgetting)"),
+            x=wr.SummaryMetric(learning_key), y=wr.SummaryMetric(key),
+        )
+        for probe, key, higher in forgetting for target_metric, learning_key in learning
+    ]
     before_after = [
         wr.BarPlot(title=f"{probe} {metric}: before vs after by {group_text}",
                    metrics=[f"before/{probe}/{metric}", f"after/{probe}/{metric}"],
@@ -97,11 +161,21 @@ def workspace_spec(entity: str, project: str, metric_keys: Iterable[str], *,
                     groupby_rangefunc="stddev")
         for key in keys if key.startswith("train/") and key in ("train/loss", "train/lr")
     ]
+    facts = f"{STREAM}/facts"
+    stream_x = facts if facts in keys else "Step"
+    stream = [
+        wr.LinePlot(title=f"{'learning' if probe == TARGET else 'forgetting'} along the "
+                          f"stream: {probe} {key.split('/')[2]}",
+                    x=stream_x, y=[key], groupby_aggfunc="mean", groupby_rangefunc="stddev")
+        for probe, probe_keys in _stream_keys(keys, metrics).items() for key in probe_keys
+    ]
     sections = [
         ws.Section(name=title, panels=panels, is_open=True)
         for title, panels in (("Target gain vs forgetting", tradeoff),
+                              ("Learning vs forgetting frontier", frontier_panels),
                               ("Before / after", before_after),
-                              ("Training curves", curves))
+                              ("Training curves", curves),
+                              ("Along the stream", stream))
         if panels
     ]
     return ws.Workspace(
