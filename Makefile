@@ -9,7 +9,7 @@ export SMFEXP_DATA_DIR ?= $(if $(wildcard data/),$(abspath data),)
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup data-link test test-slow test-all run lint format bench gpu-check clean
+.PHONY: help setup data-link test test-slow test-all run quickstart lint format bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,7 +36,13 @@ test-slow: setup  ## slow tests: real embedded model, bigger end-to-end runs
 test-all: setup  ## fast + slow
 	$(BIN)/pytest -q -m "slow or not slow"
 
-run: setup  ## the main job: the quickstart comparison sweep on the embedded model + its report
+run: setup  ## the main job: SMF / LoRA / full frontiers on the fact stream (embedded model) + the report
+	$(BIN)/python -m smfexp.train --multirun experiment=frontier_smf
+	$(BIN)/python -m smfexp.train --multirun experiment=frontier_lora
+	$(BIN)/python -m smfexp.train --multirun experiment=frontier_full
+	$(BIN)/python -m smfexp.report outputs/frontier --out docs/frontier
+
+quickstart: setup  ## the earlier MedMCQA comparison (nobody learns on the 135M model; kept for reference)
 	$(BIN)/python -m smfexp.train --multirun experiment=quickstart hydra.sweep.dir=outputs/quickstart
 	$(BIN)/python -m smfexp.report outputs/quickstart --out docs/quickstart
 

@@ -22,7 +22,7 @@ from test_train import TINY_MEMORY, TINY_RETROFIT, compose_train
 MAX_STEPS = 16
 COMMON = [
     "model=tiny", "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
-    "data.eval_size=8", "eval.limit=4", "eval.probes=[]", "eval.progress=false",
+    "data=medmcqa", "data.eval_size=8", "eval.limit=4", "eval.probes=[]", "eval.progress=false",
     f"trainer.max_steps={MAX_STEPS}", "checkpoint_every_n_steps=2",
 ]
 METHOD_ARGS = {

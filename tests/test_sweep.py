@@ -85,3 +85,40 @@ def test_optuna_sweep_runs_three_trials(tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     objectives = [json.loads((t / "results.json").read_text())["objective"] for t in trials]
     assert best["best_value"] == pytest.approx(max(objectives))
+
+
+FRONTIER_TINY = [
+    "model=tiny", "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
+    "data.n_facts=4", "data.phrasings_per_step=2", "data.steps_per_fact=1",
+    "eval.limit=4", "eval.probes=[triviaqa,wikitext]", "eval.limits.wikitext=1",
+    "eval.max_length=256", "eval.every_n_facts=2", "eval.stream_limit=2", "eval.progress=false",
+    "memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
+    "memory.heads=2", "retrofit.batch_size=4", "retrofit.max_length=64",
+    "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
+    "background.n=16", "background.max_length=32",
+]
+
+
+def test_frontier_sweeps_share_one_directory_and_report_matched_learning(tmp_path):
+    """`make run` in miniature: each method's grid into one directory, then one report."""
+    sweep = tmp_path / "frontier"
+    grids = {"smf": ["method.lr=100,300", "method.top_t=4"], "lora": ["method.lr=1e-3"],
+             "full": ["method.lr=1e-4"]}
+    for method, grid in grids.items():
+        proc = _train([f"experiment=frontier_{method}", *FRONTIER_TINY, *grid,
+                       f"hydra.sweep.dir={sweep}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.relative_to(sweep).as_posix() for p in sweep.glob("*/*/results.json"))
+    assert runs == ["full/0/results.json", "lora/0/results.json", "smf/0/results.json",
+                    "smf/1/results.json"]
+    for path in sweep.glob("*/*/results.json"):
+        results = json.loads(path.read_text())
+        assert results["status"] == "ok" and results["data"]["batching"] == "per_fact"
+        assert [p["facts"] for p in results["stream"]["points"]] == [0, 2, 4]
+    report = subprocess.run([sys.executable, "-m", "smfexp.report", str(sweep)], cwd=ROOT,
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    summary = (sweep / "report" / "summary.md").read_text()
+    assert "matched learning" in summary.lower()
+    for png in ("frontier.png", "stream.png"):
+        assert (sweep / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

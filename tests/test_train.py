@@ -30,7 +30,7 @@ def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str]):
         cfg = compose(config_name="train", overrides=[
             "model=tiny", "logger=csv", "callbacks.progress_bar=none", "trainer.max_steps=2",
             "trainer.precision=32-true",
-            "data.eval_size=8", "eval.limit=4", "eval.probes=[medmcqa,gsm8k]",
+            "data=medmcqa", "data.eval_size=8", "eval.limit=4", "eval.probes=[medmcqa,gsm8k]",
             "eval.progress=false", f"paths.data_dir={data_dir}", *overrides])
     cfg.paths.output_dir = str(tmp_path)
     return cfg

@@ -23,7 +23,7 @@ from lightning import Callback, LightningModule, Trainer
 from smfexp.data.modules import TargetSpec
 from smfexp.errors import RunInterrupted
 from smfexp.eval import EvalConfig
-from smfexp.memory import memory_blocks
+from smfexp.memory import memories_are_silent, memory_blocks
 from smfexp.stages.scores import cached_rows, cached_scores
 from smfexp.tasks import (
     PROBES,
@@ -218,6 +218,8 @@ class ForgettingCallback(Callback):
         t0 = time.perf_counter()
         log.info("scoring target + probes before training")
         model = pl_module.model
+        if self.stage_key is not None and memories_are_silent(model):
+            self.stage_key = None  # zero-valued memories: this is the base model, share its cache
         with signals_stop_scoring(stop_on_first=True):
             self.prepare_rows(model)  # before any training step: what the model knows now
             self.before = self._cached_scores(model, self.stage_key)

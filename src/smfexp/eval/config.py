@@ -28,6 +28,10 @@ class EvalConfig:
     - ``max_length``: context window; ``None`` = the harness rule (model config, else 2048).
     - ``max_batch_tokens``: cap on padded tokens per forward pass, so long WikiText windows
       are batched by size, not by count.
+    - ``max_gen_toks``: cap on generated tokens for the QA probes; ``None`` = each protocol's
+      own (harness 256). A batch decodes until its last row stops, so one rambling answer
+      costs the batch 256 steps; QA answers are a few tokens, so 32 changes no exact match
+      whose gold answer is shorter than 32 tokens.
     """
 
     protocol: str = "harness"
@@ -42,6 +46,7 @@ class EvalConfig:
     gsm8k_generate: bool = False
     data_dir: str | None = None
     max_batch_tokens: int = 16384
+    max_gen_toks: int | None = None
     # along the stream (training runs): score stream_limit target rows and probe rows
     # (stream_limits per probe, e.g. {wikitext: 1} document) every every_n_facts facts
     every_n_facts: int | None = None
@@ -98,6 +103,9 @@ class EvalConfig:
         if bad:
             raise ValueError(f"eval.stream_limits has unknown probe(s) {bad}; "
                              f"valid: {list(PROBES)}")
+        if self.max_gen_toks is not None and not _positive_int(self.max_gen_toks):
+            raise ValueError(f"eval.max_gen_toks={self.max_gen_toks!r} must be a positive "
+                             f"integer or null")
         for name in ("batch_size", "max_batch_tokens"):
             value = getattr(self, name)
             if not _positive_int(value):

@@ -253,6 +253,18 @@ def memory_blocks(model: nn.Module) -> list[MemoryBlock]:
     )
 
 
+def memories_are_silent(model: nn.Module) -> bool:
+    """True when every attached memory is additive with all-zero values (``memory=empty``
+    before training): each block then returns ``mlp(x) + g * out_proj(0) = mlp(x)`` exactly,
+    so the model scores bit for bit like the base model and can share its cached scores."""
+    blocks = memory_blocks(model)
+    return bool(blocks) and all(
+        b.gate is not None and b.memory.out_proj.bias is None
+        and not bool(b.memory.values.detach().any())
+        for b in blocks
+    )
+
+
 def memory_modules(model: nn.Module) -> list[ProductKeyMemory]:
     """The attached memories in layer order."""
     return [b.memory for b in memory_blocks(model)]

@@ -218,6 +218,9 @@ def compute_background_stats(
         total = None
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
+    per_batch = getattr(dataloader, "batch_size", None)
+    if unit == "sequence" and max_units and total is not None and per_batch:
+        total = min(total, -(-max_units // per_batch))  # the batches N sequences take
     run = forward or (lambda ids, mask: model(input_ids=ids, attention_mask=mask))
 
     was_training = model.training

@@ -109,7 +109,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         enc,
         prompts,
         HARNESS_UNTIL if harness else PAPER_UNTIL,
-        HARNESS_MAX_GEN_TOKS if harness else PAPER_MAX_GEN_TOKS,
+        cfg.max_gen_toks or (HARNESS_MAX_GEN_TOKS if harness else PAPER_MAX_GEN_TOKS),
         cfg,
         desc="nq_open generate",
     )

@@ -103,7 +103,8 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
     prompts = [wrap(tokenizer, cfg, prompt(r, cfg.protocol)) for r in rows]
     if cfg.protocol == "harness":
         gens = generate_until(
-            model, enc, prompts, HARNESS_UNTIL, HARNESS_MAX_GEN_TOKS, cfg, desc="triviaqa generate"
+            model, enc, prompts, HARNESS_UNTIL, cfg.max_gen_toks or HARNESS_MAX_GEN_TOKS, cfg,
+            desc="triviaqa generate",
         )
         preds = [g.strip() for g in gens]  # remove_whitespace + take_first
         hits = [
@@ -113,7 +114,8 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         name = "exact_match"
     else:
         gens = generate_until(
-            model, enc, prompts, (), PAPER_MAX_GEN_TOKS, cfg, desc="triviaqa generate"
+            model, enc, prompts, (), cfg.max_gen_toks or PAPER_MAX_GEN_TOKS, cfg,
+            desc="triviaqa generate",
         )
         preds = gens
         hits = [paper_substring_match(g, r["aliases"]) for g, r in zip(gens, rows, strict=True)]
