@@ -38,7 +38,7 @@ FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
     "triviaqa": ("answer_logprob", True),
     "nq_open": ("answer_logprob", True),
     "gsm8k": ("loss", False),
-    "retention": ("accuracy", True),
+    "retention": ("logprob", True),    # continuous: moves before greedy accuracy does
     "medmcqa": ("acc", True),
 }
 LEVELS = (0.25, 0.5, 0.75)
