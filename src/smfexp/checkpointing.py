@@ -1,10 +1,18 @@
 """Resumable runs: periodic checkpoints, a clean stop on SIGTERM/SIGINT, ``resume=auto``.
 
-A checkpoint is only taken right after an optimizer step, so it never splits a gradient
-accumulation window, and it holds everything the next step depends on: what trains (memory
-rows / LoRA adapter / full weights, see ``FinetuneModule.on_save_checkpoint``), optimizer and
-scheduler state, selector state, the RNG streams and the position in the data. A resumed run
-therefore takes exactly the steps the uninterrupted run would have taken.
+Periodic checkpoints are Lightning's own (``ModelCheckpoint(every_n_train_steps=N,
+save_last=True)``, :func:`periodic_checkpoint`); Lightning restores the loop counters of a
+checkpoint taken at the end of a training batch itself. A checkpoint is only taken right after
+an optimizer step, so it never splits a gradient accumulation window, and it holds everything
+the next step depends on: what trains (memory rows / LoRA adapter / full weights, see
+``FinetuneModule.on_save_checkpoint``), optimizer and scheduler state, selector state, the
+position in the data (the DataModule's ``state_dict``) and the RNG streams
+(:class:`ResumableCheckpoint`). A resumed run therefore takes exactly the steps the
+uninterrupted run would have taken.
+
+What stays custom, and why: Lightning has no "finish this optimizer step, save, then stop" on
+SIGTERM/SIGINT (its SLURM handler requeues; a plain signal kills mid-step), and it does not
+checkpoint the global RNG streams that dropout and the random selector draw from.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.errors import RunInterrupted
@@ -114,16 +123,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ResumableCheckpoint(Callback):
-    """Writes ``<dir>/last.ckpt`` every ``every_n_steps`` optimizer steps and, on SIGTERM or
-    SIGINT, once more after the current step before stopping with :class:`RunInterrupted`.
-    A second signal stops at once."""
+def periodic_checkpoint(dirpath: Path, every_n_steps: int) -> ModelCheckpoint | None:
+    """Lightning's checkpoint every ``every_n_steps`` optimizer steps as ``<dir>/last.ckpt``
+    (full state, replaced atomically); None when ``every_n_steps`` is 0."""
+    if every_n_steps < 0:
+        raise ValueError(f"checkpoint_every_n_steps must be >= 0 (got {every_n_steps})")
+    if every_n_steps == 0:
+        return None
+    return ModelCheckpoint(dirpath=dirpath, every_n_train_steps=every_n_steps, save_top_k=0,
+                           save_last=True, enable_version_counter=False)
 
-    def __init__(self, dirpath: Path, every_n_steps: int, key: str) -> None:
-        if every_n_steps < 0:
-            raise ValueError(f"checkpoint_every_n_steps must be >= 0 (got {every_n_steps})")
+
+class ResumableCheckpoint(Callback):
+    """On SIGTERM or SIGINT, writes ``<dir>/last.ckpt`` after the current optimizer step and
+    stops with :class:`RunInterrupted` (a second signal stops at once); puts the RNG streams
+    and the run key in every checkpoint and restores the streams on resume."""
+
+    def __init__(self, dirpath: Path, key: str) -> None:
         self.dirpath = Path(dirpath)
-        self.every_n_steps = every_n_steps
         self.key = key
         self.last_path: Path | None = None
         self._last_step = -1
@@ -163,8 +180,6 @@ class ResumableCheckpoint(Callback):
         if self._signal is not None:
             path = self.save(trainer)
             raise RunInterrupted(self._signal, step, path)
-        if self.every_n_steps and step % self.every_n_steps == 0:
-            self.save(trainer)
 
     def save(self, trainer: Trainer) -> Path:
         path = self.dirpath / LAST
@@ -187,16 +202,6 @@ class ResumableCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint["smfexp"] = {"run_key": self.key, "rng": rng_state()}
-        # Saved at the end of a batch, just before Lightning marks it completed: count it, or
-        # the resumed loop would number batches (and accumulation windows) one behind.
-        loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        progress = loop.get("epoch_loop.batch_progress")
-        if progress:
-            for part in ("total", "current"):
-                progress[part]["completed"] = progress[part]["processed"]
-        state = loop.get("epoch_loop.state_dict")
-        if state and "_batches_that_stepped" in state:
-            state["_batches_that_stepped"] += 1  # incremented right after this hook, too
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:

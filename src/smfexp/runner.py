@@ -25,6 +25,7 @@ from smfexp.checkpointing import (
     CHECKPOINT_DIR,
     ResumableCheckpoint,
     find_resume_checkpoint,
+    periodic_checkpoint,
     run_key,
 )
 from smfexp.eval import EvalConfig
@@ -142,12 +143,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     str(trainer_kwargs.get("accelerator")))
-    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR,
-                                       int(cfg.get("checkpoint_every_n_steps", 0) or 0),
-                                       run_key(cfg))
+    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, run_key(cfg))
+    periodic = periodic_checkpoint(output_dir / CHECKPOINT_DIR,
+                                   int(cfg.get("checkpoint_every_n_steps", 0) or 0))
     stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
                                    str(trainer_kwargs.get("accelerator")))
-    callbacks = [forgetting, *([stream] if stream else []), checkpointer, *build_callbacks(cfg)]
+    callbacks = [forgetting, *([stream] if stream else []), checkpointer,
+                 *([periodic] if periodic else []), *build_callbacks(cfg)]
+    trainer_kwargs["enable_checkpointing"] = periodic is not None  # else Lightning adds its own
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
     loggers = build_loggers(cfg, run_metadata(cfg, module))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
@@ -156,6 +159,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with warnings.catch_warnings():
         # our sampler re-enters the epoch at the checkpointed batch (SFTDataModule.state_dict)
         warnings.filterwarnings("ignore", message=".*your dataloader is\\s+not resumable")
+        # SMF steps its optimizer itself; the state after the step is what a resume continues
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         trainer.fit(module, datamodule=datamodule,
                     ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     fit_seconds = time.perf_counter() - t0

@@ -163,7 +163,11 @@ class SFTDataModule(LightningDataModule):
 
     # -- resume: where in the data a checkpoint was taken ------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Epoch and batches trained in it (checkpoints are taken at the end of a batch)."""
+        """Epoch and batches trained in it (checkpoints are taken at the end of a batch).
+
+        Read from the loop's progress counter: Lightning exposes no public count of the
+        batches done in the current epoch, and this is the counter its own restore uses.
+        """
         trainer = self.trainer
         if trainer is None:
             return {}
