@@ -18,12 +18,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def data_dir() -> Path:
     from smfexp.data.sources import resolve_data_dir
 
-    found = resolve_data_dir(os.environ.get("SMFEXP_DATA_DIR") or None)
+    # A missing data set is a broken setup, not a reason to pass: fail, never skip (a skip
+    # would let CI go green having tested nothing that reads data).
+    found = resolve_data_dir()  # raises if $SMFEXP_DATA_DIR names a folder that does not exist
     if found is None:
         for candidate in (ROOT / "data", ROOT.parent / "shared" / "data"):
             if candidate.is_dir():
                 return candidate
-        pytest.skip("offline data directory not found (run `make setup`)")
+        pytest.fail("offline data directory not found: run `make setup` (links ../shared/data "
+                    "to ./data) or set SMFEXP_DATA_DIR")
     return found
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,9 +94,25 @@ def test_malformed_rows_are_reported_and_skipped(tmp_path, caplog):
         medmcqa.load_rows(tmp_path, "validation")
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path):
+def test_missing_data_dir_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(sources.DataUnavailableError, match="does not exist"):
         sources.resolve_data_dir(tmp_path / "nope")
+    # a mistyped $SMFEXP_DATA_DIR is an error too, not a silent fall back to ./data or the hub
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "typo"))
+    with pytest.raises(sources.DataUnavailableError, match="SMFEXP_DATA_DIR"):
+        sources.resolve_data_dir()
+
+
+def test_a_broken_data_setup_fails_the_suite_instead_of_skipping(tmp_path):
+    """CI must go red, not green with skips, when the offline data cannot be found."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, sources.DATA_DIR_ENV: str(tmp_path / "missing")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{root / 'tests' / 'test_data.py'}::test_background_blocks_are_full_length"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "1 error" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
 def test_background_blocks_are_full_length(tokenizer, data_dir):

@@ -24,8 +24,9 @@ def test_embedded_model_converts_once_and_scores_medmcqa(data_dir):
     cfg = EvalConfig(probes=["medmcqa"], limit=20, data_dir=str(data_dir), progress=False)
     scores = score_probe("medmcqa", model, tokenizer, load_probe_rows("medmcqa", cfg), cfg)
     assert 0.0 <= scores["acc"] <= 1.0 and scores["n"] == 20
-    # a trained instruct model prefers the gold letter more than chance on average
-    assert scores["gold_prob"] > 0.2
+    # gold_prob is the softmax over the four letters' scores: chance is 0.25, and a trained
+    # instruct model puts more than that on the gold letter on average
+    assert scores["gold_prob"] > 0.25
 
 
 def test_embedded_model_generates_text():

@@ -76,18 +76,19 @@ def resolve_data_dir(
 ) -> Path | None:
     """The offline data directory: config value, else $SMFEXP_DATA_DIR, else ./data if present.
 
-    Returns None when none exists (then the hub is used). ``key`` names the config key in the
-    error for a configured folder that does not exist.
+    Returns None when none exists (then the hub is used). A configured folder or
+    $SMFEXP_DATA_DIR that does not exist is an error (``key`` names the config key in it).
     """
-    for candidate in (configured, os.environ.get(DATA_DIR_ENV), "data"):
+    env = os.environ.get(DATA_DIR_ENV)
+    for candidate, name in ((configured, key), (env, f"${DATA_DIR_ENV}"), ("data", None)):
         if candidate in (None, ""):
             continue
         path = Path(str(candidate)).expanduser()
         if path.is_dir():
             return path.resolve()
-        if candidate is configured:
+        if name is not None:  # asked for by name: a typo must not fall back to the hub
             raise DataUnavailableError(
-                f"{key}={str(configured)!r} does not exist; point it at a folder laid out like "
+                f"{name}={str(candidate)!r} does not exist; point it at a folder laid out like "
                 f"shared/data (see its MANIFEST.md) or unset it to use the hub"
             )
     return None
