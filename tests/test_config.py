@@ -54,7 +54,7 @@ def test_method_configs_are_exactly_constructor_arguments():
 def test_training_budget_comes_from_the_data_unless_overridden(method):
     """A MedMCQA finetune accumulates, warms up and decays; a fact stream takes one fact per
     optimizer step, every fact with the same step size."""
-    medmcqa = _compose([f"method={method}"])
+    medmcqa = _compose([f"method={method}", "data=medmcqa"])
     assert medmcqa.trainer.max_epochs == 1 and medmcqa.method.grad_accum == 2
     assert (medmcqa.method.warmup_steps, medmcqa.method.schedule) == (100, "cosine")
     facts = _compose([f"method={method}", "data=triviaqa_facts"])
