@@ -88,8 +88,8 @@ def resolve_data_dir(
             return path.resolve()
         if name is not None:  # asked for by name: a typo must not fall back to the hub
             raise DataUnavailableError(
-                f"{name}={str(candidate)!r} does not exist; point it at a folder laid out like "
-                f"shared/data (see its MANIFEST.md) or unset it to use the hub"
+                f"{name}={str(candidate)!r} does not exist; point it at a folder holding the "
+                f"files smfexp.data.sources.LOCAL_FILES names, or unset it to use the hub"
             )
     return None
 
