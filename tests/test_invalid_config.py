@@ -41,6 +41,7 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["eval.precision=fp8"], "bf16"),
     (["eval.probes=[medmcqa,nope]"], "valid: ['medmcqa'"),
     (["+eval.limt=3"], "unknown eval config key"),
+    (["eval.probes=[triviaqa]", "eval.stream_probes=[retention]"], "add them there"),
     (["data.overlong=explode"], "data.overlong"),
     (["data.overlong=explode"], "truncate"),
     (["data.loss_on=nope"], "data.loss_on"),

@@ -104,10 +104,13 @@ def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
     if precision == "auto":
         precision = "bf16" if "bf16" in str(resolve_precision("auto", accelerator)) else "fp32"
     facts_seen = getattr(datamodule, "facts_seen", lambda steps: steps)
-    return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer, forgetting.eval_cfg.probes,
+    probes = eval_cfg.stream_probes
+    return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer,
+                               forgetting.eval_cfg.probes if probes is None else probes,
                                eval_cfg.every_n_facts, facts_seen,
                                getattr(datamodule, "steps_per_fact", 1), precision,
-                               probe_rows=lambda: forgetting.probe_rows)
+                               probe_rows=lambda: forgetting.probe_rows,
+                               cache_start=forgetting.cached_start_scores)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

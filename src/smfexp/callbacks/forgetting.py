@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -211,6 +211,16 @@ class ForgettingCallback(Callback):
         if self.cache_key is None:
             return self.score(model)
         return cached_scores({**self.cache_key, "stage": stage}, lambda: self.score(model))
+
+    def cached_start_scores(self, key: dict[str, Any],
+                            score: Callable[[], dict[str, dict[str, float]]]
+                            ) -> dict[str, dict[str, float]]:
+        """``score()`` of the model before training, cached under ``key`` beside the before
+        scores (the stream's first point: every run that starts from the base model shares
+        it). Valid from ``on_fit_start`` on, when the stage key is settled."""
+        if self.cache_key is None:
+            return score()
+        return cached_scores({**self.cache_key, "stage": self.stage_key, "stream": key}, score)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.before:  # resumed run: the starting scores were taken already

@@ -21,10 +21,12 @@ from lightning import Callback, LightningModule, Trainer
 from smfexp.data.modules import TargetSpec
 from smfexp.eval import EvalConfig
 from smfexp.tasks import evaluate_probes, load_probe_rows, score_probe
+from smfexp.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
 
 TARGET = "target"
+Scores = dict[str, dict[str, float]]
 
 
 def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -40,11 +42,15 @@ class StreamProbeCallback(Callback):
     def __init__(self, eval_cfg: EvalConfig, target: TargetSpec, tokenizer: Any,
                  probes: list[str], every_n_facts: int, facts_seen: Any,
                  steps_per_fact: int = 1, precision: str = "fp32",
-                 probe_rows: Callable[[], dict[str, list[dict[str, Any]]]] | None = None) -> None:
+                 probe_rows: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
+                 cache_start: Callable[[dict[str, Any], Callable[[], Scores]], Scores]
+                 | None = None) -> None:
         """``facts_seen(step)`` maps optimizer steps to facts reached (data module);
         ``precision`` is the resolved ``eval.stream_precision`` (fp32 | bf16);
         ``probe_rows()`` gives the rows the full before/after scoring uses (their first ones
-        are scored here, so rows selected on the model before training are the same)."""
+        are scored here, so rows selected on the model before training are the same);
+        ``cache_start(key, score)`` caches the first point (the untrained model's scores,
+        the same for every run of a sweep that starts from the base model)."""
         if every_n_facts < 1:
             raise ValueError(f"eval.every_n_facts must be >= 1 (got {every_n_facts})")
         self.eval_cfg = dataclasses.replace(eval_cfg, probes=list(probes), progress=False,
@@ -59,6 +65,7 @@ class StreamProbeCallback(Callback):
         self.steps_per_fact = steps_per_fact
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.probe_rows = probe_rows
+        self.cache_start = cache_start
         self.points: list[dict[str, Any]] = []
         self._last_facts = -1
 
@@ -72,9 +79,13 @@ class StreamProbeCallback(Callback):
         try:
             if not self.rows:
                 self.rows = self._rows()
-            scores = {TARGET: score_probe(self.target_probe, model, self.tokenizer,
-                                          self.target_rows, self.eval_cfg)}
-            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.rows))
+            if step == 0 and self.cache_start is not None:
+                key = {"eval": {k: v for k, v in dataclasses.asdict(self.eval_cfg).items()
+                                if k != "progress"},
+                       "target": stable_hash(self.target_rows), "rows": stable_hash(self.rows)}
+                scores = self.cache_start(key, lambda: self._scores(model))
+            else:
+                scores = self._scores(model)
         finally:
             model.train(was_training)
         self._last_facts = facts
@@ -85,6 +96,12 @@ class StreamProbeCallback(Callback):
         flat["stream/facts"] = float(facts)
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=step)
+
+    def _scores(self, model: torch.nn.Module) -> Scores:
+        scores = {TARGET: score_probe(self.target_probe, model, self.tokenizer,
+                                      self.target_rows, self.eval_cfg)}
+        scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.rows))
+        return scores
 
     def _rows(self) -> dict[str, list[dict[str, Any]]]:
         full = self.probe_rows() if self.probe_rows is not None else {}

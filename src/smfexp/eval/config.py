@@ -48,8 +48,10 @@ class EvalConfig:
     max_batch_tokens: int = 16384
     max_gen_toks: int | None = None
     # along the stream (training runs): score stream_limit target rows and probe rows
-    # (stream_limits per probe, e.g. {wikitext: 1} document) every every_n_facts facts
+    # (stream_limits per probe, e.g. {wikitext: 1} document) every every_n_facts facts, of
+    # stream_probes (None = every probe; a subset of probes keeps the curves cheap)
     every_n_facts: int | None = None
+    stream_probes: list[str] | None = None
     stream_limit: int = 32
     stream_limits: dict[str, int | None] = field(default_factory=dict)
     stream_precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
@@ -58,6 +60,10 @@ class EvalConfig:
         if isinstance(self.probes, str):
             self.probes = [self.probes]
         self.probes = [str(p) for p in self.probes]
+        if isinstance(self.stream_probes, str):
+            self.stream_probes = [self.stream_probes]
+        if self.stream_probes is not None:
+            self.stream_probes = [str(p) for p in self.stream_probes]
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +83,11 @@ class EvalConfig:
             raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBES)}")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"eval.probes lists a probe twice: {self.probes}")
+        if self.stream_probes is not None:
+            outside = [p for p in self.stream_probes if p not in self.probes]
+            if outside:  # the stream scores the first rows of what before/after score
+                raise ValueError(f"eval.stream_probes {outside} are not in eval.probes "
+                                 f"{self.probes}; add them there or drop them here")
         if self.limit is not None and not _positive_int(self.limit):
             raise ValueError(
                 f"eval.limit={self.limit!r} must be a positive integer (rows per probe) or null"
@@ -130,8 +141,9 @@ class EvalConfig:
             raise ValueError(
                 f"unknown eval config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
             )
-        if "probes" in data and data["probes"] is not None and not isinstance(data["probes"], str):
-            data["probes"] = list(data["probes"])
+        for key in ("probes", "stream_probes"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                data[key] = list(data[key])
         for key in ("limits", "stream_limits"):
             if data.get(key) is not None:
                 data[key] = {str(k): data[key][k] for k in data[key]}
