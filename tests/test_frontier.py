@@ -51,6 +51,16 @@ def test_negative_forgetting_beats_the_base():
     assert forgetting_at(front, 0.45) == pytest.approx(0.5)
 
 
+def test_the_plotted_frontier_starts_at_the_base_even_when_a_point_beats_it():
+    from smfexp.reporting.frontier import frontier_figure
+
+    grid = pd.DataFrame([{"line": "smf/tfidf", "point": "p0", "probe": "wikitext", "seed": 0,
+                          "learning": 0.5, "forgetting": -0.2}])
+    (ax,) = frontier_figure(grid).axes
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "smf/tfidf"]
+    assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == [(0, 0), (50, -0.2)]
+
+
 def test_grid_point_drops_the_line_and_the_seed():
     assert grid_point("method=smf selector=tfidf method.lr=300 seed=1") == "method.lr=300"
     assert grid_point("seed=0") == "defaults" and grid_point(None) == "defaults"

@@ -243,6 +243,8 @@ def frontier_figure(grid: pd.DataFrame) -> Figure:
                         yerr=mine["forgetting_std"].fillna(0), fmt="o", ms=4, alpha=0.55,
                         color=colors[line], elinewidth=0.8)
             front = frontier(Point(r.learning, r.forgetting) for r in mine.itertuples())
+            if front[0] != Point(0.0, 0.0):  # a point learns more *and* forgets less than
+                front = [Point(0.0, 0.0), *front]  # the base: the line still starts there
             ax.plot([100 * p.learning for p in front], [p.forgetting for p in front], "-",
                     color=colors[line], label=line, lw=1.6)
         ax.scatter([0], [0], marker="*", s=90, color="black", zorder=5, label="base")
