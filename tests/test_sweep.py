@@ -92,6 +92,7 @@ FRONTIER_TINY = [
     "data.n_facts=4", "data.phrasings_per_step=2", "data.steps_per_fact=1",
     "eval.limit=4", "eval.probes=[triviaqa,wikitext]", "eval.limits.wikitext=1",
     "eval.max_length=256", "eval.every_n_facts=2", "eval.stream_limit=2", "eval.progress=false",
+    "eval.stream_probes=[wikitext]",
     "memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
     "memory.heads=2", "retrofit.batch_size=4", "retrofit.max_length=64",
     "retrofit.parts=[wiki]", "retrofit.heldout_docs=4", "retrofit.heldout_batches=1",
@@ -115,6 +116,10 @@ def test_frontier_sweeps_share_one_directory_and_report_matched_learning(tmp_pat
         results = json.loads(path.read_text())
         assert results["status"] == "ok" and results["data"]["batching"] == "per_fact"
         assert [p["facts"] for p in results["stream"]["points"]] == [0, 2, 4]
+        assert set(results["stream"]["points"][0]["scores"]) == {"target", "wikitext"}
+    # every run starts from the base model (LoRA's B = 0, SMF's memory is empty): one cached
+    # entry of before-scores and one of the stream's first point serve all four runs
+    assert len(list((tmp_path / "cache" / "scores").iterdir())) == 2
     report = subprocess.run([sys.executable, "-m", "smfexp.report", str(sweep)], cwd=ROOT,
                             env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
