@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -127,3 +128,21 @@ def test_frontier_sweeps_share_one_directory_and_report_matched_learning(tmp_pat
     assert "matched learning" in summary.lower()
     for png in ("frontier.png", "stream.png"):
         assert (sweep / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_optuna_search_on_new_facts_optimises_a_finite_objective(tmp_path):
+    """New facts start at exact match 0 (a relative gain is undefined): the objective is in
+    points of learning, so the sampler gets numbers, not NaN."""
+    sweep = tmp_path / "optuna_facts"
+    proc = _train(["experiment=frontier_smf", *FRONTIER_TINY, "hparams_search=smf_optuna",
+                   "hydra.sweeper.params={method.lr: 'tag(log, interval(30.0, 3000.0))'}",
+                   "method.top_t=4", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}"],
+                  tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = list(sweep.glob("smf/*/results.json"))  # the frontier experiment's subdirs
+    assert len(trials) == 2
+    for trial in trials:
+        results = json.loads(trial.read_text())
+        assert results["status"] == "ok" and results["before"]["target"]["exact_match"] == 0
+        assert math.isfinite(results["objective"])

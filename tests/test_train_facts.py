@@ -60,3 +60,24 @@ def test_baselines_and_mixed_batches_run_on_the_same_stream(tmp_path, data_dir, 
     assert results["steps"] == 4  # 4 facts, one step each (mixed: the same examples)
     assert results["data"]["batching"] == ("mixed" if len(overrides) > 1 else "per_fact")
     assert "target_seen" in results["after"]
+
+
+def test_scores_reach_results_json_when_a_step_after_them_fails(tmp_path, data_dir, monkeypatch):
+    """A 50-minute run must not lose its scores because a summary number or a save failed."""
+    import smfexp.runner
+    from smfexp.methods.full import FullFinetune
+
+    def broken_objective(*args, **kwargs):
+        raise KeyError("target_seen")
+
+    def broken_save(self, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(smfexp.runner, "objective", broken_objective)
+    monkeypatch.setattr(FullFinetune, "save_trained", broken_save)
+    results = _run(tmp_path, data_dir, "run", ["method=full"])
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["after"]["target"] == results["after"]["target"]
+    assert on_disk["objective"] is None and on_disk["trained_artifact"] is None
+    assert set(on_disk["errors"]) == {"objective", "save_trained"}
+    assert "disk full" in on_disk["errors"]["save_trained"]

@@ -10,6 +10,7 @@ import logging
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,17 @@ def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
                                cache_start=forgetting.cached_start_scores)
 
 
+def _after_scores(errors: dict[str, str], step: str, run: Callable[[], Any]) -> Any:
+    """Run one step that comes after the scores; a failure is logged and kept in ``errors``
+    (results.json ``errors``) instead of throwing the scores away."""
+    try:
+        return run()
+    except Exception as err:
+        log.exception("%s failed after the run was scored; the scores are kept", step)
+        errors[step] = f"{type(err).__name__}: {err}"
+        return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns (and writes) the results.json content."""
     t_start = time.perf_counter()
@@ -170,10 +182,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if not trainer.is_global_zero:  # other DDP ranks: rank 0 writes the outputs
         return {}
-    saved = None
-    if cfg.get("save_trained", True):
-        saved = str(module.save_trained(output_dir / "trained"))
-
     results = {
         "status": "ok",
         "method": module.method_name,
@@ -193,17 +201,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_with_eval": fit_seconds,
         },
         "stream": stream.results if stream else None,
-        "trained_artifact": saved,
+        "trained_artifact": None,
         "retrofit": None,
         **prepared.results,
         "resumed_from": str(resume_from) if resume_from else None,
         "output_dir": str(output_dir),
     }
-    results.update(getattr(module, "extra_results", dict)())
-    results["objective"] = objective(results, cfg.get("forgetting_penalty", 1.0))
+    # The scores are what the run was for: they reach results.json first, and a step after
+    # them that fails (a summary number, saving, a logger) is recorded beside them.
+    errors: dict[str, str] = {}
+    _after_scores(errors, "extra_results",
+                  lambda: results.update(getattr(module, "extra_results", dict)()))
+    results["objective"] = _after_scores(
+        errors, "objective", lambda: objective(results, cfg.get("forgetting_penalty", 1.0)))
     atomic_write_json(output_dir / "results.json", results)
-    if not cfg.get("keep_checkpoints", False):  # finished: the trained artifact is what stays
-        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
-    finish_loggers(loggers, summary_metrics(results), results)
+    if cfg.get("save_trained", True):
+        results["trained_artifact"] = _after_scores(
+            errors, "save_trained", lambda: str(module.save_trained(output_dir / "trained")))
+    if not cfg.get("keep_checkpoints", False) and "save_trained" not in errors:
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # what was trained stays
+    _after_scores(errors, "loggers",
+                  lambda: finish_loggers(loggers, summary_metrics(results), results))
+    if errors:
+        results["errors"] = errors
+    atomic_write_json(output_dir / "results.json", results)
     log.info("results written to %s", output_dir / "results.json")
     return results

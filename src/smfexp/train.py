@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {message}\n(add hydra.verbose=smfexp for the traceback)",
               file=sys.stderr)
         sys.exit(128 + err.signum if isinstance(err, RunInterrupted) else 2)
-    return float(results.get("objective", math.nan))
+    value = results.get("objective")  # None when it could not be computed (results.json errors)
+    return math.nan if value is None else float(value)
 
 
 if __name__ == "__main__":
