@@ -82,7 +82,7 @@ def test_matched_table_averages_seeds_and_says_not_reached():
     table = matched_learning(_grid(), levels=(0.5, 0.75)).set_index(["line", "level"])
     # seed 0: full at 0.5 = 1 + 0.2/0.5 * 3 = 2.2; seed 1 (x + 0.02): 1 + 0.18/0.5 * 3 = 2.08
     assert table.loc[("full", 0.5), "forgetting"] == pytest.approx((2.2 + 2.08) / 2)
-    assert table.loc[("full", 0.5), "seeds"] == 2
+    assert table.loc[("full", 0.5), "draws"] == 2
     assert pd.isna(table.loc[("smf/tfidf", 0.75), "forgetting"])  # SMF stops at 0.6 / 0.62
     assert pd.isna(table.loc[("lora", 0.5), "forgetting"])
     text = matched_markdown(_grid(), levels=(0.5,))
@@ -181,12 +181,15 @@ def test_report_on_a_partial_sweep(partial_sweep, tmp_path):
             if (cells := [c.strip() for c in line.strip("|").split("|")])[0].endswith("%")}
     header = next(line for line in matched.splitlines() if line.startswith("| learned"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "learned", "smf/tfidf", "lora", "full", "smf/tfidf / best baseline"]
-    # 25%: SMF 1 + (0.05 / 0.4) * 2; LoRA along (0, 0)-(0.3, 6) (lr 3e-4 is dominated);
-    # full along (0, 0)-(0.8, 16); best baseline 5.0
-    assert rows["25%"][1:] == ["+1.25% ± 0.00", "+5.00%", "+5.00%", "0.25x"]
-    assert rows["50%"][1:] == ["+2.50% ± 0.00", "not reached", "+10.00%", "0.25x"]
-    assert rows["75%"][1:] == ["not reached", "not reached", "+15.00%", "-"]
+        "learned", "smf/tfidf", "lora", "full", "smf/tfidf / best baseline",
+        "smf/tfidf vs best baseline: 95% CIs"]
+    # 25%: SMF 1 + (0.05 / 0.4) * 2 in both seeds; LoRA along (0, 0)-(0.3, 6) (lr 3e-4 is
+    # dominated); full along (0, 0)-(0.8, 16); best baseline 5.0, one draw: no interval
+    assert rows["25%"][1:] == ["+1.25% ± 0 (n=2)", "+5.00% (n=1, no CI)",
+                               "+5.00% (n=1, no CI)", "0.25x", "n<2"]
+    assert rows["50%"][1:] == ["+2.50% ± 0 (n=2)", "not reached", "+10.00% (n=1, no CI)",
+                               "0.25x", "n<2"]
+    assert rows["75%"][1:] == ["not reached", "not reached", "+15.00% (n=1, no CI)", "-", "-"]
     problems = md[md.index("### Failed / incomplete runs"):]
     assert "`7` (full, seed 0): failed: RuntimeError: CUDA out of memory" in problems
     assert "`8` (smf/tfidf, seed 0): incomplete" in problems
@@ -236,6 +239,6 @@ def test_notebook_code_on_a_partial_sweep(partial_sweep, tmp_path, monkeypatch, 
     markdown = "\n".join(o.data for o in shown if isinstance(o, ipy.Markdown))
     assert "Forgetting at matched learning" in markdown  # the frontier in both cases
     # old runs: learning falls back to the plain gain, which includes the format's 0.1
-    assert ("+1.25% ± 0.00" in markdown) == (not old)
+    assert ("+1.25% ± 0 (n=2)" in markdown) == (not old)
     images = [o for o in shown if isinstance(o, ipy.Image)]
     assert len(images) == (3 if old else 4)  # pareto, training curves, frontier (+ stream)

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 
 from smfexp.reporting import collect_runs, write_report
-from smfexp.reporting.tables import fmt_mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "forgetting_dashboard.ipynb"
@@ -185,16 +184,17 @@ def test_markdown_table(report) -> None:
     header = next(line for line in md.split("###")[2].splitlines() if line.startswith("| method"))
     assert "Δ target acc ↑" in header and "Δ wikitext word_perplexity ↓" in header
     row = _md_row(md, "smf", "tfidf", table=2)
-    assert "+0.2 ± 0.1" in row
-    assert fmt_mean_std(1.0, 0.5, signed=True) in row  # wikitext Δ: 0.5, 1.0, 1.5
+    # 95% t-interval over 3 draws: t_{0.975,2} = 4.303 times sd / sqrt(3)
+    assert "+0.2 ± 0.25 (n=3)" in row  # target Δ 0.1, 0.2, 0.3: sd 0.1
+    assert "+1 ± 1.2 (n=3)" in row  # wikitext Δ 0.5, 1.0, 1.5: sd 0.5
     random = _md_row(md, "smf", "random", table=2)
     assert random[4] == "1 failed"
     assert all(c == "failed (1)" for c in random[5:]), random
     assert "incomplete (1)" in _md_row(md, "smf", "all", table=2)
     full = _md_row(md, "full", "-", table=2)
-    assert full[4] == "1 ok, 1 failed" and "+0.4" in full
+    assert full[4] == "1 ok, 1 failed" and "+0.4 (n=1, no CI)" in full
     lora = _md_row(md, "lora", "-", table=2)
-    assert any(c.endswith("(n=1)") for c in lora)
+    assert "+3 (n=1, no CI)" in lora  # one of its two runs logged wikitext
     base = _md_row(md, "base", "-", table=1)
     assert base[4:] == ["8", "0.25", "0.3", "0.1", "30 (n=7)"]  # one run lacks wikitext
     with pytest.raises(AssertionError):
@@ -336,7 +336,7 @@ def test_cli_wandb_offline_writes_spec(sweep: Path, tmp_path: Path) -> None:
                 env={"WANDB_MODE": "offline"})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: W&B workspace not published")
-    assert "| smf | tfidf |" in proc.stdout and "+0.2 ± 0.1" in proc.stdout
+    assert "| smf | tfidf |" in proc.stdout and "+0.2 ± 0.25 (n=3)" in proc.stdout
     assert (tmp_path / "pareto.png").is_file()
     spec = json.loads((tmp_path / "wandb_workspace.json").read_text())
     assert spec["section"]["panelBankConfig"]["sections"]
@@ -374,7 +374,7 @@ def test_notebook_runs_against_report_dir(report, sweep: Path,
     text = "\n".join(
         str(o.get("text", "")) + json.dumps(o.get("data", {}), ensure_ascii=False)
         for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
-    assert "+0.2 ± 0.1" in text  # the table
+    assert "+0.2 ± 0.25 (n=3)" in text  # the table
     assert "image/png" in text  # the Pareto plot
     assert "Forgetting at matched learning" in text  # the frontier's table, from Δ target
     assert "stream: no per-step probe scores" in text  # old runs: one line, no crash

@@ -80,6 +80,29 @@ def summary_keys(df: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
+_NOT_GRID = re.compile(r"^(seed|method|selector|data\.facts_seed)=")
+
+
+def grid_point(overrides: object) -> str:
+    """A run's grid point: its overrides without the line (method / selector) and the draw
+    (seed / data.facts_seed), so the replicates of one setting share it."""
+    if not isinstance(overrides, str) or not overrides.strip():
+        return "defaults"
+    kept = [o for o in overrides.split() if not _NOT_GRID.match(o.lstrip("+~"))
+            and not o.startswith("hydra.")]
+    return " ".join(kept) or "defaults"
+
+
+def draw_id(seed: object, facts_seed: object) -> str:
+    """Which replicate a run is: its training seed and its fact draw (old runs: seed only)."""
+    def text(v: object) -> str:
+        return "?" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+    if facts_seed is None or (isinstance(facts_seed, float) and math.isnan(facts_seed)):
+        return f"seed={text(seed)}"
+    return f"seed={text(seed)} facts_seed={text(facts_seed)}"
+
+
 def _natural_key(path: Path) -> list[Any]:
     """Sort job dirs 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
@@ -162,6 +185,8 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
         sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
         info["selector"] = sel.get("name") or choices.get("selector")
     info["seed"] = cfg.get("seed")
+    data_cfg = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    info["facts_seed"] = data_cfg.get("facts_seed")
     model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
     info["model"] = model.get("name") or choices.get("model")
     info["data"] = choices.get("data")
@@ -229,6 +254,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, A
         method=results.get("method") or hydra.get("method"),
         selector=results.get("selector") or hydra.get("selector") or NO_SELECTOR,
         seed=results.get("seed", hydra.get("seed")),
+        facts_seed=data.get("facts_seed", hydra.get("facts_seed")),
         model=results.get("model") or hydra.get("model"),
         data=_data_name(results.get("data")) or hydra.get("data"),
         protocol=results.get("protocol") or hydra.get("protocol"),
@@ -243,6 +269,8 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, A
         smf_bytes_changed=smf.get("bytes_changed"),
         overrides=hydra.get("overrides"),
     )
+    record["point"] = grid_point(record["overrides"])
+    record["draw"] = draw_id(record["seed"], record["facts_seed"])
     for key in ("method", "model", "data", "protocol"):
         if record[key] is None:
             record[key] = "?"
@@ -280,6 +308,19 @@ def normalize_runs(df: pd.DataFrame) -> pd.DataFrame:
         df["target_higher_is_better"] = df["target_higher_is_better"].map(_to_bool)
     score_cols = [c for c in df.columns if parse_score_key(str(c))]
     df[score_cols] = df[score_cols].apply(pd.to_numeric, errors="coerce")
+    return _with_point_and_draw(df)
+
+
+def _with_point_and_draw(df: pd.DataFrame) -> pd.DataFrame:
+    """``point`` / ``draw`` for tables that predate them (old runs.csv, W&B runs)."""
+    if "point" not in df:
+        overrides = df["overrides"] if "overrides" in df else pd.Series(None, index=df.index)
+        df["point"] = overrides.map(grid_point)
+    df["point"] = df["point"].fillna("defaults").astype(str)
+    if "draw" not in df:
+        seeds = df["seed"] if "seed" in df else pd.Series(None, index=df.index)
+        facts = df["facts_seed"] if "facts_seed" in df else pd.Series(None, index=df.index)
+        df["draw"] = [draw_id(s, f) for s, f in zip(seeds, facts, strict=True)]
     return df
 
 

@@ -2,7 +2,8 @@
 
 A method that learns nothing forgets nothing, so methods are compared at the same amount of
 learning (Lin et al. 2025): each method sweeps its own grid (SMF: lr x top_t, LoRA / full:
-lr); every grid point is one (learning, forgetting) pair per probe, averaged over seeds.
+lr); every grid point is one (learning, forgetting) pair per probe and draw (seed x fact
+draw); matched numbers are interpolated per draw, then averaged with a 95% interval.
 
 - learning: the target's gain beyond the held-out questions (``beyond_heldout/target/<m>``,
   what was learned about the trained facts, not the answer format), else its plain gain;
@@ -19,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from smfexp.reporting.collect import NO_SELECTOR, RESULTS, TARGET, score_key
+from smfexp.reporting.collect import (
+    NO_SELECTOR,
+    RESULTS,
+    TARGET,
+    draw_id,
+    grid_point,
+    score_key,
+)
 from smfexp.reporting.plots import group_label, new_figure
+from smfexp.reporting.stats import MeanCI, ci_half, fmt_ci, mean_ci, overlap_text
 from smfexp.reporting.tables import METHOD_ORDER, SELECTOR_ORDER, md_table, rank
 
 # continuous metric per forgetting probe: (metric, higher is better)
@@ -43,7 +51,6 @@ FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
 }
 LEVELS = (0.25, 0.5, 0.75)
 BASELINES = ("lora", "full")
-_GROUPING = re.compile(r"^(seed|method|selector)=")
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,6 @@ def forgetting_at(front: Sequence[Point], level: float) -> float | None:
 
 
 # --------------------------------------------------------------------------- from runs
-def grid_point(overrides: object) -> str:
-    """A run's grid point: its overrides without seed / method / selector (the line)."""
-    if not isinstance(overrides, str) or not overrides.strip():
-        return "defaults"
-    kept = [o for o in overrides.split() if not _GROUPING.match(o.lstrip("+~"))
-            and not o.startswith("hydra.")]
-    return " ".join(kept) or "defaults"
-
-
 def learning_column(df: pd.DataFrame) -> pd.Series:
     """Learning per run (share of the facts for exact match), NaN when not measured."""
     out = pd.Series(np.nan, index=df.index)
@@ -122,14 +120,19 @@ def line_label(method: str, selector: object) -> str:
     return group_label(str(method), str(selector) if selector else NO_SELECTOR)
 
 
-def _line_order(label: str) -> tuple:
+def line_order(label: str) -> tuple:
     method, _, selector = label.partition("/")
     return rank(method, METHOD_ORDER), rank(selector or NO_SELECTOR, SELECTOR_ORDER), label
 
 
+def draw_column(grid: pd.DataFrame) -> str:
+    """The column that tells replicates apart: ``draw`` (seed + fact draw), else ``seed``."""
+    return "draw" if "draw" in grid else "seed"
+
+
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (line, grid point, probe, seed): learning and forgetting of ok runs."""
-    columns = ["line", "point", "probe", "seed", "learning", "forgetting"]
+    """One row per (line, grid point, probe, draw): learning and forgetting of ok runs."""
+    columns = ["line", "point", "probe", "seed", "draw", "learning", "forgetting"]
     ok = df[df["status"] == "ok"] if "status" in df else df
     if ok.empty:
         return pd.DataFrame(columns=columns)
@@ -139,88 +142,182 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
         for idx, run in ok.iterrows():
             rows.append({"line": line_label(run["method"], run.get("selector")),
                          "point": grid_point(run.get("overrides")), "probe": probe,
-                         "seed": run.get("seed"), "learning": learning[idx],
-                         "forgetting": forgetting[idx]})
+                         "seed": run.get("seed"), "draw": run_draw(run),
+                         "learning": learning[idx], "forgetting": forgetting[idx]})
     return pd.DataFrame(rows, columns=columns).dropna(subset=["learning", "forgetting"])
 
 
+def run_draw(run: pd.Series) -> str:
+    """A run's replicate id, also for tables written before ``draw`` existed."""
+    draw = run.get("draw")
+    if isinstance(draw, str) and draw:
+        return draw
+    return draw_id(run.get("seed"), run.get("facts_seed"))
+
+
 def mean_points(grid: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (line, point, probe)."""
+    """Mean, std and 95% CI half-width over draws per (line, point, probe)."""
     if grid.empty:
         return grid
     agg = grid.groupby(["line", "point", "probe"], sort=False).agg(
         learning=("learning", "mean"), learning_std=("learning", "std"),
+        learning_ci=("learning", ci_half),
         forgetting=("forgetting", "mean"), forgetting_std=("forgetting", "std"),
-        seeds=("learning", "size"))
+        forgetting_ci=("forgetting", ci_half), draws=("learning", "size"))
     return agg.reset_index()
 
 
 def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
-    """Forgetting of every line at each learning level: per seed along that seed's own
-    frontier, then mean / std over the seeds that reach the level."""
+    """Forgetting of every line at each learning level: per draw along that draw's own
+    frontier, then mean, std and 95% CI over the draws that reach the level (never the
+    frontier of the means, which would hide how much the draws disagree)."""
     rows = []
+    draw = draw_column(grid)
     for (line, probe), block in grid.groupby(["line", "probe"], sort=False):
-        per_seed = [frontier(Point(r.learning, r.forgetting) for r in seed_rows.itertuples())
-                    for _, seed_rows in block.groupby("seed", dropna=False)]
+        per_draw = [frontier(Point(r.learning, r.forgetting) for r in draw_rows.itertuples())
+                    for _, draw_rows in block.groupby(draw, dropna=False)]
         for level in levels:
-            values = [v for f in per_seed if (v := forgetting_at(f, level)) is not None]
+            values = [v for f in per_draw if (v := forgetting_at(f, level)) is not None]
+            ci = mean_ci(values)
             rows.append({"line": line, "probe": probe, "level": level,
-                         "forgetting": float(np.mean(values)) if values else None,
+                         "forgetting": ci.mean if values else None,
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                         "seeds": len(values), "of": len(per_seed)})
-    return pd.DataFrame(rows)
+                         "ci": ci.half if ci.has_interval else None,
+                         "draws": len(values), "of": len(per_draw)})
+    return pd.DataFrame(rows, columns=["line", "probe", "level", "forgetting", "std", "ci",
+                                       "draws", "of"])
+
+
+# --------------------------------------------------------------------------- levels
+@dataclass(frozen=True)
+class Levels:
+    """The learning levels a matched table compares at, and why (empty: the standard ones)."""
+
+    values: tuple[float, ...]
+    note: str = ""
+
+
+def line_reach(grid: pd.DataFrame, within: Sequence[str] = ()) -> dict[str, float]:
+    """Per line, the most learning every one of its draws reaches (min over draws, and over
+    ``within`` groups such as stream lengths, of each draw's best point)."""
+    if grid.empty:
+        return {}
+    best = grid.groupby(["line", *within, draw_column(grid)], dropna=False)["learning"].max()
+    return {str(k): float(v) for k, v in best.groupby(level=0).min().items()}
+
+
+def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS, step: float = 0.05,
+                  within: Sequence[str] = ()) -> Levels:
+    """``standard`` when every line reaches its first level; else steps of ``step`` (1 point
+    below 5%) up to the lowest line's reach, so the table still compares every method."""
+    reach = line_reach(grid, within)
+    if not reach or min(reach.values()) >= standard[0]:
+        return Levels(tuple(standard))
+    line, lowest = min(reach.items(), key=lambda kv: (kv[1], kv[0]))
+    step = step if lowest >= step else 0.01
+    count = math.floor(lowest / step + 1e-9)
+    if count == 0:
+        return Levels(tuple(standard), f"No common level: {line} learns at most {lowest:.1%} "
+                      "in some draw, so no level below it compares every method.")
+    values = tuple(round(step * k, 6) for k in range(1, count + 1))
+    return Levels(values, (
+        f"Levels used: {', '.join(f'{v:.0%}' for v in values)} (steps of {step:.0%} up to "
+        f"the lowest maximum): {line} reaches at most {lowest:.1%} in every draw, below "
+        f"{standard[0]:.0%}, so these are the levels every method reaches."))
+
+
+# --------------------------------------------------------------------------- the table
+def _ci_of(at: pd.DataFrame, line: str) -> MeanCI:
+    row = at.loc[line]
+    if row["forgetting"] is None or pd.isna(row["forgetting"]):
+        return MeanCI(math.nan, math.nan, 0)
+    half = row["ci"]
+    return MeanCI(float(row["forgetting"]),
+                  math.nan if half is None or pd.isna(half) else float(half), int(row["draws"]))
 
 
 def _cell(row: pd.Series) -> str:
     if row["forgetting"] is None or pd.isna(row["forgetting"]):
         return "not reached"
-    text = f"{row['forgetting']:+.2f}%"
-    if row["std"] is not None and not pd.isna(row["std"]):
-        text += f" ± {row['std']:.2f}"
-    if row["seeds"] < row["of"]:
-        text += f" ({row['seeds']}/{row['of']} seeds)"
-    return text
+    ci = MeanCI(float(row["forgetting"]),
+                math.nan if row["ci"] is None or pd.isna(row["ci"]) else float(row["ci"]),
+                int(row["draws"]))
+    text = fmt_ci(ci, signed=True, digits=".2f", unit="%", show_n=False)
+    if ci.n < row["of"]:
+        return f"{text} (n={ci.n} of {int(row['of'])} draws)"
+    return f"{text} (n={ci.n})" if ci.n > 1 else f"{text} (n=1, no CI)"
 
 
-def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> str:
-    """One table per probe: forgetting at each learning level, and SMF's ratio to the best
-    baseline (LoRA / full finetuning) at that level."""
+def _ratio(mine: MeanCI, ref: MeanCI) -> str:
+    if ref.n == 0 or mine.n == 0:
+        return "-"
+    return f"{mine.mean / ref.mean:.2f}x" if ref.mean > 0 else \
+        f"{mine.mean:+.2f} vs {ref.mean:+.2f}"
+
+
+def _best_baseline(at: pd.DataFrame, baselines: Sequence[str]) -> MeanCI | None:
+    reached = [ci for b in baselines if (ci := _ci_of(at, b)).n > 0]
+    return min(reached, key=lambda ci: ci.mean) if reached else None
+
+
+def comparison_table(block: pd.DataFrame, levels: Sequence[float],
+                     lead: str | None = None) -> str:
+    """One probe's matched table: a row per level, a column per line, and per SMF line its
+    ratio to the best baseline and whether their 95% intervals overlap. ``lead``: a column
+    of ``block`` (e.g. ``facts``, the stream length) whose values split the rows."""
+    lines = sorted(block["line"].unique(), key=line_order)
+    baselines = [ln for ln in lines if ln in BASELINES]
+    smf_lines = [ln for ln in lines if ln.startswith("smf")] if baselines else []
+    header = [*([lead] if lead else []), "learned", *lines]
+    for ln in smf_lines:
+        header += [f"{ln} / best baseline", f"{ln} vs best baseline: 95% CIs"]
+    groups = block.groupby(lead, sort=True) if lead else [(None, block)]
+    rows = []
+    for value, sub in groups:
+        for level in levels:
+            at = sub[sub["level"] == level].set_index("line")
+            cells = [*([str(value)] if lead else []), f"{level:.0%}",
+                     *(_cell(at.loc[ln]) if ln in at.index else "not run" for ln in lines)]
+            best = _best_baseline(at, [b for b in baselines if b in at.index])
+            for ln in smf_lines:
+                mine = _ci_of(at, ln) if ln in at.index else MeanCI(math.nan, math.nan, 0)
+                if best is None or mine.n == 0:
+                    cells += ["-", "-"]
+                else:
+                    cells += [_ratio(mine, best), overlap_text(mine, best)]
+            rows.append(cells)
+    return md_table(header, rows)
+
+
+MATCHED_NOTE = (
+    "Learning = share of the trained facts learned beyond the held-out questions; "
+    "forgetting = the probe's relative change, + = worse. Interpolated along each draw's "
+    "frontier over its method's grid, then mean ± 95% t-interval half-width over the draws "
+    "that reach the level (n; `n=k of m draws`: only k of m reach it). Best baseline = the "
+    "LoRA / full finetuning line forgetting least at that level; `overlap` / `separate`: "
+    "whether its interval and SMF's overlap (`n<2`: one of them has no interval).")
+
+
+def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] | None = None) -> str:
+    """One table per probe: forgetting at each learning level, SMF's ratio to the best
+    baseline and whether their intervals overlap. ``levels=None``: :func:`choose_levels`."""
     if grid.empty:
         return ""
-    table = matched_learning(grid, levels)
-    parts = ["### Forgetting at matched learning\n",
-             "Learning = share of the trained facts learned beyond the held-out questions; "
-             "forgetting = the probe's relative change, + = worse. Interpolated along each "
-             "method's frontier over its grid (per seed, then mean ± std).\n"]
+    chosen = choose_levels(grid) if levels is None else Levels(tuple(levels))
+    table = matched_learning(grid, chosen.values)
+    parts = ["### Forgetting at matched learning\n", MATCHED_NOTE + "\n"]
+    if chosen.note:
+        parts.append(chosen.note + "\n")
     for probe, block in table.groupby("probe", sort=False):
-        lines = sorted(block["line"].unique(), key=_line_order)
-        baselines = [ln for ln in lines if ln in BASELINES]
-        header = ["learned", *lines]
-        smf_lines = [ln for ln in lines if ln.startswith("smf")]
-        if baselines:
-            header += [f"{ln} / best baseline" for ln in smf_lines]
-        rows = []
-        for level in levels:
-            at = block[block["level"] == level].set_index("line")
-            cells = [f"{level:.0%}", *(_cell(at.loc[ln]) for ln in lines)]
-            best = [at.loc[b, "forgetting"] for b in baselines
-                    if at.loc[b, "forgetting"] is not None and not pd.isna(at.loc[b, "forgetting"])]
-            for ln in smf_lines if baselines else []:
-                mine = at.loc[ln, "forgetting"]
-                if mine is None or pd.isna(mine) or not best:
-                    cells.append("-")
-                else:
-                    ref = min(best)
-                    cells.append(f"{mine / ref:.2f}x" if ref > 0 else f"{mine:+.2f} vs {ref:+.2f}")
-            rows.append(cells)
         metric = FORGETTING_METRICS[probe][0]
-        parts.append(f"**{probe}** ({metric}, % change)\n\n{md_table(header, rows)}\n")
+        parts.append(f"**{probe}** ({metric}, % change)\n\n"
+                     f"{comparison_table(block, chosen.values)}\n")
     return "\n".join(parts) + "\n"
 
 
 def frontier_figure(grid: pd.DataFrame) -> Figure:
     """One panel per probe: x = learning (% of facts), y = forgetting; grid points (mean ±
-    std over seeds) and each method's frontier from the base at the origin."""
+    95% CI over draws) and each method's frontier from the base at the origin."""
     points = mean_points(grid)
     probes = list(dict.fromkeys(points["probe"])) if not points.empty else []
     fig = new_figure(4.6 * max(len(probes), 1), 3.8)
@@ -229,7 +326,7 @@ def frontier_figure(grid: pd.DataFrame) -> Figure:
         ax.text(0.5, 0.5, "no run measured learning and forgetting", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    lines = sorted(points["line"].unique(), key=_line_order)
+    lines = sorted(points["line"].unique(), key=line_order)
     colors = {ln: f"C{i % 10}" for i, ln in enumerate(lines)}
     for i, probe in enumerate(probes, 1):
         ax = fig.add_subplot(1, len(probes), i)
@@ -239,8 +336,8 @@ def frontier_figure(grid: pd.DataFrame) -> Figure:
             if mine.empty:
                 continue
             ax.errorbar(100 * mine["learning"], mine["forgetting"],
-                        xerr=100 * mine["learning_std"].fillna(0),
-                        yerr=mine["forgetting_std"].fillna(0), fmt="o", ms=4, alpha=0.55,
+                        xerr=100 * mine["learning_ci"].fillna(0),
+                        yerr=mine["forgetting_ci"].fillna(0), fmt="o", ms=4, alpha=0.55,
                         color=colors[line], elinewidth=0.8)
             front = frontier(Point(r.learning, r.forgetting) for r in mine.itertuples())
             if front[0] != Point(0.0, 0.0):  # a point learns more *and* forgets less than
@@ -277,19 +374,22 @@ def stream_points(df: pd.DataFrame) -> pd.DataFrame:
                             and not isinstance(value, bool):
                         rows.append({"line": line_label(run["method"], run.get("selector")),
                                      "point": grid_point(run.get("overrides")),
-                                     "seed": run.get("seed"), "facts": entry.get("facts"),
+                                     "seed": run.get("seed"), "draw": run_draw(run),
+                                     "facts": entry.get("facts"),
                                      "probe": probe, "metric": metric, "value": float(value)})
     return pd.DataFrame(rows)
 
 
 def stream_mean(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of :func:`stream_points` per (line, point, probe, metric,
-    facts), by increasing facts; ``seeds`` says how many runs reached that point."""
+    """Mean, std and 95% CI half-width (``ci``) over draws of :func:`stream_points` per
+    (line, point, probe, metric, facts), by increasing facts; ``seeds`` says how many runs
+    reached that point."""
     keys = ["line", "point", "probe", "metric", "facts"]
     if long.empty:
-        return pd.DataFrame(columns=[*keys, "value", "std", "seeds"])
+        return pd.DataFrame(columns=[*keys, "value", "std", "ci", "seeds"])
     agg = long.groupby(keys, sort=False, dropna=False).agg(
-        value=("value", "mean"), std=("value", "std"), seeds=("value", "size"))
+        value=("value", "mean"), std=("value", "std"), ci=("value", ci_half),
+        seeds=("value", "size"))
     return agg.reset_index().sort_values(["line", "point", "probe", "metric", "facts"],
                                          kind="stable", ignore_index=True)
 
@@ -304,7 +404,7 @@ def stream_target_metric(df: pd.DataFrame, default: str = "exact_match") -> str:
 def stream_figure(df: pd.DataFrame, target_metric: str | None = None) -> Figure:
     """Facts learned (the target subset's score, by default in the runs' target metric) and
     each probe's continuous metric against the facts the stream has reached; one line per
-    grid point (mean over seeds, ± std shaded), coloured by method."""
+    grid point (mean over draws, its 95% CI shaded), coloured by method."""
     target_metric = target_metric or stream_target_metric(df)
     long = stream_points(df)
     panels: list[tuple[str, str]] = []
@@ -321,7 +421,7 @@ def stream_figure(df: pd.DataFrame, target_metric: str | None = None) -> Figure:
                 va="center")
         ax.set_axis_off()
         return fig
-    lines = sorted(long["line"].unique(), key=_line_order)
+    lines = sorted(long["line"].unique(), key=line_order)
     colors = {ln: f"C{i % 10}" for i, ln in enumerate(lines)}
     for i, (probe, metric) in enumerate(panels, 1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -332,7 +432,7 @@ def stream_figure(df: pd.DataFrame, target_metric: str | None = None) -> Figure:
             for n, (_, curve) in enumerate(curves):
                 ax.plot(curve["facts"], curve["value"], "-", lw=1, alpha=0.8,
                         color=colors[line], label=None if n else line)
-                spread = curve["std"].fillna(0)
+                spread = curve["ci"].fillna(0)
                 if (spread > 0).any():
                     ax.fill_between(curve["facts"], curve["value"] - spread,
                                     curve["value"] + spread, color=colors[line], alpha=0.15,

@@ -1,4 +1,5 @@
-"""Mean ± std over seeds per (model, data, protocol, method, selector), as CSV and Markdown.
+"""Mean and 95% interval over draws per (model, data, protocol, method, selector, grid point),
+as CSV and Markdown.
 
 A failed run never contributes a number: a group whose runs all failed shows ``failed (n)``
 in every score cell, and a partly failed group states its failure count next to its numbers.
@@ -23,9 +24,13 @@ from smfexp.reporting.collect import (
     probes_in,
     score_key,
 )
+from smfexp.reporting.stats import MeanCI, fmt_ci, mean_ci
 
 CONTEXT_KEYS = ("model", "data", "protocol")
-GROUP_KEYS = (*CONTEXT_KEYS, "method", "selector")
+CI_NOTE = ("mean ± half-width of the 95% t-interval over draws (runs of one grid point with "
+           "another `seed` / `data.facts_seed`), n = draws that logged the value; n=1: no "
+           "interval.")
+GROUP_KEYS = (*CONTEXT_KEYS, "method", "selector", "point")
 METHOD_ORDER = ("base", "smf", "lora", "full")
 SELECTOR_ORDER = (NO_SELECTOR, "tfidf", "kl", "random", "all")
 BASE = "base"
@@ -76,27 +81,34 @@ def status_text(n_ok: int, n_failed: int, n_incomplete: int) -> str:
 
 
 def _stats(prefix: str, values: pd.Series) -> dict[str, float]:
-    vals = values.dropna()
+    """mean, std, n and the 95% t-interval half-width (``:ci``) over the group's draws."""
+    ci = mean_ci(values.dropna())
     return {
-        f"{prefix}:mean": float(vals.mean()) if len(vals) else math.nan,
-        f"{prefix}:std": std(vals),
-        f"{prefix}:n": len(vals),
+        f"{prefix}:mean": ci.mean,
+        f"{prefix}:std": std(values),
+        f"{prefix}:ci": ci.half,
+        f"{prefix}:n": ci.n,
     }
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per group plus a ``base`` row per context; ``score/...`` = after (before for base).
 
-    Columns: the group keys, run counts, ``status``, then ``<score|delta|rel_delta_pct>/
-    <probe>/<metric>:<mean|std|n>`` for every score the runs carry.
+    A group is one grid point of one method/selector (``point``: the overrides that are not
+    the line or the draw), so its runs are draws of the same setting and their spread is an
+    interval, not a mix of learning rates. Columns: the group keys, run counts, ``status``,
+    then ``<score|delta|rel_delta_pct>/<probe>/<metric>:<mean|std|ci|n>`` for every score.
     """
+    if "point" not in df:
+        df = df.assign(point="defaults")
     score_cols = [c for c in df.columns if parse_score_key(str(c))]
     rows: list[dict] = []
     for context, ctx_df in df.groupby(list(CONTEXT_KEYS), sort=True, dropna=False):
         ctx = dict(zip(CONTEXT_KEYS, context, strict=True))
         ok = ctx_df[ctx_df["status"] == "ok"]
         if len(ok):
-            base: dict = {**ctx, "method": BASE, "selector": NO_SELECTOR, "n_runs": len(ok),
+            base: dict = {**ctx, "method": BASE, "selector": NO_SELECTOR, "point": NO_SELECTOR,
+                          "n_runs": len(ok),
                           "n_ok": len(ok), "n_failed": 0, "n_incomplete": 0,
                           "status": str(len(ok))}
             for col in score_cols:
@@ -104,9 +116,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 if stage == "before":
                     base.update(_stats(score_key("score", probe, metric), ok[col]))
             rows.append(base)
-        for (method, selector), grp in ctx_df.groupby(["method", "selector"], dropna=False):
+        groups = ctx_df.groupby(["method", "selector", "point"], dropna=False)
+        for (method, selector, point), grp in groups:
             counts = _status_counts(grp["status"])
-            row: dict = {**ctx, "method": method, "selector": selector, **counts}
+            row: dict = {**ctx, "method": method, "selector": selector, "point": point,
+                         **counts}
             row["status"] = status_text(counts["n_ok"], counts["n_failed"],
                                         counts["n_incomplete"])
             grp_ok = grp[grp["status"] == "ok"]
@@ -122,7 +136,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         return out
     out["_m"] = out["method"].map(lambda m: rank(m, METHOD_ORDER))
     out["_s"] = out["selector"].map(lambda s: rank(s, SELECTOR_ORDER))
-    out = out.sort_values([*CONTEXT_KEYS, "_m", "_s"], kind="stable").drop(columns=["_m", "_s"])
+    out = out.sort_values([*CONTEXT_KEYS, "_m", "_s", "point"], kind="stable")
+    out = out.drop(columns=["_m", "_s"])
     return out.reset_index(drop=True)
 
 
@@ -184,11 +199,12 @@ def _cell(row: pd.Series, key: str, signed: bool) -> str:
     n = 0 if pd.isna(n) else int(n)
     if n == 0:
         return "–"
-    sd = row[f"{key}:std"]
-    if row["method"] == BASE and sd == 0:  # every run saw the same base model: no spread
-        sd = math.nan
-    text = fmt_mean_std(row[f"{key}:mean"], sd, signed)
-    return text if n == row["n_ok"] else f"{text} (n={n})"
+    mean = row[f"{key}:mean"]
+    if row["method"] == BASE and row[f"{key}:std"] == 0:  # every run saw the same base model
+        text = fmt(mean, signed)
+        return text if n == row["n_ok"] else f"{text} (n={n})"
+    half = row.get(f"{key}:ci", math.nan)
+    return fmt_ci(MeanCI(float(mean), math.nan if pd.isna(half) else float(half), n), signed)
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -202,7 +218,12 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def _key_columns(summary: pd.DataFrame) -> list[str]:
-    keys = ["method", "selector", "data", "protocol"]
+    """method, selector, (grid point when a method ran several), data, protocol."""
+    keys = ["method", "selector"]
+    trained = summary[summary["method"] != BASE]
+    if "point" in summary and trained["point"].nunique() > 1:
+        keys.append("point")
+    keys += ["data", "protocol"]
     return (["model"] if summary["model"].nunique() > 1 else []) + keys
 
 
@@ -254,9 +275,8 @@ def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
         "### Change (after − before)\n\n"
         f"{deltas}\n\n"
         f"{beyond}"
-        "mean ± sample std (ddof=1) over seeds; ↑/↓ = the better direction, so forgetting is a "
-        "Δ against the arrow. `(n=k)`: only k runs logged that score. Failed runs count in "
-        "`runs` and never contribute numbers.\n"
+        f"{CI_NOTE} ↑/↓ = the better direction, so forgetting is a Δ against the arrow. "
+        "Failed runs count in `runs` and never contribute numbers.\n"
     )
 
 
