@@ -40,7 +40,7 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["eval.protocol=nope"], "harness"),  # lists the valid choices
     (["eval.precision=fp8"], "bf16"),
     (["eval.probes=[medmcqa,nope]"], "valid: ['medmcqa'"),
-    (["+eval.limt=3"], "unknown eval config key"),
+    (["+eval.limt=3"], "eval.limt is not a field of EvalConfig; valid: batch_size,"),
     (["eval.probes=[triviaqa]", "eval.stream_probes=[retention]"], "add them there"),
     (["data.overlong=explode"], "data.overlong"),
     (["data.overlong=explode"], "truncate"),
@@ -60,7 +60,10 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "memory.layers=[-1]"], "memory.layers entry -1"),
     (["method=smf", "memory.layers=[1.5]"], "memory.layers entry 1.5"),
     (["method=smf", "memory.layers=[]"], "memory.layers"),
-    (["method=smf", "+memory.n_key=8"], "unknown memory config key"),
+    (["method=smf", "+memory.n_key=8"], "memory.n_key is not a field of MemoryConfig; valid:"),
+    (["+data.no_such_key=1"], "data.no_such_key is not an argument of MedMCQADataModule"),
+    (["+retrofit.stepz=1"], "retrofit.stepz is not a retrofit setting; valid:"),
+    (["+background.nn=1"], "background.nn is not a background setting; valid:"),
     (["method=smf", "retrofit.steps=-1"], "retrofit.steps"),
     (["method=smf", "retrofit.lr=-1"], "retrofit.lr"),
     (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
@@ -120,6 +123,48 @@ def test_missing_data_dir_without_hub(tmp_path, data_dir, monkeypatch, no_model_
     assert "\n" not in str(err.value)
 
 
+# (overrides, the unknown key, a key the one-line message must offer instead)
+UNKNOWN_KEYS = [
+    (["data=triviaqa_facts", "+data.eval_size=8"], "data.eval_size", "n_facts"),
+    (["data=facts", "+data.nfacts=8"], "data.nfacts", "n_facts"),
+    (["data=medmcqa", "+data.n_facts=8"], "data.n_facts", "eval_size"),
+    (["+memory.nkeys=8"], "memory.nkeys", "n_keys"),
+    (["+retrofit.step=3"], "retrofit.step", "steps"),
+    (["+background.units=batch"], "background.units", "unit"),
+    (["+eval.probe=[triviaqa]"], "eval.probe", "probes"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "offered"), UNKNOWN_KEYS,
+                         ids=[k for _, k, _ in UNKNOWN_KEYS])
+def test_unknown_group_key_is_one_line_listing_valid_keys(overrides, key, offered, data_dir):
+    """Any method: a typo in a class-backed group is named with what it could have been."""
+    from smfexp.validate import validate_train_config
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train",
+                      overrides=["model=tiny", f"paths.data_dir={data_dir}", *overrides])
+    with pytest.raises(ValueError) as err:
+        validate_train_config(cfg)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{key} is not")
+    valid = text.split("valid: ")[1].split(", ")
+    assert offered in valid and key.split(".")[1] not in valid
+
+
+def test_shipped_configs_use_only_known_keys(data_dir):
+    """Every option of every class-backed group, experiments and searches included."""
+    from smfexp.validate import TRAIN_GROUPS, check_group_keys
+
+    groups = [*TRAIN_GROUPS, "method", "experiment", "hparams_search"]
+    options = [f"{g}={p.stem}" for g in groups for p in sorted((CONF / g).glob("*.yaml"))]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for option in options:
+            check_group_keys(compose(config_name="train", overrides=[option]), TRAIN_GROUPS)
+        check_group_keys(compose(config_name="retrofit"), ("memory", "retrofit"))
+        check_group_keys(compose(config_name="evaluate"), ("eval",))
+
+
 def _compose(config_name: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=config_name, overrides=["model=tiny", *overrides])
@@ -133,6 +178,8 @@ def _compose(config_name: str, overrides: list[str]):
         (["retrofit.steps=-1"], "retrofit.steps"),
         (["retrofit.max_length=-1"], "retrofit.max_length"),
         (["retrofit.parts=[nope]"], "retrofit.parts"),
+        (["+retrofit.stepz=3"], "retrofit.stepz is not a retrofit setting"),
+        (["+memory.nkeys=8"], "memory.nkeys is not a field of MemoryConfig"),
         (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),
     ],
 )
@@ -150,6 +197,7 @@ def test_retrofit_rejects_before_loading(overrides, message):
         (["eval.protocol=nope"], "harness"),
         (["eval.probes=[nope]"], "unknown eval probe"),
         (["eval.data_dir=/nonexistent/smfexp-data"], "eval.data_dir"),
+        (["+eval.limt=3"], "eval.limt is not a field of EvalConfig"),
         (["checkpoint=/nonexistent/run"], "checkpoint"),
     ],
 )
@@ -208,13 +256,17 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, key: str, tmp_path
     return errors[0]
 
 
-def test_train_cli_exits_2_in_one_line(tmp_path, data_dir):
-    args = ["model=tiny", "logger=csv", TRIPWIRE, "method=smf", "method.top_t=0"]
+@pytest.mark.parametrize(("bad", "key"), [
+    (["method=smf", "method.top_t=0"], "method.top_t"),
+    (["+data.no_such_key=1"], "data.no_such_key is not an argument of FactsDataModule"),
+])
+def test_train_cli_exits_2_in_one_line(bad, key, tmp_path, data_dir):
+    args = ["model=tiny", "logger=csv", TRIPWIRE, *bad]
     proc, seconds = _cli("smfexp.train", args, tmp_path, env={"SMFEXP_DATA_DIR": str(data_dir)})
-    _assert_one_line_error(proc, "method.top_t", tmp_path)
+    _assert_one_line_error(proc, key, tmp_path)
     assert seconds < 60
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["status"] == "failed" and "method.top_t" in results["error"]
+    assert results["status"] == "failed" and key in results["error"]
 
 
 def test_train_cli_missing_data_dir_without_hub(tmp_path):

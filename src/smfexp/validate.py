@@ -123,16 +123,55 @@ def constructor_args(cls: type) -> list[str]:
     return names
 
 
+# Settings read from the retrofit / background groups (smfexp.stages.retrofit and
+# smfexp.stages.background read them as plain mappings, so no class lists them).
+RETROFIT_KEYS = ("steps", "lr", "batch_size", "grad_accum", "max_length", "warmup_steps",
+                 "weight_decay", "parts", "max_docs", "heldout_docs", "heldout_batches",
+                 "calibration_batches", "seed", "precision")
+BACKGROUND_KEYS = ("unit", "n", "max_length", "batch_size", "parts", "seed")
+
+
+def _check_keys(node: Any, group: str, valid: list[str] | tuple[str, ...], owner: str) -> None:
+    """Every key of ``node`` must be one ``owner`` reads: anything else is a typo (or a key
+    of another option of the group) that would be ignored or fail after the model loads."""
+    for key in node or {}:
+        if str(key).startswith("_") or key in valid:
+            continue
+        raise ValueError(f"{group}.{key} is not {owner}; valid: {', '.join(sorted(valid))}")
+
+
+def _import_target(node: Any, group: str) -> type:
+    """The class a group's ``_target_`` names (one line when it cannot be imported)."""
+    import hydra
+
+    target = node.get("_target_")
+    try:
+        return hydra.utils.get_class(str(target))
+    except Exception as err:
+        raise ValueError(f"{group}._target_={target!r} cannot be imported ({err})") from None
+
+
+def check_group_keys(cfg: DictConfig, groups: tuple[str, ...]) -> None:
+    """Unknown keys of the class-backed groups (``data``, ``memory``, ``retrofit``,
+    ``background``, ``eval``) present in ``cfg``, each against what reads it."""
+    if "data" in groups and cfg.get("data") is not None:
+        cls = _import_target(cfg.data, "data")
+        _check_keys(cfg.data, "data", constructor_args(cls), f"an argument of {cls.__name__}")
+    fields = {"memory": MemoryConfig.__dataclass_fields__, "eval": EvalConfig.__dataclass_fields__}
+    owners = {"memory": "a field of MemoryConfig", "eval": "a field of EvalConfig"}
+    for group in ("memory", "eval"):
+        if group in groups and cfg.get(group) is not None:
+            _check_keys(cfg[group], group, list(fields[group]), owners[group])
+    if "retrofit" in groups and cfg.get("retrofit") is not None:
+        _check_keys(cfg.retrofit, "retrofit", RETROFIT_KEYS, "a retrofit setting")
+    if "background" in groups and cfg.get("background") is not None:
+        _check_keys(cfg.background, "background", BACKGROUND_KEYS, "a background setting")
+
+
 def _check_method(cfg: DictConfig) -> type:
     """A method config is exactly its class's constructor arguments: a key it does not take
     is a typo (or a setting of another method), said in one line with the valid keys."""
-    import hydra
-
-    target = cfg.method.get("_target_")
-    try:
-        cls = hydra.utils.get_class(str(target))
-    except Exception as err:
-        raise ValueError(f"method._target_={target!r} cannot be imported ({err})") from None
+    cls = _import_target(cfg.method, "method")
     valid = constructor_args(cls)
     for key in cfg.method:
         if key == "_target_" or key in valid:
@@ -145,10 +184,14 @@ def _check_method(cfg: DictConfig) -> type:
     return cls
 
 
+TRAIN_GROUPS = ("data", "memory", "retrofit", "background", "eval")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise ValueError / DataUnavailableError with one line naming the key to change."""
     ModelSpec.from_config(cfg.model)
     cls = _check_method(cfg)
+    check_group_keys(cfg, TRAIN_GROUPS)
     method = cfg.method
     _positive(method.get("lr"), "method.lr")
     _positive(method.get("grad_accum"), "method.grad_accum")
@@ -157,7 +200,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     max_steps = cfg.trainer.get("max_steps", -1)
     if max_steps is not None and max_steps != -1:
         _positive(max_steps, "trainer.max_steps")
-    EvalConfig.from_config(cfg.eval)
+    ecfg = EvalConfig.from_config(cfg.eval)
     _check_data(cfg.data)
     if "selector" in method:
         from smfexp.smf.selectors import SELECTORS
@@ -174,11 +217,14 @@ def validate_train_config(cfg: DictConfig) -> None:
 
         _choice(background.get("unit"), "background.unit", UNITS)
     _check_data_dir(cfg.paths.get("data_dir"), "paths.data_dir")
+    if ecfg.data_dir != cfg.paths.get("data_dir"):  # set apart from paths.data_dir: check it too
+        _check_data_dir(ecfg.data_dir, "eval.data_dir")
 
 
 def validate_retrofit_config(cfg: DictConfig) -> None:
     """``python -m smfexp.retrofit``: memory, budget and data, before the model loads."""
     ModelSpec.from_config(cfg.model)
+    check_group_keys(cfg, ("memory", "retrofit"))
     _check_memory(cfg)
     _check_retrofit(cfg.retrofit)
     _check_data_dir(cfg.paths.get("data_dir"), "paths.data_dir")
@@ -187,6 +233,7 @@ def validate_retrofit_config(cfg: DictConfig) -> None:
 def validate_evaluate_config(cfg: DictConfig) -> EvalConfig:
     """``python -m smfexp.evaluate``: eval settings, data and checkpoint; returns the EvalConfig."""
     ModelSpec.from_config(cfg.model)
+    check_group_keys(cfg, ("eval",))
     ecfg = EvalConfig.from_config(cfg.eval)
     checkpoint = cfg.get("checkpoint")
     if checkpoint and not Path(str(checkpoint)).expanduser().exists():
