@@ -26,8 +26,20 @@ from smfexp.reporting.frontier import (
     matched_markdown,
     stream_figure,
     stream_points,
+    stream_target_metric,
 )
 from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
+from smfexp.reporting.scale import (
+    earlier_facts,
+    earlier_markdown,
+    memory_figure,
+    memory_markdown,
+    memory_points,
+    nested_grid,
+    scale_figure,
+    scale_markdown,
+    scale_stream_figure,
+)
 from smfexp.reporting.tables import markdown_report, summarize
 from smfexp.utils.io import atomic_write_text
 
@@ -35,10 +47,12 @@ __all__ = [
     "NoResultsError",
     "Report",
     "collect_runs",
+    "earlier_facts",
     "frontier_figure",
     "grid_table",
     "load_runs",
     "matched_markdown",
+    "nested_grid",
     "stream_figure",
     "stream_keys",
     "stream_points",
@@ -63,6 +77,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     """Collect every run under ``root`` and write summary.md/csv, runs.csv and the PNGs
     (pareto, training curves, the learning-vs-forgetting frontier, curves along the stream).
 
+    Runs with the scale fields add, only then: scale.png (forgetting at matched learning vs
+    stream length N, from ``nested``), scale_stream.png (every method's learning and
+    forgetting along the stream, grid points labelled, earlier facts kept), memory_fill.png
+    (SMF rows written and their share of background reads) and their summary.md sections.
     ``out`` defaults to ``<root>/report``; it is never scanned for runs itself.
     """
     root = Path(root)
@@ -74,6 +92,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     matched = matched_markdown(grid)
     if matched:
         markdown = markdown + "\n" + matched
+    scale_md, scale_files = _scale_report(runs, out)
+    markdown += scale_md
     files = {
         "summary.md": atomic_write_text(out / "summary.md", markdown),
         "summary.csv": atomic_write_text(out / "summary.csv", summary.to_csv(index=False)),
@@ -83,5 +103,26 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
                                         out / "training_curves.png"),
         "frontier.png": save_png(frontier_figure(grid), out / "frontier.png"),
         "stream.png": save_png(stream_figure(runs), out / "stream.png"),
+        **scale_files,
     }
     return Report(runs=runs, summary=summary, markdown=markdown, files=files)
+
+
+def _scale_report(runs: pd.DataFrame, out: Path) -> tuple[str, dict[str, Path]]:
+    """The scale sections and figures, for whichever of nested / earlier_facts / memory the
+    runs carry (none for old runs: the report stays as it was)."""
+    nested = nested_grid(runs)
+    earlier = earlier_facts(runs)
+    memory = memory_points(runs)
+    parts = [scale_markdown(nested), earlier_markdown(earlier),
+             memory_markdown(memory, sorted(nested["facts"].unique()))]
+    files: dict[str, Path] = {}
+    if not nested.empty:
+        files["scale.png"] = save_png(scale_figure(nested), out / "scale.png")
+    if not (nested.empty and earlier.empty):
+        figure = scale_stream_figure(runs, stream_target_metric(runs))
+        files["scale_stream.png"] = save_png(figure, out / "scale_stream.png")
+    if not memory.empty:
+        files["memory_fill.png"] = save_png(memory_figure(memory), out / "memory_fill.png")
+    text = "".join(p for p in parts if p)
+    return ("\n" + text if text else ""), files

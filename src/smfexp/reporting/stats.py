@@ -64,6 +64,8 @@ def mean_ci(values: Iterable[float | None]) -> MeanCI:
     if n == 1:
         return MeanCI(mean, math.nan, 1)
     half = t_quantile(n - 1) * float(arr.std(ddof=1)) / math.sqrt(n)
+    if half <= 1e-12 * max(1.0, abs(mean)):  # identical draws up to float rounding
+        half = 0.0
     return MeanCI(mean, half, n)
 
 

@@ -1,0 +1,478 @@
+"""The scale report: how forgetting grows with the stream, what SMF's memory fills, and how
+much of the earlier facts survives to the end of the stream.
+
+Every part reads optional fields of results.json, so old runs simply contribute nothing:
+
+- ``nested``: the run's state after its first N facts (nested streams: one run gives every
+  N). Per N the runs form a frontier like the top-level ones, so forgetting at matched
+  learning is computed per N (per draw, then mean and 95% CI over draws).
+- ``stream.points[i].memory`` (and ``nested[N].memory``): the share of SMF value rows
+  written so far and their share of the background text's reads.
+- ``earlier_facts``: exact match on each quarter of the stream right after it was learned
+  and at the end; ``kept`` = end / right after.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from smfexp.reporting.collect import RESULTS, TARGET, grid_point
+from smfexp.reporting.frontier import (
+    FORGETTING_METRICS,
+    LEVELS,
+    Levels,
+    choose_levels,
+    comparison_table,
+    line_label,
+    line_order,
+    line_reach,
+    matched_learning,
+    run_draw,
+    stream_points,
+)
+from smfexp.reporting.plots import new_figure
+from smfexp.reporting.stats import MeanCI, ci_half, fmt_ci, mean_ci
+from smfexp.reporting.tables import md_table
+
+MEMORY_KEYS = {"rows_touched_share": "value rows written so far",
+               "touched_background_share": "their share of background reads"}
+_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("s", "^", "D", "v", "o")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def each_results(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(labels, results.json) of every ok run: labels = line, point, draw, run_dir."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    for _, run in ok.iterrows():
+        try:
+            results = json.loads((Path(run["run_dir"]) / RESULTS).read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(results, dict):
+            labels = {"line": line_label(run["method"], run.get("selector")),
+                      "point": grid_point(run.get("overrides")), "draw": run_draw(run),
+                      "run_dir": str(run["run_dir"])}
+            metric = run.get("target_metric")
+            labels["target_metric"] = metric if isinstance(metric, str) else "exact_match"
+            yield labels, results
+
+
+def _nested(results: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    nested = results.get("nested")
+    out = []
+    for key, entry in (nested.items() if isinstance(nested, Mapping) else []):
+        if isinstance(entry, Mapping):
+            facts = _number(entry.get("facts"))
+            try:
+                out.append((int(facts) if facts is not None else int(key), entry))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda kv: kv[0])
+
+
+# --------------------------------------------------------------------------- forgetting vs N
+def nested_learning(entry: Mapping[str, Any], metric: str) -> float | None:
+    """Facts learned after N facts: the gain beyond held-out, else the plain target gain."""
+    beyond = entry.get("target_beyond_heldout")
+    if isinstance(beyond, Mapping) and isinstance(beyond.get("delta"), Mapping):
+        found = _number(beyond["delta"].get(metric))
+        if found is not None:
+            return found
+    delta = entry.get("delta")
+    target = delta.get(TARGET) if isinstance(delta, Mapping) else None
+    return _number(target.get(metric)) if isinstance(target, Mapping) else None
+
+
+def nested_grid(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (line, point, draw, facts N, probe): learning and forgetting (% change,
+    + = worse) after the first N facts, from ``results["nested"]``."""
+    columns = ["line", "point", "draw", "facts", "probe", "learning", "forgetting"]
+    rows = []
+    for labels, results in each_results(df):
+        for facts, entry in _nested(results):
+            learning = nested_learning(entry, labels["target_metric"])
+            rel = entry.get("rel_delta_pct") if isinstance(entry.get("rel_delta_pct"),
+                                                            Mapping) else {}
+            for probe, (metric, higher) in FORGETTING_METRICS.items():
+                block = rel.get(probe)
+                value = _number(block.get(metric)) if isinstance(block, Mapping) else None
+                if learning is None or value is None:
+                    continue
+                rows.append({**{k: labels[k] for k in ("line", "point", "draw")},
+                             "facts": facts, "probe": probe, "learning": learning,
+                             "forgetting": -value if higher else value})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def scale_levels(nested: pd.DataFrame) -> Levels:
+    """The standard levels, plus the highest level every line reaches at every N when some
+    line stays below 25% (so each N has one row where all methods compare)."""
+    common = choose_levels(nested, within=["facts"])
+    if common.values == tuple(LEVELS):
+        return common
+    top = common.values[-1]
+    line, lowest = min(line_reach(nested, ["facts"]).items(), key=lambda kv: (kv[1], kv[0]))
+    return Levels(tuple(sorted({*LEVELS, top})), (
+        f"Common level {top:.0%}: {line} reaches at most {lowest:.1%} learned at some N in "
+        f"some draw, below {LEVELS[0]:.0%}, so {top:.0%} (5-point steps) is the highest level "
+        "every method reaches at every N; `scale.png` draws it."))
+
+
+def figure_level(levels: Levels) -> float:
+    """The level the forgetting-vs-N figure draws: 25% when every line reaches it, else the
+    highest level they all reach."""
+    return LEVELS[0] if not levels.note else min(levels.values)
+
+
+def matched_vs_n(nested: pd.DataFrame, levels: Sequence[float]) -> pd.DataFrame:
+    """:func:`matched_learning` per stream length N, with a ``facts`` column."""
+    parts = [matched_learning(block, levels).assign(facts=int(facts))
+             for facts, block in nested.groupby("facts", sort=True)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def scale_markdown(nested: pd.DataFrame) -> str:
+    """The forgetting-at-matched-learning table per probe, rows = (N, level)."""
+    if nested.empty:
+        return ""
+    levels = scale_levels(nested)
+    table = matched_vs_n(nested, levels.values)
+    parts = ["### Forgetting at matched learning vs stream length\n",
+             "Each run scored after its first N facts (`nested`); per N, forgetting is "
+             "interpolated along each draw's frontier, then mean ± 95% t-interval half-width "
+             "over draws (n). `not run`: no run of that method reached N. Figure: "
+             "`scale.png`.\n"]
+    if levels.note:
+        parts.append(levels.note + "\n")
+    for probe, block in table.groupby("probe", sort=False):
+        parts.append(f"**{probe}** ({FORGETTING_METRICS[probe][0]}, % change)\n\n"
+                     f"{comparison_table(block, levels.values, lead='facts')}\n")
+    return "\n".join(parts) + "\n"
+
+
+def _colors(lines: Sequence[str]) -> dict[str, str]:
+    return {ln: f"C{i % 10}" for i, ln in enumerate(sorted(lines, key=line_order))}
+
+
+def _empty(fig: Figure, text: str) -> Figure:
+    ax = fig.add_subplot(1, 1, 1)
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
+def scale_figure(nested: pd.DataFrame) -> Figure:
+    """One panel per forgetting probe: x = N (log), y = forgetting at the matched level,
+    one line per method with 95% CI error bars over draws."""
+    probes = list(dict.fromkeys(nested["probe"])) if not nested.empty else []
+    fig = new_figure(4.4 * max(len(probes), 1), 3.7)
+    if not probes:
+        return _empty(fig, "no nested results (results.json 'nested')")
+    levels = scale_levels(nested)
+    level = figure_level(levels)
+    table = matched_vs_n(nested, [level])
+    colors = _colors(list(table["line"].unique()))
+    ns = sorted(table["facts"].unique())
+    for i, probe in enumerate(probes, 1):
+        ax = fig.add_subplot(1, len(probes), i)
+        for line, color in colors.items():
+            mine = table[(table["probe"] == probe) & (table["line"] == line)
+                         & table["forgetting"].notna()].sort_values("facts")
+            if mine.empty:
+                continue
+            ax.errorbar(mine["facts"], mine["forgetting"].astype(float),
+                        yerr=mine["ci"].astype(float).fillna(0), fmt="o-", capsize=3,
+                        color=color, label=line, lw=1.4, ms=4)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_xlabel("facts in the stream (N)")
+        ax.set_ylabel(f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)")
+        ax.set_title(f"{probe} at {level:.0%} learned")
+        if i == 1:
+            ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- along the stream
+def nested_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """``nested[N].after`` as a long table like :func:`stream_points` (line, point, draw,
+    facts, probe, metric, value): the stream figure marks them on the curves."""
+    rows = []
+    for labels, results in each_results(df):
+        for facts, entry in _nested(results):
+            after = entry.get("after") if isinstance(entry.get("after"), Mapping) else {}
+            for probe, metrics in after.items():
+                for metric, value in (metrics.items() if isinstance(metrics, Mapping) else []):
+                    if metric != "n" and (v := _number(value)) is not None:
+                        rows.append({"line": labels["line"], "point": labels["point"],
+                                     "draw": labels["draw"], "facts": facts, "probe": probe,
+                                     "metric": metric, "value": v})
+    return pd.DataFrame(rows, columns=["line", "point", "draw", "facts", "probe", "metric",
+                                       "value"])
+
+
+def _mean_ci(long: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Mean and 95% CI half-width of ``value`` over draws per ``keys``, sorted by facts."""
+    if long.empty:
+        return pd.DataFrame(columns=[*keys, "value", "ci", "n"])
+    agg = long.groupby(list(keys), sort=False, dropna=False).agg(
+        value=("value", "mean"), ci=("value", ci_half), n=("value", "size"))
+    return agg.reset_index().sort_values(list(keys), kind="stable", ignore_index=True)
+
+
+Style = tuple[str, str, str]  # colour, linestyle, marker
+
+
+def _curve_styles(long: pd.DataFrame) -> dict[tuple[str, str], Style]:
+    """(line, point) -> (colour, linestyle, marker): colour per method, dash and marker per
+    grid point, so every grid point of every method is told apart on one figure."""
+    colors = _colors(list(long["line"].unique()))
+    styles = {}
+    for line in colors:
+        points = sorted(long.loc[long["line"] == line, "point"].unique())
+        for j, point in enumerate(points):
+            styles[(line, point)] = (colors[line], _STYLES[j % len(_STYLES)],
+                                     _MARKERS[j % len(_MARKERS)])
+    return styles
+
+
+def _draw_curves(ax: Any, stream: pd.DataFrame, marks: pd.DataFrame,
+                 styles: dict[tuple[str, str], Style]) -> None:
+    """Stream curves (mean, CI band) and nested points (mean ± CI, joined by a thin line
+    when the run has no stream curve) per labelled grid point."""
+    keys = ["line", "point", "facts"]
+    curves, dots = _mean_ci(stream, keys), _mean_ci(marks, keys)
+    for (line, point), (color, style, marker) in styles.items():
+        label = f"{line} {point}"
+        curve = curves[(curves["line"] == line) & (curves["point"] == point)]
+        if not curve.empty:
+            ax.plot(curve["facts"], curve["value"], style, color=color, lw=1.2, label=label)
+            band = curve["ci"].astype(float).fillna(0)
+            ax.fill_between(curve["facts"].astype(float), curve["value"] - band,
+                            curve["value"] + band, color=color, alpha=0.12, lw=0)
+        dot = dots[(dots["line"] == line) & (dots["point"] == point)]
+        if not dot.empty:
+            ax.errorbar(dot["facts"], dot["value"], yerr=dot["ci"].astype(float).fillna(0),
+                        fmt=marker + ("" if not curve.empty else style), lw=0.8, ms=4,
+                        capsize=2, color=color, label=None if not curve.empty else label)
+
+
+def scale_stream_figure(df: pd.DataFrame, target_metric: str = "exact_match") -> Figure:
+    """Every method on one figure: learning (facts seen so far) and each forgetting probe
+    along the stream, one labelled curve per grid point (squares: the nested N), and, when
+    the runs have it, how much of each quarter's facts is kept at the end."""
+    stream, marks = stream_points(df), nested_scores(df)
+    both = pd.concat([x for x in (stream, marks) if not x.empty]) if not (
+        stream.empty and marks.empty) else pd.DataFrame()
+    panels = [(p, m) for p, m in [(TARGET, target_metric),
+                                  *((p, m) for p, (m, _) in FORGETTING_METRICS.items())]
+              if not both.empty and ((both["probe"] == p) & (both["metric"] == m)).any()]
+    earlier = earlier_facts(df)
+    count = len(panels) + (not earlier.empty)
+    fig = new_figure(4.3 * max(count, 1), 4.0)
+    if not count:
+        return _empty(fig, "no stream or nested scores")
+    styles = _curve_styles(pd.concat([x for x in (both, earlier) if not x.empty]))
+    for i, (probe, metric) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, count, i)
+
+        def pick(long: pd.DataFrame, probe: str = probe, metric: str = metric) -> pd.DataFrame:
+            if long.empty:
+                return long
+            return long[(long["probe"] == probe) & (long["metric"] == metric)]
+
+        _draw_curves(ax, pick(stream), pick(marks), styles)
+        ax.set_xlabel("facts seen")
+        ax.set_ylabel(f"{'facts seen so far' if probe == TARGET else probe}: {metric}")
+        ax.set_title("learning" if probe == TARGET else f"forgetting: {probe}")
+        if i == 1:
+            ax.legend(fontsize=7)
+    if not earlier.empty:
+        _earlier_panel(fig.add_subplot(1, count, count), earlier, styles)
+    return fig
+
+
+def _earlier_panel(ax: Any, earlier: pd.DataFrame,
+                   styles: dict[tuple[str, str], Style]) -> None:
+    kept = _mean_ci(earlier.rename(columns={"kept": "value"}).dropna(subset=["value"]),
+                    ["line", "point", "quarter"])
+    for (line, point), (color, style, marker) in styles.items():
+        mine = kept[(kept["line"] == line) & (kept["point"] == point)]
+        if not mine.empty:
+            ax.errorbar(mine["quarter"], 100 * mine["value"],
+                        yerr=100 * mine["ci"].astype(float).fillna(0), fmt=marker + style,
+                        color=color, capsize=2, ms=4, label=f"{line} {point}")
+    quarters = sorted(earlier["quarter"].dropna().unique())
+    ax.set_xticks(quarters, [str(q) for q in quarters])
+    ax.set_xlim(min(quarters) - 0.5, max(quarters) + 0.5)
+    ax.axhline(100, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("quarter of the stream")
+    ax.set_ylabel("exact match at the end / right after (%)")
+    ax.set_title("earlier facts kept")
+
+
+# --------------------------------------------------------------------------- memory fill
+def memory_points(df: pd.DataFrame) -> pd.DataFrame:
+    """line, point, draw, facts, key, value of SMF's memory fill: stream points' ``memory``,
+    then ``nested[N].memory`` at the N the stream did not score."""
+    rows = []
+    for labels, results in each_results(df):
+        seen: set[tuple[int, str]] = set()
+        stream = results.get("stream") if isinstance(results.get("stream"), Mapping) else {}
+        entries = [(_number(p.get("facts")), p.get("memory"))
+                   for p in stream.get("points", []) if isinstance(p, Mapping)]
+        entries += [(float(n), e.get("memory")) for n, e in _nested(results)]
+        for facts, memory in entries:
+            for key in MEMORY_KEYS:
+                value = _number(memory.get(key)) if isinstance(memory, Mapping) else None
+                if facts is None or value is None or (int(facts), key) in seen:
+                    continue
+                seen.add((int(facts), key))
+                rows.append({"line": labels["line"], "point": labels["point"],
+                             "draw": labels["draw"], "facts": int(facts), "key": key,
+                             "value": value})
+    return pd.DataFrame(rows, columns=["line", "point", "draw", "facts", "key", "value"])
+
+
+def memory_figure(memory: pd.DataFrame) -> Figure:
+    """Share of value rows written and their share of background reads vs facts seen, one
+    curve per SMF grid point (mean over draws, 95% CI shaded)."""
+    fig = new_figure(9.5, 3.8)
+    if memory.empty:
+        return _empty(fig, "no memory diagnostics (SMF stream points' 'memory')")
+    styles = _curve_styles(memory)
+    for i, (key, title) in enumerate(MEMORY_KEYS.items(), 1):
+        ax = fig.add_subplot(1, 2, i)
+        block = memory[memory["key"] == key]
+        _draw_curves(ax, block.assign(value=100 * block["value"]),
+                     pd.DataFrame(columns=block.columns), styles)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("facts seen")
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_title(title)
+        if i == 1:
+            ax.legend(fontsize=7)
+    return fig
+
+
+def memory_markdown(memory: pd.DataFrame, at: Sequence[int] = ()) -> str:
+    """Memory fill at the stream lengths ``at`` (the nested N), else at every stream point."""
+    if at and memory["facts"].isin(at).any():
+        memory = memory[memory["facts"].isin(at)]
+    if memory.empty:
+        return ""
+    index = sorted({(r.line, r.point, r.facts) for r in memory.itertuples()},
+                   key=lambda k: (line_order(k[0]), k[1], k[2]))
+    rows = []
+    for line, point, facts in index:
+        cells = [line, point, str(facts)]
+        for key in MEMORY_KEYS:
+            values = memory[(memory["key"] == key) & (memory["line"] == line)
+                            & (memory["point"] == point) & (memory["facts"] == facts)]
+            cells.append(fmt_ci(mean_ci(100 * values["value"]), digits=".1f", unit="%"))
+        rows.append(cells)
+    table = md_table(["method", "point", "facts", *MEMORY_KEYS], rows)
+    return ("### Memory fill along the stream\n\n"
+            f"{table}\n\n"
+            "`rows_touched_share`: share of SMF's value rows written so far; "
+            "`touched_background_share`: the share of background-text reads that land on "
+            "them. Mean ± 95% CI over draws (n). Figure: `memory_fill.png`.\n\n")
+
+
+# --------------------------------------------------------------------------- earlier facts
+def earlier_facts(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (line, point, draw, quarter) of ``results["earlier_facts"]``."""
+    columns = ["line", "point", "draw", "metric", "quarter", "first", "last", "right_after",
+               "end", "kept"]
+    rows = []
+    for labels, results in each_results(df):
+        block = results.get("earlier_facts")
+        if not isinstance(block, Mapping):
+            continue
+        for q in block.get("quarters") or []:
+            if not isinstance(q, Mapping):
+                continue
+            span = q.get("facts") if isinstance(q.get("facts"), list) else [None, None]
+            right, end = _number(q.get("right_after")), _number(q.get("end"))
+            kept = _number(q.get("kept")) if "kept" in q else (
+                end / right if right and end is not None else None)
+            rows.append({"line": labels["line"], "point": labels["point"],
+                         "draw": labels["draw"], "metric": str(block.get("metric", "?")),
+                         "quarter": q.get("quarter"), "first": span[0], "last": span[-1],
+                         "right_after": right, "end": end, "kept": kept})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def earlier_summary(earlier: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95% CI half-width and n over draws of right_after / end / kept per quarter."""
+    rows = []
+    for (line, point, quarter), block in earlier.groupby(["line", "point", "quarter"],
+                                                          sort=False):
+        row: dict[str, Any] = {"line": line, "point": point, "quarter": quarter,
+                               "first": block["first"].iloc[0], "last": block["last"].iloc[0]}
+        for col in ("right_after", "end", "kept"):
+            ci = mean_ci(block[col].astype(float))
+            row.update({col: ci.mean, f"{col}_ci": ci.half, f"{col}_n": ci.n})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    order = out["line"].map(line_order)
+    return out.assign(_o=order).sort_values(["_o", "point", "quarter"], kind="stable") \
+        .drop(columns="_o").reset_index(drop=True)
+
+
+def earlier_markdown(earlier: pd.DataFrame) -> str:
+    """The retention-of-earlier-facts table (the continual-learning number)."""
+    if earlier.empty:
+        return ""
+    summary = earlier_summary(earlier)
+    rows = []
+    for r in summary.itertuples():
+        cells = [r.line, r.point, str(r.quarter), f"{r.first}–{r.last}"]
+        for col in ("right_after", "end", "kept"):
+            ci = MeanCI(getattr(r, col), getattr(r, f"{col}_ci"), getattr(r, f"{col}_n"))
+            cells.append(fmt_ci(ci, digits=".3g"))
+        rows.append(cells)
+    metric = ", ".join(sorted(earlier["metric"].unique()))
+    table = md_table(["method", "point", "quarter", "facts", "right after", "end",
+                      "kept (end / right after)"], rows)
+    return ("### Retention of earlier facts\n\n"
+            f"{table}\n\n"
+            f"{metric} on the facts of each quarter of the stream just after that quarter was "
+            "learned and at the end of the stream; kept = end / right after per draw (none "
+            "when nothing was learned), then mean ± 95% CI over draws (n). Also the last "
+            "panel of `scale_stream.png`.\n\n")
+
+
+def has_scale_data(df: pd.DataFrame) -> dict[str, bool]:
+    """Which scale parts the runs can fill (old runs: none)."""
+    flags = {"nested": False, "memory": False, "earlier": False}
+    for _, results in each_results(df):
+        flags["nested"] |= bool(_nested(results))
+        flags["earlier"] |= isinstance(results.get("earlier_facts"), Mapping)
+        stream = results.get("stream") if isinstance(results.get("stream"), Mapping) else {}
+        flags["memory"] |= any(isinstance(p, Mapping) and isinstance(p.get("memory"), Mapping)
+                               for p in stream.get("points", []))
+    return flags
+
+
+__all__ = ["earlier_facts", "earlier_markdown", "memory_figure", "memory_markdown",
+           "memory_points", "nested_grid", "scale_figure", "scale_markdown",
+           "scale_stream_figure"]

@@ -1,0 +1,295 @@
+"""The report's statistics and scale sections against hand computations: 95% t-intervals,
+matched learning over fact draws, adaptive levels when no method reaches 25%, forgetting vs
+stream length from nested results, memory fill and the retention of earlier facts."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from smfexp.reporting import collect_runs, write_report
+from smfexp.reporting.frontier import choose_levels, grid_table, matched_learning
+from smfexp.reporting.scale import (
+    earlier_facts,
+    earlier_summary,
+    matched_vs_n,
+    memory_points,
+    nested_grid,
+    scale_figure,
+    scale_levels,
+)
+from smfexp.reporting.stats import MeanCI, mean_ci, overlap, t_quantile
+
+T2 = 4.302652729911275  # t_{0.975, 2}: 3 draws
+CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
+
+
+# --------------------------------------------------------------------------- statistics
+def test_t_interval_matches_a_hand_computation():
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0])
+    sd = math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 3)  # 1.29099
+    assert (ci.mean, ci.n) == (2.5, 4)
+    assert ci.half == pytest.approx(3.182446 * sd / 2, rel=1e-6)
+    assert mean_ci([0.1, 0.2, 0.3]).half == pytest.approx(T2 * 0.1 / math.sqrt(3))
+
+
+def test_one_draw_has_no_interval_and_missing_values_are_skipped():
+    one = mean_ci([5.0, None, math.nan])
+    assert (one.mean, one.n, one.has_interval) == (5.0, 1, False)
+    assert math.isnan(one.half)
+    assert mean_ci([]).n == 0
+
+
+def test_t_table_without_scipy(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_scipy(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    assert t_quantile(2) == pytest.approx(4.303)
+    assert t_quantile(11) == pytest.approx(2.228)  # nearest tabulated df below: wider, safe
+    assert t_quantile(1000) == pytest.approx(1.960)
+
+
+def test_overlap_needs_two_intervals():
+    assert overlap(MeanCI(1.0, 0.5, 3), MeanCI(1.8, 0.4, 3)) is True
+    assert overlap(MeanCI(1.0, 0.5, 3), MeanCI(2.0, 0.4, 3)) is False
+    assert overlap(MeanCI(1.0, 0.5, 3), MeanCI(1.2, math.nan, 1)) is None
+
+
+# --------------------------------------------------------------------------- fake runs
+def _job(run_dir: Path, method: str, lr: str, facts_seed: int, seed: int = 0) -> None:
+    hydra = run_dir / ".hydra"
+    hydra.mkdir(parents=True)
+    overrides = [f"method={method}", f"method.lr={lr}", f"seed={seed}",
+                 f"data.facts_seed={facts_seed}", *(["selector=tfidf"] * (method == "smf"))]
+    (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (hydra / "config.yaml").write_text(
+        f"seed: {seed}\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
+        f"  lr: {lr}\n" + ("  selector: tfidf\n" if method == "smf" else "")
+        + f"data:\n  facts_seed: {facts_seed}\nmodel:\n  name: tiny\n"
+        "eval:\n  protocol: harness\n")
+
+
+def _state(facts: int, learned: float, forgetting: float) -> dict[str, Any]:
+    """A mini results.json: target learned beyond held-out, WikiText ppl +forgetting %."""
+    before = {"target": {"exact_match": 0.0}, "wikitext": {"word_perplexity": 20.0}}
+    after = {"target": {"exact_match": learned + 0.05},
+             "wikitext": {"word_perplexity": 20.0 * (1 + forgetting / 100)}}
+    return {"facts": facts, "step": facts, "before": before, "after": after,
+            "delta": {"target": {"exact_match": learned + 0.05},
+                      "wikitext": {"word_perplexity": 0.2 * forgetting}},
+            "rel_delta_pct": {"wikitext": {"word_perplexity": forgetting}},
+            "target_beyond_heldout": {"probe": "triviaqa",
+                                      "delta": {"exact_match": learned}}}
+
+
+def _write(run_dir: Path, method: str, lr: str, facts_seed: int,
+           states: dict[int, tuple[float, float]], **extra: Any) -> None:
+    """One run: top level = its last N, ``nested`` = every N when more than one is given."""
+    _job(run_dir, method, lr, facts_seed)
+    last = _state(max(states), *states[max(states)])
+    res = {"status": "ok", "method": method, "selector": "tfidf" if method == "smf" else None,
+           "seed": 0, "model": "tiny", "protocol": "harness", "data": {"name": "facts"},
+           "target_probe": "facts", "target_metric": "exact_match",
+           "target_higher_is_better": True, **{k: last[k] for k in (
+               "before", "after", "delta", "rel_delta_pct", "target_beyond_heldout")}}
+    if len(states) > 1:
+        res["nested"] = {str(n): _state(n, *v) for n, v in states.items()}
+    res.update(extra)
+    (run_dir / "results.json").write_text(json.dumps(res))
+
+
+# --------------------------------------------------------------------------- below 25%
+# (method, lr) -> (learning beyond held-out, wikitext ppl change %): nobody reaches 25%
+HARD = {("smf", "1"): (0.12, 0.2), ("smf", "2"): (0.18, 0.6),
+        ("lora", "1e-4"): (0.11, 4.4), ("full", "1e-5"): (0.22, 8.8)}
+
+
+@pytest.fixture(scope="module")
+def hard_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Harder facts: every method stays below 25% learned; one job still running."""
+    root = tmp_path_factory.mktemp("hard") / "multirun"
+    for num, ((method, lr), (x, y)) in enumerate(HARD.items()):
+        _write(root / str(num), method, lr, 0, {32: (x, y)})
+    _job(root / "9", "smf", "4", 0)  # running: no results.json yet
+    return root
+
+
+def test_levels_adapt_when_every_method_stays_below_25_percent(hard_sweep, tmp_path):
+    grid = grid_table(collect_runs(hard_sweep))
+    levels = choose_levels(grid)
+    assert levels.values == pytest.approx((0.05, 0.10))  # steps of 5 up to LoRA's 11%
+    assert "lora" in levels.note and "11.0%" in levels.note
+    table = matched_learning(grid, levels.values).set_index(["line", "level"])
+    # one draw each, along (0, 0)-(x, y): y * level / x (SMF: its lr 1 point is the first)
+    for line, (x, y) in {"smf/tfidf": (0.12, 0.2), "lora": (0.11, 4.4),
+                         "full": (0.22, 8.8)}.items():
+        for level in (0.05, 0.10):
+            assert table.loc[(line, level), "forgetting"] == pytest.approx(y * level / x)
+    md = write_report(hard_sweep, tmp_path / "report").markdown
+    matched = md[md.index("### Forgetting at matched learning"):]
+    rows = [line for line in matched.splitlines() if line.startswith(("| 5%", "| 10%"))]
+    assert len(rows) == 2 and not any("not reached" in r for r in rows)
+    assert "| 25%" not in matched  # no row where nobody compares
+
+
+def test_standard_levels_when_every_method_reaches_25_percent():
+    grid = pd.DataFrame([{"line": ln, "point": "p", "probe": "wikitext", "draw": "d",
+                          "learning": x, "forgetting": 1.0} for ln, x in
+                         (("smf/tfidf", 0.3), ("full", 0.26))])
+    assert choose_levels(grid).values == (0.25, 0.5, 0.75) and not choose_levels(grid).note
+
+
+# --------------------------------------------------------------------------- 3 draws, nested
+# (method, lr) -> N -> (learning, wikitext forgetting % at facts_seed 0); draw k adds k to
+# the forgetting, so each draw's frontier differs and the interval is hand-computable.
+SCALE = {("smf", "1"): {64: (0.4, 1.0), 256: (0.3, 2.0)},
+         ("smf", "2"): {64: (0.8, 3.0), 256: (0.6, 5.0)},
+         ("full", "1e-5"): {64: (0.5, 10.0), 256: (0.4, 20.0)}}
+DRAWS = (0, 1, 2)
+
+
+def _stream(k: int) -> dict[str, Any]:
+    """SMF lr 2's stream: memory fills linearly to 256 facts; exact match on seen facts."""
+    return {"every_n_facts": 64, "points": [
+        {"step": f, "facts": f, "seconds": 1.0,
+         "scores": {"target": {"exact_match": f / 512},
+                    "wikitext": {"word_perplexity": 20.0 + f / 64}},
+         "memory": {"rows_touched_share": f / 256 * (0.5 + 0.1 * k),
+                    "touched_background_share": f / 512}}
+        for f in (0, 64, 128, 256)]}
+
+
+def _earlier(k: int) -> dict[str, Any]:
+    """Quarter 1 drops 0.1 per draw by the end; quarter 2 was never learned (kept null)."""
+    return {"metric": "exact_match", "quarters": [
+        {"quarter": 1, "facts": [0, 64], "n": 64, "right_after": 0.6, "end": 0.6 - 0.1 * k,
+         "kept": (0.6 - 0.1 * k) / 0.6},
+        {"quarter": 2, "facts": [64, 128], "n": 64, "right_after": 0.0, "end": 0.0,
+         "kept": None}]}
+
+
+@pytest.fixture(scope="module")
+def scale_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("scale") / "multirun"
+    num = 0
+    for (method, lr), states in SCALE.items():
+        for k in DRAWS:
+            shifted = {n: (x, y + k) for n, (x, y) in states.items()}
+            extra = {"stream": _stream(k), "earlier_facts": _earlier(k)} \
+                if (method, lr) == ("smf", "2") else {}
+            _write(root / str(num), method, lr, k, shifted, **extra)
+            num += 1
+    return root
+
+
+def test_three_draws_interpolate_per_draw_then_average(scale_sweep):
+    runs = collect_runs(scale_sweep)
+    assert sorted(runs["point"].unique()) == ["method.lr=1", "method.lr=1e-5", "method.lr=2"]
+    grid = grid_table(runs)  # the top level: N = 256
+    table = matched_learning(grid, (0.25,)).set_index("line")
+    # SMF draw k: along (0, 0)-(0.3, 2 + k): 0.25 / 0.3 * (2 + k) = 5/3, 5/2, 10/3
+    smf = [0.25 / 0.3 * (2 + k) for k in DRAWS]
+    sd = pd.Series(smf).std()
+    assert table.loc["smf/tfidf", "forgetting"] == pytest.approx(2.5)
+    assert table.loc["smf/tfidf", "ci"] == pytest.approx(T2 * sd / math.sqrt(3))
+    assert table.loc["smf/tfidf", "draws"] == 3
+    # full draw k: 0.25 / 0.4 * (20 + k): mean 13.125, sd 0.625
+    assert table.loc["full", "forgetting"] == pytest.approx(13.125)
+    assert table.loc["full", "ci"] == pytest.approx(T2 * 0.625 / math.sqrt(3))
+
+
+def test_summary_rows_are_grid_points_with_intervals_over_draws(scale_sweep, tmp_path):
+    report = write_report(scale_sweep, tmp_path / "report")
+    summary = report.summary.set_index(["method", "point"])
+    smf2 = summary.loc[("smf", "method.lr=2")]
+    ppl = [0.2 * (5.0 + k) for k in DRAWS]  # Δ wikitext ppl at 256 facts
+    assert smf2["n_ok"] == 3
+    assert smf2["delta/wikitext/word_perplexity:mean"] == pytest.approx(sum(ppl) / 3)
+    assert smf2["delta/wikitext/word_perplexity:ci"] == pytest.approx(
+        T2 * pd.Series(ppl).std() / math.sqrt(3))
+
+
+def test_forgetting_vs_stream_length(scale_sweep):
+    nested = nested_grid(collect_runs(scale_sweep))
+    assert sorted(nested["facts"].unique()) == [64, 256]
+    assert len(nested) == 3 * len(DRAWS) * 2  # runs x N, one probe
+    levels = scale_levels(nested)
+    assert levels.values == (0.25, 0.5, 0.75) and not levels.note
+    table = matched_vs_n(nested, (0.25,)).set_index(["line", "facts"])
+    smf64 = [0.25 / 0.4 * (1 + k) for k in DRAWS]  # 0.625, 1.25, 1.875
+    full64 = [0.25 / 0.5 * (10 + k) for k in DRAWS]  # 5, 5.5, 6
+    assert table.loc[("smf/tfidf", 64), "forgetting"] == pytest.approx(1.25)
+    assert table.loc[("smf/tfidf", 64), "ci"] == pytest.approx(
+        T2 * pd.Series(smf64).std() / math.sqrt(3))
+    assert table.loc[("full", 64), "forgetting"] == pytest.approx(sum(full64) / 3)
+    assert table.loc[("smf/tfidf", 256), "forgetting"] == pytest.approx(2.5)
+    assert table.loc[("full", 256), "forgetting"] == pytest.approx(13.125)
+    (ax,) = scale_figure(nested).axes
+    assert ax.get_xscale() == "log"
+    drawn = {c.get_label(): [d.tolist() for d in c.lines[0].get_data()]
+             for c in ax.containers}  # label -> [x = N, y = forgetting at 25%]
+    assert drawn["smf/tfidf"][0] == [64, 256]
+    assert drawn["smf/tfidf"][1] == pytest.approx([1.25, 2.5])
+    assert drawn["full"][1] == pytest.approx([5.5, 13.125])
+
+
+def test_scale_levels_keep_a_common_row_when_a_method_stays_low_at_large_n():
+    rows = [{"line": ln, "point": "p", "probe": "wikitext", "draw": "d", "facts": n,
+             "learning": x, "forgetting": 1.0}
+            for ln, n, x in (("smf/tfidf", 64, 0.6), ("smf/tfidf", 1000, 0.4),
+                             ("lora", 64, 0.3), ("lora", 1000, 0.09))]
+    levels = scale_levels(pd.DataFrame(rows))
+    assert levels.values == pytest.approx((0.05, 0.25, 0.5, 0.75))  # LoRA: 9% at N = 1000
+    assert "lora" in levels.note
+
+
+def test_report_writes_the_scale_sections_and_figures(scale_sweep, tmp_path):
+    from matplotlib.image import imread
+
+    report = write_report(scale_sweep, tmp_path / "report")
+    for name in ("scale.png", "scale_stream.png", "memory_fill.png"):
+        assert imread(report.files[name]).shape[1] > 300, name
+    md = report.markdown
+    for section in ("### Forgetting at matched learning vs stream length",
+                    "### Retention of earlier facts", "### Memory fill along the stream"):
+        assert section in md
+
+
+def test_old_runs_get_no_scale_files(hard_sweep, tmp_path):
+    report = write_report(hard_sweep, tmp_path / "report")
+    assert not {"scale.png", "scale_stream.png", "memory_fill.png"} & set(report.files)
+    assert "vs stream length" not in report.markdown
+
+
+def test_memory_fill_from_stream_points(scale_sweep):
+    memory = memory_points(collect_runs(scale_sweep))
+    assert set(memory["line"]) == {"smf/tfidf"}
+    rows = memory[(memory["key"] == "rows_touched_share") & (memory["facts"] == 256)]
+    assert sorted(rows["value"]) == pytest.approx([0.5, 0.6, 0.7])  # one per draw
+
+
+def test_earlier_facts_table(scale_sweep):
+    earlier = earlier_facts(collect_runs(scale_sweep))
+    assert len(earlier) == len(DRAWS) * 2
+    summary = earlier_summary(earlier).set_index("quarter")
+    q1 = summary.loc[1]
+    assert (q1["right_after"], q1["right_after_n"]) == (pytest.approx(0.6), 3)
+    ends = [0.6, 0.5, 0.4]
+    kept = [e / 0.6 for e in ends]
+    assert q1["end"] == pytest.approx(0.5)
+    assert q1["end_ci"] == pytest.approx(T2 * 0.1 / math.sqrt(3))
+    assert q1["kept"] == pytest.approx(sum(kept) / 3)
+    assert q1["kept_ci"] == pytest.approx(T2 * pd.Series(kept).std() / math.sqrt(3))
+    q2 = summary.loc[2]
+    assert q2["kept_n"] == 0 and math.isnan(q2["kept"])  # nothing learned: no ratio
