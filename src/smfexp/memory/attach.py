@@ -1,13 +1,16 @@
 """Model surgery: put product-key memories beside (or instead of) chosen decoder MLPs.
 
-``attach_memory`` swaps ``layers[i].mlp`` for a :class:`MemoryBlock` that owns the original
-MLP, so ``detach_memory`` can put it back and nothing outside the block has to know.
+``attach_memory`` swaps ``layers[i].mlp`` (or ``.feed_forward`` ... - see ``MLP_ATTRS``; dense or
+sparse-MoE) for a :class:`MemoryBlock` that owns the original MLP, so ``detach_memory`` can put
+it back and nothing outside the block has to know. docs/architectures.md lists the decoder
+families this is tested on.
 All state lives on the model instance (its blocks and ``model._smf_memory_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -151,8 +154,12 @@ class MemoryBlock(nn.Module):
             return mem
         out = self.mlp(x, *args, **kwargs)
         if isinstance(out, tuple):  # MLPs that also return aux outputs (e.g. router logits)
-            return (out[0] + (self.gate * mem).to(out[0].dtype), *out[1:])
-        return out + (self.gate * mem).to(out.dtype)
+            return (self._add(out[0], mem), *out[1:])
+        return self._add(out, mem)
+
+    def _add(self, out: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+        """``out + g * mem``; ``mem`` takes ``out``'s shape (Llama 4's MoE returns [B*T, D])."""
+        return out + (self.gate * mem).to(out.dtype).reshape(out.shape)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer_idx}, mode={self.mode}"
@@ -166,6 +173,10 @@ _BLOCK_PATHS = (
     "transformer.h",
     "gpt_neox.layers",
 )
+# Where decoder blocks keep their feed-forward (dense or sparse-MoE), in the order tried.
+MLP_ATTRS = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
+SUPPORTED = ("decoder blocks that hold their feed-forward as one submodule named "
+             + ", ".join(f".{a}" for a in MLP_ATTRS))
 
 
 def _get_path(obj: Any, path: str) -> Any:
@@ -176,12 +187,16 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def _is_block_list(obj: Any) -> bool:
-    return isinstance(obj, nn.ModuleList) and len(obj) > 0 and all(hasattr(b, "mlp") for b in obj)
+def mlp_attr(block: nn.Module) -> str | None:
+    """The attribute under which ``block`` keeps its feed-forward module, or None."""
+    for name in MLP_ATTRS:
+        if isinstance(getattr(block, name, None), nn.Module):
+            return name
+    return None
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder's list of transformer blocks (each with an ``mlp``), for any HF decoder."""
+def _candidate_block_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """Non-empty module lists where HF decoders keep their blocks, most specific first."""
     candidates = []
     get_decoder = getattr(model, "get_decoder", None)
     if callable(get_decoder):
@@ -192,13 +207,40 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         if decoder is not None:
             candidates += [getattr(decoder, "layers", None), getattr(decoder, "h", None)]
     candidates += [_get_path(model, p) for p in _BLOCK_PATHS]
+    return [c for c in candidates if isinstance(c, nn.ModuleList) and len(c) > 0]
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of transformer blocks, for any HF decoder.
+
+    Prefers a list whose every block has a feed-forward module (see ``MLP_ATTRS``); a list
+    without one is still returned so that ``attach_memory`` can say which block lacks it.
+    """
+    candidates = _candidate_block_lists(model)
     for blocks in candidates:
-        if _is_block_list(blocks):
+        if all(mlp_attr(b) is not None for b in blocks):
             return blocks
+    if candidates:
+        return candidates[0]
     raise ValueError(
         f"cannot find decoder blocks in {type(model).__name__}: expected an nn.ModuleList of "
-        f"blocks with an `.mlp` at get_decoder().layers or one of {', '.join(_BLOCK_PATHS)}"
+        f"blocks with an `.mlp` at get_decoder().layers / .h or one of {', '.join(_BLOCK_PATHS)}"
     )
+
+
+def block_mlp(model: nn.Module, index: int) -> tuple[nn.Module, str]:
+    """Block ``index``'s feed-forward module and its attribute name; a one-line error if the
+    block has none (e.g. OPT keeps ``fc1``/``fc2`` directly in the block)."""
+    block = decoder_blocks(model)[index]
+    name = mlp_attr(block)
+    if name is None:
+        children = ", ".join(n for n, _ in block.named_children())
+        raise ValueError(
+            f"memory.layers: block {index} of {type(model).__name__} has no MLP module (looked "
+            f"for {', '.join('.' + a for a in MLP_ATTRS)}; it has {children}); supported: "
+            f"{SUPPORTED}"
+        )
+    return getattr(block, name), name
 
 
 def model_hidden_size(model: nn.Module) -> int:
@@ -208,11 +250,43 @@ def model_hidden_size(model: nn.Module) -> int:
     for name in ("hidden_size", "n_embd", "d_model"):
         if text is not None and isinstance(getattr(text, name, None), int):
             return getattr(text, name)
-    mlp = decoder_blocks(model)[0].mlp
+    mlp, _ = block_mlp(model, 0)
     linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears[0].in_features
     raise ValueError(f"cannot tell the hidden size of {type(model).__name__}")
+
+
+def _check_replaceable(model: nn.Module, mlp: nn.Module, index: int, hidden: int) -> None:
+    """Replacement feeds the memory the MLP's input alone and returns one tensor: refuse MLPs
+    whose forward needs more (Bloom's adds the residual it is handed, so replacing it would
+    cut the stream) or returns more (Llama 4's MoE returns router logits beside its output)."""
+    where = f"memory.mode=replacement: block {index} of {type(model).__name__}"
+    try:
+        params = inspect.signature(mlp.forward).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in params if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise ValueError(
+            f"{where} calls {type(mlp).__name__}({', '.join(required)}), which takes more than "
+            f"the hidden states, so a memory cannot stand in for it; use memory.mode=additive"
+        )
+    if isinstance(_probe(mlp, hidden), tuple):
+        raise ValueError(
+            f"{where}: {type(mlp).__name__} returns a tuple (its output and e.g. router "
+            f"logits), so a memory cannot stand in for it; use memory.mode=additive"
+        )
+
+
+@torch.no_grad()
+def _probe(mlp: nn.Module, hidden: int) -> Any:
+    """The MLP's output for two dummy tokens (None where it cannot run, e.g. meta weights)."""
+    param = next(iter(mlp.parameters()), None)
+    if param is None or param.device.type == "meta":
+        return None
+    return mlp(torch.zeros(1, 2, hidden, dtype=param.dtype, device=param.device))
 
 
 # --------------------------------------------------------------------------- public API
@@ -225,8 +299,11 @@ def attach_memory(model: nn.Module, cfg: MemoryConfig | Mapping[str, Any]) -> li
     indices = cfg.validate(len(blocks))
     hidden = model_hidden_size(model)
     wrappers = []
-    for i in indices:
-        mlp = blocks[i].mlp
+    mlps = [block_mlp(model, i) for i in indices]  # every block checked before any change
+    if cfg.mode == "replacement":
+        for i, (mlp, _) in zip(indices, mlps, strict=True):
+            _check_replaceable(model, mlp, i, hidden)
+    for i, (mlp, attr) in zip(indices, mlps, strict=True):
         device = next((p.device for p in mlp.parameters()), torch.device("cpu"))
         with torch.device(device):  # built in place: a 1M-slot table is 2.3 GB
             memory = ProductKeyMemory(
@@ -240,7 +317,7 @@ def attach_memory(model: nn.Module, cfg: MemoryConfig | Mapping[str, Any]) -> li
                 value_init=cfg.value_init,
             ).to(dtype=torch.float32)
         wrapper = MemoryBlock(mlp, memory, cfg, layer_idx=i)
-        blocks[i].mlp = wrapper
+        setattr(blocks[i], attr, wrapper)
         wrappers.append(wrapper)
     setattr(model, _CONFIG_ATTR, cfg)
     return wrappers
@@ -285,9 +362,11 @@ def detach_memory(model: nn.Module) -> list[ProductKeyMemory]:
     blocks = decoder_blocks(model)
     removed = []
     for block in blocks:
-        if isinstance(block.mlp, MemoryBlock):
-            removed.append(block.mlp.memory)
-            block.mlp = block.mlp.mlp
+        attr = mlp_attr(block)
+        wrapper = getattr(block, attr) if attr is not None else None
+        if isinstance(wrapper, MemoryBlock):
+            removed.append(wrapper.memory)
+            setattr(block, attr, wrapper.mlp)
     if hasattr(model, _CONFIG_ATTR):
         delattr(model, _CONFIG_ATTR)
     return removed
