@@ -1,9 +1,11 @@
 """``python -m smfexp.report <dir>``: compare target gain vs forgetting across runs.
 
 <dir> is a run dir, a multirun dir (also a partial sweep) or any folder above them.
-Writes summary.md/csv (with the forgetting-at-matched-learning tables), runs.csv,
-pareto.png, training_curves.png, frontier.png and stream.png into ``--out``
-(default ``<dir>/report``) and prints the Markdown table. Hydra-free on purpose: reporting
+Writes summary.md/csv (mean and 95% interval over fact draws per grid point, with the
+forgetting-at-matched-learning tables), runs.csv, pareto.png, training_curves.png,
+frontier.png and stream.png into ``--out`` (default ``<dir>/report``) and prints the
+Markdown. Scale runs (results.json ``nested`` / ``earlier_facts`` / stream ``memory``) add
+scale.png, scale_stream.png, memory_fill.png and their sections. Hydra-free on purpose: reporting
 must work on a laptop that only has the output folders.
 """
 

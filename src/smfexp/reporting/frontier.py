@@ -221,9 +221,10 @@ def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS, step: 
                       "in some draw, so no level below it compares every method.")
     values = tuple(round(step * k, 6) for k in range(1, count + 1))
     return Levels(values, (
-        f"Levels used: {', '.join(f'{v:.0%}' for v in values)} (steps of {step:.0%} up to "
-        f"the lowest maximum): {line} reaches at most {lowest:.1%} in every draw, below "
-        f"{standard[0]:.0%}, so these are the levels every method reaches."))
+        f"Levels used: {', '.join(f'{v:.0%}' for v in values)}. {line} reaches only "
+        f"{lowest:.1%} learned (the best grid point of its weakest draw), below "
+        f"{standard[0]:.0%}, so the table compares at steps of {step:.0%} up to that lowest "
+        "maximum: the levels every method reaches."))
 
 
 # --------------------------------------------------------------------------- the table
