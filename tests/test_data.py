@@ -17,6 +17,7 @@ from smfexp.data.facts import FactsDataModule
 from smfexp.data.modules import BackgroundDataModule, MedMCQADataModule
 from smfexp.tasks import medmcqa, triviaqa
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MCQ_PROMPT = "Question: {question}\nChoices:\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
 
 
@@ -122,3 +123,78 @@ def test_background_blocks_are_full_length(tokenizer, data_dir):
     assert dm.train_examples and all(len(e.input_ids) == 64 for e in dm.train_examples)
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[1] == 64 and torch.equal(batch["labels"], batch["input_ids"])
+
+
+def test_probes_read_paths_data_dir_from_any_cwd(data_dir, tmp_path, monkeypatch):
+    """paths.data_dir is the one data location: the probes follow it, not ./data or the env."""
+    from hydra import compose, initialize_config_dir
+
+    from smfexp.eval import EvalConfig
+    from smfexp.tasks import PROBES, load_probe_data
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"paths.data_dir={data_dir}",
+                                                      "eval.limit=2"])
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    ecfg = EvalConfig.from_config(cfg.eval)
+    for name in PROBES:
+        rows = load_probe_data(name, ecfg)
+        assert rows.source.startswith(f"local:{Path(data_dir).resolve()}"), name
+
+
+# --------------------------------------------------------------------------- broken files
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
+def test_binary_fact_file_names_the_file_and_line(suffix, tmp_path):
+    path = tmp_path / f"facts{suffix}"
+    path.write_bytes(b"\x90\x01\xfe\xff binary\n\x00\x90 more\n")
+    with pytest.raises(sources.MalformedDataError) as err:
+        sources.load_qa_file(path)
+    text = _one_line(err)
+    assert f"{path}:1" in text and "UTF-8" in text and "codec" not in text
+
+
+def test_nul_bytes_in_a_csv_name_the_file_and_line(tmp_path):
+    path = tmp_path / "facts.csv"
+    path.write_bytes(b"question,answer\nq one,a\nq\x00two,b\n")
+    with pytest.raises(sources.MalformedDataError) as err:
+        sources.load_qa_file(path)
+    assert f"{path}:3" in _one_line(err)
+
+
+def test_truncated_jsonl_line_is_invalid_json_at_file_and_line(tmp_path, caplog):
+    path = tmp_path / "facts.jsonl"
+    good = [json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(3)]
+    path.write_text("\n".join([*good, '{"question": "Who wro']) + "\n", encoding="utf-8")
+    with pytest.raises(sources.MalformedDataError) as err:  # 1 of 4 > max_bad_fraction
+        sources.load_qa_file(path)
+    text = _one_line(err)
+    assert f"invalid JSON at {path}:4" in text and "string indices" not in text
+    many = [json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(40)]
+    path.write_text("\n".join([*many[:7], "{", *many[7:]]) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):  # under max_bad_fraction: skipped, and said where
+        rows = sources.load_qa_file(path)
+    assert len(rows) == 40 and rows.skipped == 1
+    assert f"invalid JSON at {path}:8" in caplog.text
+
+
+def test_non_utf8_dataset_files_name_the_file(tmp_path):
+    (tmp_path / "wiki").mkdir()
+    wiki = tmp_path / sources.LOCAL_FILES["wiki"]
+    wiki.write_bytes("first line\nsecond \u00e9\n".encode("latin-1"))
+    with pytest.raises(sources.MalformedDataError) as err:
+        sources.load_background(tmp_path, ["wiki"])
+    assert f"{wiki}:2" in _one_line(err)
+    (tmp_path / "triviaqa").mkdir()
+    trivia = tmp_path / sources.LOCAL_FILES["triviaqa"]
+    trivia.write_bytes(b"\x90\x91\n")
+    with pytest.raises(sources.MalformedDataError) as err:
+        triviaqa.load_rows(tmp_path)
+    assert f"{trivia}:1" in _one_line(err)

@@ -72,10 +72,12 @@ class Rows:
 
 # --------------------------------------------------------------------------- locating data
 def resolve_data_dir(
-    configured: str | os.PathLike | None = None, key: str = "data.data_dir"
+    configured: str | os.PathLike | None = None, key: str = "paths.data_dir"
 ) -> Path | None:
     """The offline data directory: config value, else $SMFEXP_DATA_DIR, else ./data if present.
 
+    Every loader (training data, background, probes) resolves it here, so ``paths.data_dir``
+    is the one location to set; conf/eval and conf/data default their ``data_dir`` to it.
     Returns None when none exists (then the hub is used). A configured folder or
     $SMFEXP_DATA_DIR that does not exist is an error (``key`` names the config key in it).
     """
@@ -99,7 +101,7 @@ def load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
     hub_id, config = HUB_IDS[name]
     if not hub_reachable():
         raise DataUnavailableError(
-            f"dataset {name!r}: no local data directory (set data.data_dir=... or "
+            f"dataset {name!r}: no local data directory (set paths.data_dir=... or "
             f"${DATA_DIR_ENV}, or run `make setup` to link ../shared/data) and the hub "
             f"({hub_id}) is unreachable"
         )
@@ -109,16 +111,56 @@ def load_hub(name: str, split: str) -> tuple[Iterable[dict[str, Any]], str]:
     return ds, f"hub:{hub_id}{'/' + config if config else ''}:{split}"
 
 
-def read_jsonl(path: Path) -> Iterable[dict[str, Any] | str]:
-    """Parsed JSONL lines (blank ones skipped); a line that is not JSON comes as its text."""
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a data file that is not a row at all (not UTF-8, not JSON): counted as
+    malformed by :func:`normalise_rows` with ``reason``, which names the file and line."""
+
+    text: str
+    reason: str
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str | BadLine:
+    """One line as text, or a :class:`BadLine` naming ``path:lineno`` if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        shown = raw[:60].decode("utf-8", errors="replace")
+        return BadLine(shown, f"not UTF-8 text at {path}:{lineno} (byte "
+                              f"0x{raw[err.start]:02x}); save the file as UTF-8")
+
+
+def read_jsonl(path: Path) -> Iterable[dict[str, Any] | BadLine]:
+    """Parsed JSONL lines (blank ones skipped); a line that is not UTF-8 JSON comes as a
+    :class:`BadLine` naming ``path:line``, so a truncated or binary file says where."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode_line(raw, path, lineno)
+            if isinstance(line, BadLine):
+                yield line
+                continue
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
-            except json.JSONDecodeError:
-                yield line.rstrip("\n")  # reported as malformed by the normaliser
+            except json.JSONDecodeError as err:
+                yield BadLine(line.rstrip("\n"), f"invalid JSON at {path}:{lineno} ({err.msg})")
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file; a non-UTF-8 or binary (NUL bytes) one is an error naming
+    ``path:line``."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MalformedDataError(f"{path}:{line} is not UTF-8 text (byte 0x{data[err.start]:02x} "
+                                 f"at offset {err.start}); save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise MalformedDataError(f"{path}:{line} holds a NUL byte: a binary file, not text")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as open()'s universal newlines
 
 
 def local_file(data_dir: Path, key: str) -> Path:
@@ -145,6 +187,11 @@ def normalise_rows(
     good: list[dict[str, Any]] = []
     bad, example, reason = 0, None, ""
     for row in raw:
+        if isinstance(row, BadLine):  # not a row at all: its reason names file and line
+            bad += 1
+            if bad == 1:
+                example, reason = row.text, row.reason
+            continue
         try:
             good.append(normaliser(row))
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
@@ -152,10 +199,11 @@ def normalise_rows(
             if bad == 1:  # not `example is None`: a null row is a valid first example
                 example, reason = row, f"{type(err).__name__}: {err}"
     total = len(good) + bad
+    shown = json.dumps(example, default=str)[:200]
     if not good:
-        raise MalformedDataError(f"dataset {name!r}: no usable rows (of {total})")
+        first = f"; first: {shown} ({reason})" if bad else ""
+        raise MalformedDataError(f"dataset {name!r}: no usable rows (of {total}){first}")
     if bad:
-        shown = json.dumps(example, default=str)[:200]
         msg = (
             f"dataset {name!r}: skipped {bad} of {total} malformed rows; first: {shown} ({reason})"
         )
@@ -242,9 +290,7 @@ def load_background(
     for part in parts:
         path = local_file(data_dir, part)
         if path.suffix == ".txt":
-            raw: Iterable[Any] = (
-                line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-            )
+            raw: Iterable[Any] = (line for line in read_text(path).splitlines() if line.strip())
         else:
             raw = read_jsonl(path)
         good, bad = normalise_rows(raw, text_row, part, max_bad_fraction)
@@ -269,6 +315,22 @@ def _answer_list(value: Any, what: str) -> list[str]:
     return [scalar_text(value, what)]
 
 
+def _read_table(file: Path) -> tuple[list[str], list[Any]]:
+    """(columns, rows) of a UTF-8 CSV/TSV; undecodable or NUL bytes name ``file:line``."""
+    import csv
+    import io
+
+    text = read_text(file)
+    reader = csv.DictReader(io.StringIO(text, newline=""),
+                            delimiter="\t" if file.suffix == ".tsv" else ",")
+    try:
+        columns = list(reader.fieldnames or [])
+        return columns, list(reader)
+    except csv.Error as err:
+        raise MalformedDataError(f"{file}:{reader.line_num} is not a valid "
+                                 f"{file.suffix[1:].upper()} line ({err})") from None
+
+
 def load_qa_file(
     path: str | os.PathLike,
     question_column: str = "question",
@@ -282,27 +344,25 @@ def load_qa_file(
     answer and alias counts as correct). A column that no row has is a one-line error naming
     the columns the file does have; rows missing a value are counted as malformed.
     """
-    import csv
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataUnavailableError(f"data.path={str(path)!r} does not exist")
     if file.suffix not in QA_FILE_SUFFIXES:
         raise ValueError(f"data.path={str(path)!r}: expected one of {', '.join(QA_FILE_SUFFIXES)}")
     if file.suffix in (".csv", ".tsv"):
-        with file.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if file.suffix == ".tsv" else ",")
-            columns = list(reader.fieldnames or [])
-            raw: list[Any] = list(reader)
+        columns, raw = _read_table(file)
     else:
         raw = list(read_jsonl(file))
         columns = sorted({k for r in raw if isinstance(r, dict) for k in r})
     wanted = {"question_column": question_column, "answer_column": answer_column,
               "aliases_column": aliases_column}
-    for key, column in wanted.items():
-        if column is not None and column not in columns:
+    for key, column in wanted.items():  # no columns at all: normalise_rows says why (file:line)
+        if columns and column is not None and column not in columns:
             raise ValueError(f"data.{key}={column!r} is not a column of {file.name}; "
                              f"its columns: {columns}")
+    if not raw:
+        raise MalformedDataError(f"data.path={str(path)!r} holds no rows; expected columns "
+                                 f"{question_column!r} and {answer_column!r}, one fact per row")
 
     def normalise(row: Any) -> dict[str, Any]:
         answers = _answer_list(row[answer_column], answer_column)

@@ -44,7 +44,7 @@ class EvalConfig:
     precision: str = "fp32"
     progress: bool = True
     gsm8k_generate: bool = False
-    data_dir: str | None = None
+    data_dir: str | None = None  # conf/eval: ${paths.data_dir}, the one data location
     max_batch_tokens: int = 16384
     max_gen_toks: int | None = None
     # along the stream (training runs): score stream_limit target rows and probe rows

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smfexp.data.sources import MalformedDataError, Rows, load_hub, local_file
+from smfexp.data.sources import MalformedDataError, Rows, load_hub, local_file, read_text
 from smfexp.eval.base import Probe, ProbeResult, data_dir, encoder_for, require_rows, take
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.loglik import loglikelihood_tokens
@@ -54,7 +54,7 @@ def load_rows(data_dir: Path | None) -> Rows:
     """WikiText-2 raw test as documents -> rows {page} (one per article, in order)."""
     if data_dir is not None:
         path = local_file(data_dir, "wikitext")
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = read_text(path).splitlines(keepends=True)
         pages, source = split_wikitext_documents(lines), f"local:{path}"
     else:
         ds, source = load_hub("wikitext", "test")
