@@ -96,7 +96,7 @@ def test_report_shows_gain_beyond_heldout(tmp_path):
     assert "### Target change beyond the held-out questions" in summary
     section = summary.split("### Target change beyond the held-out questions")[1]
     row = next(x for x in section.splitlines() if x.startswith("| smf | kl"))
-    assert row.endswith("| 2 | +0.03 ± 0.014 |")  # mean ± sample std of the two runs
+    assert row.endswith("| 2 | +0.03 ± 0.13 (n=2) |")  # 95% t-interval: 12.71 * sd / sqrt(2)
 
     _facts_run(tmp_path / "plain" / "0", 0, None)  # older results.json: no such key
     plain = (write_report(tmp_path / "plain").files["summary.md"]).read_text()

@@ -66,3 +66,39 @@ def test_bf16_autocast_loss_is_close_to_the_models_own() -> None:
 def test_mask_marks_the_positions_that_predict_labels() -> None:
     labels = torch.tensor([[-100, -100, 5, 6, -100]])
     assert loss_bearing_mask(labels).tolist() == [[False, True, True, False, False]]
+
+
+@pytest.mark.parametrize("wrap", ["frozen", "lora"])
+def test_bf16_copies_of_frozen_weights_change_nothing(wrap: str) -> None:
+    """Under bf16 autocast the training loss reuses one cast of every frozen weight instead of
+    casting it again on each use: the same loss and gradients, bit for bit."""
+    model = _model()
+    model.requires_grad_(False)
+    if wrap == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        trained = [p for p in model.parameters() if p.requires_grad]
+    else:
+        trained = [model.model.layers[1].mlp.down_proj.weight]
+        trained[0].requires_grad_(True)
+    batch = _sft_batch()
+    casts = loss_module.FrozenWeightCasts()
+    results = []
+    for use in (None, casts, casts):  # the second use of the copies is the cached one
+        for p in trained:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = causal_lm_loss(model, batch, use)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in trained]))
+    decoder_copies, _ = casts.get(model.get_base_model().model if wrap == "lora" else model.model,
+                                  model.get_output_embeddings())
+    assert decoder_copies == {}  # autocast is off here: nothing to reuse
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        copies, head = casts.get(model.get_base_model().model if wrap == "lora"
+                                 else model.model, model.get_output_embeddings())
+    assert copies and head is not None and all(w.dtype == torch.bfloat16 for w in copies.values())
+    assert not any(n.endswith("down_proj.weight") and "layers.1" in n for n in copies) \
+        or wrap == "lora"  # a weight that trains is never replaced by a stale copy
+    for loss, grads in results[1:]:
+        assert torch.equal(loss, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1], strict=True))

@@ -20,7 +20,7 @@ from lightning import LightningModule
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from smfexp.errors import NonFiniteError
-from smfexp.methods.loss import causal_lm_loss
+from smfexp.methods.loss import FrozenWeightCasts, causal_lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class FinetuneModule(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.grad_accum = grad_accum
         self.grad_clip = grad_clip
+        self.frozen_casts = FrozenWeightCasts()  # bf16 copies of frozen weights (loss.py)
         self.prepare_model()
         self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_params = sum(p.numel() for p in self.model.parameters())
@@ -126,7 +127,7 @@ class FinetuneModule(LightningModule):
         return self.model(**batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = causal_lm_loss(self.model, batch)
+        loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].shape[0])
@@ -135,6 +136,7 @@ class FinetuneModule(LightningModule):
     def on_fit_start(self) -> None:
         # load_model returns eval mode (for scoring); dropout etc. must be live while training
         self.model.train()
+        self.frozen_casts.clear()  # made again from the weights this fit starts with
         if self.gradient_checkpointing:  # trade ~1 extra forward for most saved activations
             if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
                 self.model.activation_checkpointing_enable(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 CHUNK_TOKENS = 128  # positions per vocabulary projection (128 x 49k fp32 = 25 MB); 512 held
                    # 4x the buffer and was no faster (845 vs 712 ms, 2040 positions, busy CPU)
@@ -39,6 +40,8 @@ def supports_chunked_loss(model: nn.Module) -> bool:
     config = getattr(lm, "config", None)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if config is None or not hasattr(lm, "get_decoder") or head is None:
+        return False
+    if lm.get_decoder() is lm:  # e.g. Llama 4: no separate decoder to run without the head
         return False
     if getattr(head, "bias", None) is not None:
         return False
@@ -89,17 +92,61 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_total.to(grad_h.dtype), grad_w, None
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean next-token cross-entropy over the labelled tokens (HF's causal-LM loss)."""
+class FrozenWeightCasts:
+    """Low-precision copies of the frozen linear weights, made once per autocast dtype.
+
+    Autocast casts a weight to bf16 on every use, and caches the cast only for weights that
+    require grad: with a frozen backbone (SMF, LoRA) each training forward re-casts every
+    weight of the model, which costs more than the bf16 matmuls save on small fact batches.
+    The copy is the very cast autocast would make, so the loss and the gradients are
+    bit-identical; the fp32 weights stay the model's (scoring, checkpoints).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[str, torch.dtype] | None = None
+        self._decoder: dict[str, Tensor] = {}
+        self._head: Tensor | None = None
+
+    def clear(self) -> None:
+        self._key, self._decoder, self._head = None, {}, None
+
+    def get(self, decoder: nn.Module, head: nn.Module) -> tuple[dict[str, Tensor], Tensor | None]:
+        """(decoder weights by name, head weight or None) for the active autocast; nothing
+        when autocast is off or runs in fp32."""
+        device = head.weight.device.type
+        if not torch.is_autocast_enabled(device):
+            return {}, None
+        dtype = torch.get_autocast_dtype(device)
+        if dtype == torch.float32:
+            return {}, None
+        if self._key != (device, dtype):
+            self._decoder = {
+                f"{name}.weight": module.weight.detach().to(dtype)
+                for name, module in decoder.named_modules()
+                if isinstance(module, nn.Linear) and not module.weight.requires_grad
+                and module.weight.dtype == torch.float32}
+            frozen_head = not head.weight.requires_grad and head.weight.dtype == torch.float32
+            self._head = head.weight.detach().to(dtype) if frozen_head else None
+            self._key = (device, dtype)
+        return self._decoder, self._head
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor],
+                   casts: FrozenWeightCasts | None = None) -> Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (HF's causal-LM loss).
+    ``casts``: reuse low-precision copies of the frozen weights under autocast."""
     labels = batch["labels"]
     if not supports_chunked_loss(model):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=labels).loss
     lm = _causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"]).last_hidden_state
+    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+    weights, head_weight = casts.get(decoder, head) if casts is not None else ({}, None)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    hidden = (functional_call(decoder, weights, args=(), kwargs=inputs) if weights
+              else decoder(**inputs)).last_hidden_state
     keep = loss_bearing_mask(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    weight = lm.get_output_embeddings().weight
+    weight = head_weight if head_weight is not None else head.weight
     total = _ChunkedLinearCrossEntropy.apply(hidden[keep], weight, targets)
     return total / targets.numel()

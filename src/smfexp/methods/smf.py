@@ -298,7 +298,7 @@ class SparseMemoryFinetune(FinetuneModule):
 
     # -- one micro-batch / one optimizer step ------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = causal_lm_loss(self.model, batch)
+        loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
         self.manual_backward(loss / self.grad_accum)
         mask = (batch["attention_mask"] if self.count_tokens == "attention"
