@@ -123,3 +123,18 @@ def test_resumed_stream_continues_at_the_checkpointed_step(tokenizer, data_dir):
     dm.load_state_dict({"epoch": 0, "batches_done": 5})
     rest = [b["fact_index"][0].item() for b in dm.train_dataloader()]
     assert rest == full[5:]
+
+
+def test_nested_streams_are_prefixes_of_one_stream(tokenizer, data_dir):
+    """N facts of a draw are the first N of any longer stream of that draw (one long run
+    measures every N); another draw is other facts."""
+    long = _module(tokenizer, data_dir, n_facts=256, facts_seed=3)
+    for n in (1, 64):
+        short = _module(tokenizer, data_dir, n_facts=n, facts_seed=3)
+        assert short.target.rows == long.target.rows[:n]
+        assert short.train_rows == long.train_rows[:n]
+    other = _module(tokenizer, data_dir, n_facts=64, facts_seed=4)
+    overlap = {r["question"] for r in other.target.rows} & {
+        r["question"] for r in long.target.rows[:64]}
+    assert len(overlap) < 16  # 64 of 2000: a few shared by chance at most
+    assert long.info["facts_seed"] == 3

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
+from smfexp.callbacks.nested import NestedStreamCallback
 from smfexp.callbacks.stream import StreamProbeCallback
 from smfexp.checkpointing import (
     CHECKPOINT_DIR,
@@ -125,6 +126,21 @@ def _after_scores(errors: dict[str, str], step: str, run: Callable[[], Any]) -> 
         return None
 
 
+def build_nested_callback(eval_cfg: EvalConfig, datamodule: Any,
+                          forgetting: ForgettingCallback) -> NestedStreamCallback | None:
+    """Scores after the first N facts and per-quarter retention (fact streams only), when
+    ``eval.nested_at`` or ``eval.earlier_facts`` asks for them."""
+    if not (eval_cfg.nested_at or eval_cfg.earlier_facts):
+        return None
+    n_facts = getattr(datamodule, "n_facts", None)
+    if n_facts is None:
+        raise ValueError("eval.nested_at / eval.earlier_facts need a fact stream "
+                         "(data=triviaqa_facts or data=facts)")
+    return NestedStreamCallback(forgetting, n_facts * getattr(datamodule, "passes", 1),
+                                getattr(datamodule, "steps_per_fact", 1), datamodule.facts_seen,
+                                eval_cfg.nested_at, eval_cfg.earlier_facts)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns (and writes) the results.json content."""
     t_start = time.perf_counter()
@@ -144,8 +160,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     score_key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "eval": {k: v for k, v in eval_cfg.to_dict().items() if k != "progress"},
+        # what is scored, not where the data sits or how it is shown
+        "eval": {k: v for k, v in eval_cfg.to_dict().items() if k not in ("progress", "data_dir")},
         "target": [datamodule.target.probe, stable_hash(datamodule.target.rows)],
+        "target_subset": "evenly_spaced",  # eval.limit rows over the stream (was: the first)
     }
     if datamodule.target.variants:  # keys of older caches stay valid without variants
         score_key["variants"] = stable_hash(datamodule.target.variants)
@@ -163,7 +181,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                    int(cfg.get("checkpoint_every_n_steps", 0) or 0))
     stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
                                    str(trainer_kwargs.get("accelerator")))
-    callbacks = [forgetting, *([stream] if stream else []), checkpointer,
+    nested = build_nested_callback(eval_cfg, datamodule, forgetting)
+    if nested is not None:
+        nested.memory_fill = getattr(module, "memory_fill", None)
+    callbacks = [forgetting, *([stream] if stream else []), *([nested] if nested else []),
+                 checkpointer,
                  *([periodic] if periodic else []), *build_callbacks(cfg)]
     trainer_kwargs["enable_checkpointing"] = periodic is not None  # else Lightning adds its own
     enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
@@ -201,6 +223,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_with_eval": fit_seconds,
         },
         "stream": stream.results if stream else None,
+        **(nested.results if nested else {}),
         "trained_artifact": None,
         "retrofit": None,
         **prepared.results,

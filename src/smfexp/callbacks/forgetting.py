@@ -21,6 +21,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
+from smfexp.data.sampling import evenly_spaced
 from smfexp.errors import RunInterrupted
 from smfexp.eval import EvalConfig
 from smfexp.memory import memories_are_silent, memory_blocks
@@ -87,7 +88,7 @@ def gates_zeroed(model: torch.nn.Module) -> Iterator[None]:
                 b.gate.copy_(g)
 
 
-def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict:
+def deltas(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict:
     delta: dict[str, dict[str, float]] = {}
     rel: dict[str, dict[str, float]] = {}
     for probe, metrics in after.items():
@@ -148,16 +149,14 @@ class ForgettingCallback(Callback):
         was_training = model.training
         model.eval()
         try:
-            rows = self.target.rows
-            if self.eval_cfg.limit:
-                rows = rows[: self.eval_cfg.limit]
+            # eval.limit facts evenly spaced over the stream: its start, middle and end alike
+            rows = evenly_spaced(self.target.rows, self.eval_cfg.limit)
             scores = {
                 TARGET: score_probe(self.target.probe, model, self.tokenizer, rows, self.eval_cfg)
             }
             for name, variant in self.target.variants.items():
-                if self.eval_cfg.limit:
-                    variant = variant[: self.eval_cfg.limit]
-                scores[name] = score_probe(self.target.probe, model, self.tokenizer, variant,
+                scores[name] = score_probe(self.target.probe, model, self.tokenizer,
+                                           evenly_spaced(variant, self.eval_cfg.limit),
                                            self.eval_cfg)
             self.prepare_rows(model)
             scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.probe_rows))
@@ -248,7 +247,7 @@ class ForgettingCallback(Callback):
             self.after = self.score(pl_module.model)
         self.eval_seconds["after"] = time.perf_counter() - t0
         self._log(trainer, "after", self.after)
-        self._log(trainer, "delta", _delta(self.before, self.after)["delta"])
+        self._log(trainer, "delta", deltas(self.before, self.after)["delta"])
         self.beyond_heldout = self.target_beyond_heldout()
         if self.beyond_heldout:
             self._log(trainer, "beyond_heldout", {TARGET: self.beyond_heldout["delta"]})
@@ -267,7 +266,7 @@ class ForgettingCallback(Callback):
             log.warning("the %s probe shares questions with the target; no gain beyond held-out"
                         " is reported", probe)
             return None
-        delta = _delta(self.before, self.after)["delta"]
+        delta = deltas(self.before, self.after)["delta"]
         return {"probe": probe, "delta": gain_beyond_heldout(delta, probe)}
 
     @property
@@ -280,7 +279,7 @@ class ForgettingCallback(Callback):
             "base": self.base,
             "before": self.before,
             "after": self.after,
-            **_delta(self.before, self.after),
+            **deltas(self.before, self.after),
             "target_beyond_heldout": self.beyond_heldout,
             "eval_seconds": self.eval_seconds,
         }

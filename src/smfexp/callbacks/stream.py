@@ -19,6 +19,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.data.modules import TargetSpec
+from smfexp.data.sampling import evenly_spaced
 from smfexp.eval import EvalConfig
 from smfexp.tasks import evaluate_probes, load_probe_rows, score_probe
 from smfexp.utils.io import stable_hash
@@ -27,13 +28,6 @@ log = logging.getLogger(__name__)
 
 TARGET = "target"
 Scores = dict[str, dict[str, float]]
-
-
-def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """``n`` rows evenly spaced over ``rows`` (all of them if there are no more than ``n``)."""
-    if len(rows) <= n:
-        return list(rows)
-    return [rows[i * len(rows) // n] for i in range(n)]
 
 
 class StreamProbeCallback(Callback):
@@ -57,7 +51,7 @@ class StreamProbeCallback(Callback):
                                             limit=eval_cfg.stream_limit,
                                             limits=dict(eval_cfg.stream_limits),
                                             precision=precision)
-        self.target_rows = spread(target.rows, eval_cfg.stream_limit)
+        self.target_rows = evenly_spaced(target.rows, eval_cfg.stream_limit)
         self.target_probe = target.probe
         self.tokenizer = tokenizer
         self.every = every_n_facts
@@ -69,11 +63,12 @@ class StreamProbeCallback(Callback):
         self.points: list[dict[str, Any]] = []
         self._last_facts = -1
 
-    def _score(self, trainer: Trainer, model: torch.nn.Module, step: int) -> None:
+    def _score(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         facts = self.facts_seen(step)
         if facts == self._last_facts:
             return
         t0 = time.perf_counter()
+        model = pl_module.model
         was_training = model.training
         model.eval()
         try:
@@ -89,8 +84,12 @@ class StreamProbeCallback(Callback):
         finally:
             model.train(was_training)
         self._last_facts = facts
-        self.points.append({"step": step, "facts": facts, "scores": scores,
-                            "seconds": time.perf_counter() - t0})
+        point = {"step": step, "facts": facts, "scores": scores,
+                 "seconds": time.perf_counter() - t0}
+        fill = getattr(pl_module, "memory_fill", None)
+        if callable(fill):  # SMF: how much of the memory the stream has written so far
+            point["memory"] = fill()
+        self.points.append(point)
         flat = {f"stream/{probe}/{k}": float(v) for probe, m in scores.items()
                 for k, v in m.items() if k != "n"}
         flat["stream/facts"] = float(facts)
@@ -116,16 +115,16 @@ class StreamProbeCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.points:
-            self._score(trainer, pl_module.model, trainer.global_step)
+            self._score(trainer, pl_module, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step and step % (self.every * self.steps_per_fact) == 0:
-            self._score(trainer, pl_module.model, step)
+            self._score(trainer, pl_module, step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._score(trainer, pl_module.model, trainer.global_step)
+        self._score(trainer, pl_module, trainer.global_step)
 
     @property
     def results(self) -> dict[str, Any]:

@@ -208,7 +208,7 @@ class FactsDataModule(SFTDataModule):
         if not path.is_file():
             raise ValueError(f"data.paraphrase_file={self.paraphrase_file!r} does not exist")
         out: dict[str, list[TokenizedExample]] = {}
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(sources.read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -250,9 +250,11 @@ class FactsDataModule(SFTDataModule):
         if self.n_facts > len(pool):
             raise ValueError(f"data.n_facts={self.n_facts} but the {self.source} fact pool has "
                              f"{len(pool)} questions")
-        picked = sorted(random.Random(self.facts_seed).sample(range(len(pool)), self.n_facts))
-        facts = [pool[i] for i in picked]
-        random.Random(self.shuffle_seed).shuffle(facts)  # the stream's order
+        # The stream is the first n_facts of one permutation of the pool (facts_seed): the
+        # draw and its order at once, so a shorter stream is a prefix of a longer one and one
+        # 1000-fact run measures every N on the way (nested streams).
+        order = random.Random(self.facts_seed).sample(range(len(pool)), len(pool))
+        facts = [pool[i] for i in order[: self.n_facts]]
         paraphrases = self._paraphrases()
         phrasings = [fit_length(self._phrasings(f) + paraphrases.get(f["question"], []),
                                 self.max_length, self.overlong, self.name, quiet=True)
@@ -268,7 +270,7 @@ class FactsDataModule(SFTDataModule):
         target_rows = [nq_open.nq_from_qa(f) if probe == "nq_open" else f for f in facts]
         seen = self._seen_rows(facts, target_rows)
         info.update({
-            "n_facts": len(facts), "batching": self.batching,
+            "n_facts": len(facts), "facts_seed": self.facts_seed, "batching": self.batching,
             "phrasings_per_step": self.phrasings_per_step, "steps_per_fact": self.steps_per_fact,
             "passes": self.passes, "n_steps": len(self.stream),
             "phrasings_per_fact": [min(len(p) for p in phrasings), max(len(p) for p in phrasings)],

@@ -8,10 +8,21 @@ A fact stream is not shuffled at all (``shuffle=False``): its order is the exper
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import torch
 from torch.utils.data import Sampler
+
+T = TypeVar("T")
+
+
+def evenly_spaced(rows: Sequence[T], n: int | None) -> list[T]:
+    """``n`` rows evenly spaced over ``rows`` (all of them when ``n`` is None or not smaller):
+    a subset of a stream's facts that covers its beginning, middle and end alike."""
+    if n is None or len(rows) <= n:
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
 
 
 class ResumableRandomSampler(Sampler[int]):

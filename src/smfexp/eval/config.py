@@ -55,6 +55,10 @@ class EvalConfig:
     stream_limit: int = 32
     stream_limits: dict[str, int | None] = field(default_factory=dict)
     stream_precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
+    # fact streams: full scores (the before/after rows) after the first N facts, for each N
+    # here (nested streams), and each quarter's facts right after it vs at the end
+    nested_at: list[int] | None = None
+    earlier_facts: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, str):
@@ -108,6 +112,9 @@ class EvalConfig:
         if self.every_n_facts is not None and not _positive_int(self.every_n_facts):
             raise ValueError(f"eval.every_n_facts={self.every_n_facts!r} must be a positive "
                              f"integer or null")
+        if self.nested_at is not None and not all(_positive_int(n) for n in self.nested_at):
+            raise ValueError(f"eval.nested_at={self.nested_at!r} must list positive numbers of "
+                             f"facts (e.g. [64, 256, 1000]) or be null")
         if not _positive_int(self.stream_limit):
             raise ValueError(f"eval.stream_limit={self.stream_limit!r} must be a positive integer")
         bad = sorted(set(self.stream_limits) - set(PROBES))
@@ -141,6 +148,8 @@ class EvalConfig:
             raise ValueError(
                 f"unknown eval config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
             )
+        if data.get("nested_at") is not None:
+            data["nested_at"] = list(data["nested_at"])
         for key in ("probes", "stream_probes"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 data[key] = list(data[key])

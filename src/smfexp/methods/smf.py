@@ -30,7 +30,7 @@ from smfexp.methods.base import FinetuneModule, Prepared
 from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
-from smfexp.smf.diagnostics import SelectionDiagnostics, weight_on_rows
+from smfexp.smf.diagnostics import SelectionDiagnostics, read_share, weight_on_rows
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
 from smfexp.smf.sparse_optim import (
     RowSparseAdam,
@@ -369,6 +369,16 @@ class SparseMemoryFinetune(FinetuneModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The lr is logged by ``_sparse_step`` (one value per optimizer step)."""
+
+    def memory_fill(self) -> dict[str, float | None]:
+        """How full the memory is, averaged over layers: the share of value rows written so
+        far, and the share of background reads that land on them (what general text sees)."""
+        rows = [float(t.float().mean()) for t in self.touched]
+        reads = self.diagnostics.reads
+        shares = ([read_share(r, t.nonzero().squeeze(1)) for r, t in
+                   zip(reads, self.touched, strict=True)] if reads is not None else None)
+        return {"rows_touched_share": sum(rows) / len(rows),
+                "touched_background_share": sum(shares) / len(shares) if shares else None}
 
     # -- outputs -------------------------------------------------------------------------
     def save_trained(self, directory: Path) -> Path:

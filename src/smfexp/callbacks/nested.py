@@ -1,0 +1,182 @@
+"""Nested streams and retention of earlier facts: what one long run says about every N.
+
+A stream of n facts is the first n facts of any longer stream with the same draw
+(``data.facts_seed``), so a 1000-fact run passes through the 64- and 256-fact runs on its
+way. At each N of ``eval.nested_at`` this callback scores what the full before/after scoring
+scores - the facts seen so far (``eval.limit`` of them, evenly spaced) and every forgetting
+probe on the same rows - so results.json ``nested[N]`` is that N's results at the cost of
+one extra scoring pass, not one run per N.
+
+With ``eval.earlier_facts`` it also scores each quarter of the stream right after it was
+learned and again at the end (``earlier_facts``): the continual-learning number, how much of
+what was learned early survives the rest of the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+from smfexp.callbacks.forgetting import TARGET, ForgettingCallback, deltas, gain_beyond_heldout
+from smfexp.data.sampling import evenly_spaced
+from smfexp.tasks import evaluate_probes, primary_metric, score_probe
+from smfexp.utils.io import stable_hash
+
+log = logging.getLogger(__name__)
+
+Scores = dict[str, dict[str, float]]
+QUARTERS = 4
+
+
+def quarter_bounds(n_facts: int) -> list[tuple[int, int]]:
+    """[start, end) fact indices of the four quarters of an ``n_facts`` stream."""
+    return [(q * n_facts // QUARTERS, (q + 1) * n_facts // QUARTERS) for q in range(QUARTERS)]
+
+
+def kept_share(right_after: float | None, end: float | None) -> float | None:
+    """Share of the right-after score still there at the end (None when nothing was learned)."""
+    if right_after is None or end is None or right_after <= 0:
+        return None
+    return end / right_after
+
+
+class NestedStreamCallback(Callback):
+    """Full scores after the first N facts (``nested_at``) and per-quarter retention."""
+
+    def __init__(self, forgetting: ForgettingCallback, n_facts: int, steps_per_fact: int,
+                 facts_seen: Callable[[int], int], nested_at: list[int] | None,
+                 earlier_facts: bool, memory_fill: Callable[[], dict[str, Any]] | None = None
+                 ) -> None:
+        """``forgetting`` holds the probes, their rows and the before scores (and scores the
+        last N itself, at fit end); ``facts_seen(step)`` maps optimizer steps to facts."""
+        self.forgetting = forgetting
+        self.n_facts = n_facts
+        self.steps_per_fact = steps_per_fact
+        self.facts_seen = facts_seen
+        self.nested_at = sorted({int(n) for n in nested_at or [] if 0 < int(n) <= n_facts})
+        self.earlier = earlier_facts
+        self.memory_fill = memory_fill
+        self.nested: dict[str, dict[str, Any]] = {}
+        self.right_after: dict[int, dict[str, float]] = {}  # quarter -> target scores
+        self.start: dict[int, dict[str, float]] = {}  # N -> the base model on its facts
+        self.earlier_results: dict[str, Any] | None = None
+
+    # -- what is scored -------------------------------------------------------------------
+    def _rows(self, start: int, end: int) -> list[dict[str, Any]]:
+        """``eval.limit`` facts evenly spaced over facts [start, end) of the stream."""
+        rows = self.forgetting.target.rows[start:end]
+        return evenly_spaced(rows, self.forgetting.eval_cfg.limit)
+
+    def _target(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> dict[str, float]:
+        cfg = self.forgetting.eval_cfg
+        return score_probe(self.forgetting.target.probe, model, self.forgetting.tokenizer,
+                           rows, cfg)
+
+    def _scoring(self, pl_module: LightningModule, score: Callable[[], Any]) -> Any:
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            return score()
+        finally:
+            model.train(was_training)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The base model's scores on each intermediate N's facts (cached: every run of a
+        sweep that starts from the base model shares them)."""
+        for n in self.nested_at:
+            if n == self.n_facts or n in self.start:
+                continue
+            rows = self._rows(0, n)
+            key = {"nested_target": stable_hash(rows), "probe": self.forgetting.target.probe}
+            scores = self.forgetting.cached_start_scores(
+                key, lambda rows=rows: {TARGET: self._scoring(
+                    pl_module, lambda: self._target(pl_module.model, rows))})
+            self.start[n] = scores[TARGET]
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not step or step % self.steps_per_fact:
+            return
+        facts = self.facts_seen(step)
+        if facts >= self.n_facts:
+            return  # the last N is the full after-scoring (on_fit_end)
+        if facts in self.nested_at and str(facts) not in self.nested:
+            self._score_nested(pl_module, facts, step)
+        if self.earlier:
+            for q, (_, end) in enumerate(quarter_bounds(self.n_facts)):
+                if facts == end and q not in self.right_after:
+                    self._score_quarter(pl_module, q)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After the ForgettingCallback scored the end of the stream (it runs first)."""
+        f = self.forgetting
+        if self.n_facts in self.nested_at and f.after:
+            self.nested[str(self.n_facts)] = {
+                "facts": self.n_facts, "step": trainer.global_step, "before": f.before,
+                "after": f.after, **deltas(f.before, f.after),
+                "target_beyond_heldout": f.beyond_heldout,
+                "memory": self.memory_fill() if self.memory_fill else None}
+        if self.earlier:
+            self.earlier_results = self._earlier(pl_module)
+
+    # -- one N, one quarter -------------------------------------------------------------
+    def _score_nested(self, pl_module: LightningModule, facts: int, step: int) -> None:
+        t0 = time.perf_counter()
+        f = self.forgetting
+        rows = self._rows(0, facts)
+        after = self._scoring(pl_module, lambda: {
+            TARGET: self._target(pl_module.model, rows),
+            **evaluate_probes(pl_module.model, f.tokenizer, f.eval_cfg, f.probe_rows)})
+        before = {TARGET: self.start[facts],
+                  **{p: s for p, s in f.before.items() if p in after and p != TARGET}}
+        delta = deltas(before, after)
+        heldout = f.target.heldout_probe
+        self.nested[str(facts)] = {
+            "facts": facts, "step": step, "before": before, "after": after, **delta,
+            "target_beyond_heldout": ({"probe": heldout,
+                                       "delta": gain_beyond_heldout(delta["delta"], heldout)}
+                                      if heldout and heldout in after else None),
+            "memory": self.memory_fill() if self.memory_fill else None,
+            "seconds": time.perf_counter() - t0}
+        log.info("after %d facts: target %s (%.0f s)", facts, after[TARGET],
+                 time.perf_counter() - t0)
+
+    def _score_quarter(self, pl_module: LightningModule, quarter: int) -> None:
+        start, end = quarter_bounds(self.n_facts)[quarter]
+        rows = self._rows(start, end)
+        self.right_after[quarter] = self._scoring(
+            pl_module, lambda: self._target(pl_module.model, rows))
+
+    def _earlier(self, pl_module: LightningModule) -> dict[str, Any]:
+        """Each quarter right after it was learned vs at the end of the stream."""
+        metric, _ = primary_metric(self.forgetting.target.probe, self.forgetting.eval_cfg.protocol)
+        quarters = []
+        for q, (start, end) in enumerate(quarter_bounds(self.n_facts)):
+            rows = self._rows(start, end)
+            now = self._scoring(pl_module, lambda rows=rows: self._target(pl_module.model, rows))
+            after = self.right_after.get(q, now)  # the last quarter ends with the stream
+            quarters.append({"quarter": q + 1, "facts": [start, end], "n": len(rows),
+                             "right_after": after.get(metric), "end": now.get(metric),
+                             "kept": kept_share(after.get(metric), now.get(metric))})
+        return {"metric": metric, "quarters": quarters}
+
+    # -- results and resume -------------------------------------------------------------
+    @property
+    def results(self) -> dict[str, Any]:
+        return {"nested": self.nested or None, "earlier_facts": self.earlier_results}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nested": self.nested, "right_after": self.right_after, "start": self.start}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.nested = dict(state_dict.get("nested", {}))
+        self.right_after = {int(k): v for k, v in state_dict.get("right_after", {}).items()}
+        self.start = {int(k): v for k, v in state_dict.get("start", {}).items()}

@@ -1,0 +1,63 @@
+"""Nested streams and retention of earlier facts: the arithmetic and one real tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from smfexp.callbacks.nested import kept_share, quarter_bounds
+from smfexp.data.sampling import evenly_spaced
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
+        "memory.heads=2", "background.n=16", "background.max_length=32"]
+
+
+def test_quarters_cover_the_stream_once_and_kept_is_end_over_right_after():
+    assert quarter_bounds(10) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert quarter_bounds(1000)[3] == (750, 1000)
+    assert kept_share(0.5, 0.45) == pytest.approx(0.9)
+    assert kept_share(0.0, 0.2) is None  # nothing learned: no share to keep
+    assert evenly_spaced(list(range(10)), 4) == [0, 2, 5, 7]
+    assert evenly_spaced(list(range(3)), 4) == [0, 1, 2]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
+
+
+def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
+    from smfexp.runner import train
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "model=tiny", "method=smf", "selector=tfidf", "method.top_t=4",
+            "data=triviaqa_facts", "data.n_facts=8", "data.phrasings_per_step=2",
+            "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
+            "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
+            "eval.max_gen_toks=4", "eval.progress=false", "eval.every_n_facts=4",
+            "eval.stream_probes=[retention]", "eval.nested_at=[2,4,8]",
+            "eval.earlier_facts=true", f"paths.data_dir={data_dir}", *TINY])
+    cfg.paths.output_dir = str(tmp_path / "run")
+    results = train(cfg)
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    nested = on_disk["nested"]
+    assert sorted(nested, key=int) == ["2", "4", "8"]
+    assert [nested[n]["step"] for n in ("2", "4", "8")] == [2, 4, 8]  # one step per fact
+    for entry in nested.values():
+        assert {"target", "triviaqa", "retention"} <= set(entry["after"])
+        assert entry["before"]["triviaqa"] == results["before"]["triviaqa"]  # same rows
+        assert entry["target_beyond_heldout"]["probe"] == "triviaqa"
+        assert 0 < entry["memory"]["rows_touched_share"] <= 1
+    assert nested["8"]["after"]["target"] == results["after"]["target"]  # the last N = the run
+    fills = [nested[n]["memory"]["rows_touched_share"] for n in ("2", "4", "8")]
+    assert fills == sorted(fills)  # rows written only accumulate
+    quarters = on_disk["earlier_facts"]["quarters"]
+    assert [q["facts"] for q in quarters] == [[0, 2], [2, 4], [4, 6], [6, 8]]
+    assert quarters[3]["right_after"] == quarters[3]["end"]  # the last quarter ends the stream
+    assert all(q["n"] == 2 for q in quarters)
+    assert all("memory" in p for p in on_disk["stream"]["points"])
