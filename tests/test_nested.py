@@ -37,6 +37,7 @@ def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
         cfg = compose(config_name="train", overrides=[
             "model=tiny", "method=smf", "selector=tfidf", "method.top_t=4",
             "data=triviaqa_facts", "data.n_facts=8", "data.phrasings_per_step=2",
+            "data.steps_per_fact=1",
             "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
             "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
             "eval.max_gen_toks=4", "eval.progress=false", "eval.every_n_facts=4",

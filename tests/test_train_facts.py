@@ -21,6 +21,7 @@ def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dic
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             "model=tiny", "data=triviaqa_facts", "data.n_facts=4", "data.phrasings_per_step=2",
+            "data.steps_per_fact=1",
             "logger=csv", "callbacks.progress_bar=none", "trainer.precision=32-true",
             "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
             "eval.progress=false", f"paths.data_dir={data_dir}", *overrides])
@@ -81,3 +82,14 @@ def test_scores_reach_results_json_when_a_step_after_them_fails(tmp_path, data_d
     assert on_disk["objective"] is None and on_disk["trained_artifact"] is None
     assert set(on_disk["errors"]) == {"objective", "save_trained"}
     assert "disk full" in on_disk["errors"]["save_trained"]
+
+
+def test_a_sweep_run_again_skips_its_finished_jobs(tmp_path, data_dir):
+    """skip_finished: a job whose directory holds results of this very config returns them
+    (sweeps run in pieces across sittings); another config in that directory runs."""
+    first = _run(tmp_path, data_dir, "job", ["method=full", "skip_finished=true"])
+    again = _run(tmp_path, data_dir, "job", ["method=full", "skip_finished=true"])
+    assert again["wall_seconds"] == first["wall_seconds"]  # not run a second time
+    other = _run(tmp_path, data_dir, "job", ["method=full", "method.lr=3e-5",
+                                             "skip_finished=true"])
+    assert other["run_key"] != first["run_key"] and other["wall_seconds"] != first["wall_seconds"]

@@ -41,7 +41,7 @@ LAST = "last.ckpt"
 KEY_FILE = "run_key.txt"
 # keys that do not change what a run computes (where it writes, how it logs, how to resume)
 _NOT_IN_KEY = ("resume", "ckpt_path", "paths", "logger", "callbacks", "checkpoint_every_n_steps",
-               "keep_checkpoints")
+               "keep_checkpoints", "skip_finished")
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -63,10 +63,9 @@ def find_resume_checkpoint(cfg: DictConfig) -> Path | None:
     if str(value) == "auto":
         root = Path(cfg.paths.runs_root)
         key = run_key(cfg)
-        here = Path(cfg.paths.output_dir).resolve()
         found = [
             p for p in root.glob(f"**/{CHECKPOINT_DIR}/{LAST}")
-            if p.parent.parent.resolve() != here and _read_key(p.parent) == key
+            if _read_key(p.parent) == key
             and not _finished(p.parent.parent)  # kept checkpoints of finished runs
         ]
         if not found:
@@ -91,6 +90,17 @@ def _read_key(directory: Path) -> str | None:
         return (directory / KEY_FILE).read_text().strip()
     except OSError:
         return None
+
+
+def finished_results(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The results.json of a run in ``run_dir`` that finished with this run key, else None
+    (``skip_finished``: a sweep run again in pieces does not redo its finished jobs)."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(results, dict) and results.get("status") == "ok"
+    return results if ok and results.get("run_key") == key else None
 
 
 def _finished(run_dir: Path) -> bool:

@@ -27,6 +27,7 @@ from smfexp.checkpointing import (
     CHECKPOINT_DIR,
     ResumableCheckpoint,
     find_resume_checkpoint,
+    finished_results,
     periodic_checkpoint,
     run_key,
 )
@@ -133,9 +134,9 @@ def build_nested_callback(eval_cfg: EvalConfig, datamodule: Any,
     if not (eval_cfg.nested_at or eval_cfg.earlier_facts):
         return None
     n_facts = getattr(datamodule, "n_facts", None)
-    if n_facts is None:
-        raise ValueError("eval.nested_at / eval.earlier_facts need a fact stream "
-                         "(data=triviaqa_facts or data=facts)")
+    if n_facts is None:  # eval=facts is the default; other data has no stream to nest
+        log.info("eval.nested_at / eval.earlier_facts apply to fact streams only; not scored")
+        return None
     return NestedStreamCallback(forgetting, n_facts * getattr(datamodule, "passes", 1),
                                 getattr(datamodule, "steps_per_fact", 1), datamodule.facts_seen,
                                 eval_cfg.nested_at, eval_cfg.earlier_facts)
@@ -146,6 +147,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     validate_train_config(cfg)  # one-line errors before anything heavy
+    key = run_key(cfg)
+    done = finished_results(output_dir, key) if cfg.get("skip_finished", False) else None
+    if done is not None:
+        log.info("%s already holds this run's results (skip_finished=true)", output_dir)
+        return done
     resume_from = find_resume_checkpoint(cfg)
     eval_cfg = EvalConfig.from_config(cfg.eval)
     L.seed_everything(cfg.seed, workers=True)
@@ -176,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     str(trainer_kwargs.get("accelerator")))
-    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, run_key(cfg))
+    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, key)
     periodic = periodic_checkpoint(output_dir / CHECKPOINT_DIR,
                                    int(cfg.get("checkpoint_every_n_steps", 0) or 0))
     stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
@@ -228,6 +234,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "retrofit": None,
         **prepared.results,
         "resumed_from": str(resume_from) if resume_from else None,
+        "run_key": key,
         "output_dir": str(output_dir),
     }
     # The scores are what the run was for: they reach results.json first, and a step after
