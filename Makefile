@@ -9,7 +9,7 @@ export SMFEXP_DATA_DIR ?= $(if $(wildcard data/),$(abspath data),)
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup data-link test test-slow test-all run quickstart lint format bench gpu-check clean
+.PHONY: help setup data-link test test-slow test-all run scale quickstart lint format bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,14 @@ run: setup  ## the main job: SMF / LoRA / full frontiers on the fact stream (emb
 	$(BIN)/python -m smfexp.train --multirun experiment=frontier_lora
 	$(BIN)/python -m smfexp.train --multirun experiment=frontier_full
 	$(BIN)/python -m smfexp.report outputs/frontier --out docs/frontier
+
+scale: setup  ## the scale experiment: nested 64/256/1000-fact streams, 3 draws (hours on 2 cores; resumable, finished jobs skipped) + report
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_smf
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_full
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_lora
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_full data.n_facts=1000 method.lr=2e-5 seed=0
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_lora data.n_facts=1000 method.lr=3e-4 seed=0
+	$(BIN)/python -m smfexp.report results/scale --out docs/scale
 
 quickstart: setup  ## the earlier MedMCQA comparison (nobody learns on the 135M model; kept for reference)
 	$(BIN)/python -m smfexp.train --multirun experiment=quickstart hydra.sweep.dir=outputs/quickstart

@@ -48,6 +48,9 @@ def run_key(cfg: DictConfig) -> str:
     """Identity of a run's computation: two runs with the same key take the same steps."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
+    for group in ("data", "eval"):  # where the data sits is not what is computed
+        if isinstance(container.get(group), dict):
+            container[group].pop("data_dir", None)
     return stable_hash({k: v for k, v in container.items() if k not in _NOT_IN_KEY})
 
 
