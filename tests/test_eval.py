@@ -21,6 +21,7 @@ from smfexp.eval.loglik import _batches, loglikelihood, scoring_parts
 from smfexp.eval.rolling import rolling_windows, sliding_windows
 from smfexp.tasks import (
     PROBES,
+    check_probes,
     evaluate_probes,
     load_probe_rows,
     primary_metric,
@@ -297,12 +298,23 @@ def test_limits_and_held_out_splits(data_dir: Path) -> None:
         ({"batch_size": 0}, "batch_size"),
         ({"probes": ["gsm8k", "gsm8k"]}, "twice"),
         ({"limits": {"mmlu": 3}}, "limits"),
+        ({"stream_limits": {"mmlu": 3}}, "stream_limits"),
         ({"limits": {"wikitext": -2}}, "limits"),
     ],
 )
 def test_eval_config_validation(kwargs: dict[str, Any], message: str) -> None:
+    # probe names are the registry's to check (check_probes), the rest EvalConfig's own
     with pytest.raises(ValueError, match=message):
-        EvalConfig(**kwargs)
+        check_probes(EvalConfig(**kwargs))
+
+
+def test_eval_config_knows_no_probe_names() -> None:
+    """The scoring machinery takes any probe name; the task registry refuses unknown ones."""
+    cfg = EvalConfig(probes=["medmcqa", "mmlu"], limits={"mmlu": 3})
+    with pytest.raises(ValueError, match=r"unknown eval probe\(s\) \['mmlu'\]; valid: \['medmcqa'"):
+        check_probes(cfg)
+    ok = EvalConfig(probes=["triviaqa"], limits={"wikitext": 2})
+    assert check_probes(ok) is ok
 
 
 def test_eval_config_from_omegaconf() -> None:

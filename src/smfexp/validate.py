@@ -18,6 +18,7 @@ from smfexp.data.sources import BACKGROUND_PARTS, DataUnavailableError, resolve_
 from smfexp.eval import EvalConfig
 from smfexp.memory import MemoryConfig
 from smfexp.models.loading import ModelSpec
+from smfexp.tasks import check_probes
 from smfexp.utils.net import hub_reachable
 
 
@@ -200,7 +201,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     max_steps = cfg.trainer.get("max_steps", -1)
     if max_steps is not None and max_steps != -1:
         _positive(max_steps, "trainer.max_steps")
-    ecfg = EvalConfig.from_config(cfg.eval)
+    ecfg = check_probes(EvalConfig.from_config(cfg.eval))
     _check_data(cfg.data)
     if "selector" in method:
         from smfexp.smf.selectors import SELECTORS
@@ -234,7 +235,7 @@ def validate_evaluate_config(cfg: DictConfig) -> EvalConfig:
     """``python -m smfexp.evaluate``: eval settings, data and checkpoint; returns the EvalConfig."""
     ModelSpec.from_config(cfg.model)
     check_group_keys(cfg, ("eval",))
-    ecfg = EvalConfig.from_config(cfg.eval)
+    ecfg = check_probes(EvalConfig.from_config(cfg.eval))
     checkpoint = cfg.get("checkpoint")
     if checkpoint and not Path(str(checkpoint)).expanduser().exists():
         raise FileNotFoundError(f"checkpoint={str(checkpoint)!r} does not exist")

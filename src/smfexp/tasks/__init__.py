@@ -15,7 +15,8 @@ To add a benchmark:
 1. write ``smfexp/tasks/<name>.py`` with those pieces, ending in ``PROBE = Probe(name=...,
    load=..., score=..., primary={"harness": (metric, higher_is_better), "paper": ...})``
    (``select=`` for rows that depend on the model before training);
-2. add the module to :data:`TASKS` below. ``EvalConfig`` validates probe names against it.
+2. add the module to :data:`TASKS` below. :func:`check_probes` validates the probe names of
+   an ``EvalConfig`` against it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,24 @@ log = logging.getLogger(__name__)
 
 TASKS = (medmcqa, triviaqa, wikitext, gsm8k, nq_open, retention)  # the registry, in order
 PROBES: Mapping[str, Probe] = MappingProxyType({m.PROBE.name: m.PROBE for m in TASKS})
+
+
+def check_probes(cfg: EvalConfig) -> EvalConfig:
+    """Raise one line listing the valid probes unless every probe ``cfg`` names (``probes``,
+    ``limits``, ``stream_limits``) is registered; returns ``cfg``.
+
+    Here and not in :class:`EvalConfig`: the scoring machinery knows no benchmark, so whoever
+    builds an ``EvalConfig`` from user settings looks its probes up in this registry, before
+    any model loads (a typo must not silently skip a probe).
+    """
+    unknown = [p for p in cfg.probes if p not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown eval probe(s) {unknown}; valid: {list(PROBES)}")
+    for key in ("limits", "stream_limits"):  # stream_probes: a subset of probes (EvalConfig)
+        bad = sorted(set(getattr(cfg, key)) - set(PROBES))
+        if bad:
+            raise ValueError(f"eval.{key} has unknown probe(s) {bad}; valid: {list(PROBES)}")
+    return cfg
 
 
 def _probe(name: str) -> Probe:
