@@ -251,7 +251,7 @@ def _moe_note(mlp: nn.Module, config: Any) -> str:
 def notes(family: Family) -> str:
     """What about the family's layout the retrofit had to handle (read off the model)."""
     from smfexp.memory.attach import decoder_blocks, mlp_attr
-    from smfexp.methods.loss import supports_chunked_loss
+    from smfexp.training.loss import supports_chunked_loss
 
     model = build(family)
     config = model.config

@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 from smfexp.data.modules import BackgroundDataModule, TriviaQAFactsDataModule
 from smfexp.memory import detach_memory, memory_modules
 from smfexp.memory.checkpoint import load_memory, read_memory_meta
-from smfexp.methods.loss import loss_bearing_mask
 from smfexp.models.loading import ModelSpec, load_model
 from smfexp.smf.background import top_read_share
+from smfexp.training.loss import loss_bearing_mask
 from smfexp.utils.io import cache_root
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

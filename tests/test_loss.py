@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smfexp.methods import loss as loss_module
-from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask, supports_chunked_loss
+from smfexp.training import loss as loss_module
+from smfexp.training.loss import causal_lm_loss, loss_bearing_mask, supports_chunked_loss
 
 
 def _model() -> LlamaForCausalLM:

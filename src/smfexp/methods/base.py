@@ -1,30 +1,22 @@
-"""Shared LightningModule: loss, logging, optimizer + cosine warmup schedule.
+"""The finetuning methods' base: a causal-LM module plus what a method decides.
 
-A method subclasses it and says only what trains (``prepare_model``), which stages it needs
-first (``prepare``), and, if needed, how its parameters are optimised (``build_optimizer``)
-and saved (``save_trained``). Its constructor arguments are exactly its config
-(``conf/method/<name>.yaml``). Gradient accumulation and clipping are method arguments that
-the runner hands to the Trainer (``trainer_settings``) unless the method does them itself.
+A method subclasses :class:`FinetuneModule` and says only what trains (``prepare_model``),
+which stages it needs first (``prepare``), and, if needed, how its parameters are optimised
+(``build_optimizer``) and saved (``save_trained``). Its constructor arguments are exactly its
+config (``conf/method/<name>.yaml``). Gradient accumulation and clipping are method arguments
+that the runner hands to the Trainer (``trainer_settings``) unless the method does them
+itself. Loss, schedule, optimizer and finite checks are :class:`CausalLMModule`'s, shared with
+the retrofit.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-from lightning import LightningModule
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from smfexp.errors import NonFiniteError
-from smfexp.methods.loss import FrozenWeightCasts, causal_lm_loss
-
-log = logging.getLogger(__name__)
-
-SCHEDULES = ("cosine", "linear", "constant")
+from smfexp.training.module import CausalLMModule
 
 
 @dataclass
@@ -38,52 +30,10 @@ class Prepared:
     stage: str | None = None
 
 
-class FinetuneModule(LightningModule):
+class FinetuneModule(CausalLMModule):
     """Causal-LM finetuning with the method deciding which parameters train."""
 
-    method_name = "base"
     uses_memory = False  # True: needs memory layers (its stages retrofit them), see prepare
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        schedule: str = "cosine",
-        gradient_checkpointing: bool = False,
-        grad_accum: int = 1,
-        grad_clip: float | None = 1.0,
-    ) -> None:
-        super().__init__()
-        self.strict_loading = False  # checkpoints hold only what trains (on_save_checkpoint)
-        if lr <= 0:
-            raise ValueError(f"method.lr must be > 0 (got {lr})")
-        if grad_accum < 1:
-            raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"method.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.warmup_steps = warmup_steps
-        self.schedule = schedule
-        self.gradient_checkpointing = gradient_checkpointing
-        self.grad_accum = grad_accum
-        self.grad_clip = grad_clip
-        self.frozen_casts = FrozenWeightCasts()  # bf16 copies of frozen weights (loss.py)
-        self.prepare_model()
-        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.total_params = sum(p.numel() for p in self.model.parameters())
-        if self.trainable_params == 0:
-            raise ValueError(f"method {self.method_name}: nothing to train")
-        log.info("%s: %s trainable of %s parameters (%.3f%%)", self.method_name,
-                 f"{self.trainable_params:,}", f"{self.total_params:,}",
-                 100 * self.trainable_params / self.total_params)
 
     # -- what a method decides --------------------------------------------------------
     @classmethod
@@ -93,113 +43,6 @@ class FinetuneModule(LightningModule):
         cache) on ``model``; ``cfg`` is the composed run config. None for LoRA / full."""
         return Prepared()
 
-    def prepare_model(self) -> None:
-        """Set ``requires_grad`` (and wrap the model) for this method."""
-        raise NotImplementedError
-
     def trainer_settings(self) -> dict[str, Any]:
         """Trainer arguments that belong to the method: Lightning accumulates and clips."""
         return {"accumulate_grad_batches": self.grad_accum, "gradient_clip_val": self.grad_clip}
-
-    def build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay,
-                                 betas=self.betas, **self._adamw_kernel(params))
-
-    def _adamw_kernel(self, params: list[torch.nn.Parameter]) -> dict[str, bool]:
-        """The fastest AdamW kernel (the same update, up to rounding): ``fused`` (one kernel for
-        every tensor; 0.16 s vs 1.8 s per full-finetuning step of the 135M model on a 2-core
-        CPU, where torch's default is the per-tensor loop), except under mixed precision with
-        clipping, which Lightning refuses for fused optimizers; there ``foreach``."""
-        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        devices = {p.device.type for p in params}
-        floating = all(p.is_floating_point() for p in params)
-        if floating and devices <= {"cpu", "cuda"} and (
-                "mixed" not in precision or not self.grad_clip):
-            return {"fused": True}
-        return {"foreach": True} if floating else {}
-
-    def save_trained(self, directory: Path) -> Path:
-        """Save what this method trained (safetensors) into ``directory``."""
-        raise NotImplementedError
-
-    # -- shared -----------------------------------------------------------------------
-    def forward(self, **batch: torch.Tensor) -> Any:
-        return self.model(**batch)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = causal_lm_loss(self.model, batch, self.frozen_casts)
-        self.check_finite(loss.detach(), "training loss", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=batch["input_ids"].shape[0])
-        return loss
-
-    def on_fit_start(self) -> None:
-        # load_model returns eval mode (for scoring); dropout etc. must be live while training
-        self.model.train()
-        self.frozen_casts.clear()  # made again from the weights this fit starts with
-        if self.gradient_checkpointing:  # trade ~1 extra forward for most saved activations
-            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
-                self.model.activation_checkpointing_enable(
-                    activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                self.model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False})
-        for logger in self.loggers:
-            logger.log_hyperparams({"params/trainable": self.trainable_params,
-                                    "params/total": self.total_params, "method": self.method_name})
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
-                     on_step=True, on_epoch=False)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.build_optimizer(params)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        total = int(total) if math.isfinite(total) else 1
-        scheduler = get_scheduler(
-            self.schedule if self.schedule != "constant" else "constant_with_warmup",
-            optimizer, num_warmup_steps=min(self.warmup_steps, max(total - 1, 0)),
-            num_training_steps=max(total, 1),
-        )
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # -- numerical faults -------------------------------------------------------------
-    def check_finite(self, value: torch.Tensor, what: str, batch_idx: int | None = None) -> None:
-        """Stop the run (no update applied) when ``value`` is NaN/Inf; one host sync."""
-        if not torch.isfinite(value).all():
-            where = f"step {self.global_step + 1}" + (
-                f" (batch {batch_idx})" if batch_idx is not None else "")
-            raise NonFiniteError(
-                f"non-finite {what} ({float(value):g}) at {where}; nothing was applied and the "
-                f"last good checkpoint is kept. Lower method.lr, check the data, or try "
-                f"trainer.precision=32-true"
-            )
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            self.check_finite(torch.nn.utils.get_total_norm(grads), "gradient norm")
-
-    # -- checkpoints: what trains, not the frozen backbone --------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
-        }
-        checkpoint["smfexp_method"] = self.method_name
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        method = checkpoint.get("smfexp_method")
-        if method not in (None, self.method_name):
-            raise ValueError(f"the checkpoint was written by method={method}, this run is "
-                             f"method={self.method_name}")
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        saved = set(checkpoint["state_dict"])
-        mismatch = (saved - set(self.state_dict())) or (trainable - saved)
-        if mismatch:
-            example = sorted(mismatch)[0]
-            raise ValueError(f"the checkpoint does not match this model/method (e.g. {example});"
-                             f" resume with the config that wrote it")

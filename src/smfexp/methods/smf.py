@@ -27,7 +27,6 @@ from transformers import get_scheduler
 from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
 from smfexp.methods.base import FinetuneModule, Prepared
-from smfexp.methods.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.diagnostics import SelectionDiagnostics, read_share, weight_on_rows
@@ -38,6 +37,7 @@ from smfexp.smf.sparse_optim import (
     clip_grad_norm_,
     selected_grad_rows,
 )
+from smfexp.training.loss import causal_lm_loss, loss_bearing_mask
 
 log = logging.getLogger(__name__)
 

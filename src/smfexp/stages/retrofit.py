@@ -26,8 +26,8 @@ from smfexp.memory.attach import (
     memory_modules,
     set_sparse_values,
 )
-from smfexp.methods.base import FinetuneModule
 from smfexp.stages.cache import load_or_build
+from smfexp.training.module import CausalLMModule
 from smfexp.utils.io import atomic_write_json
 from smfexp.utils.precision import autocast_for, resolve_precision
 
@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 REPORT = "retrofit.json"
 
 
-class RetrofitModule(FinetuneModule):
-    """Trains every memory parameter (keys, query, projections, values, gate) densely."""
+class RetrofitModule(CausalLMModule):
+    """Trains every memory parameter (keys, query, projections, values, gate) densely.
+
+    On the shared Lightning basics (:mod:`smfexp.training.module`), not on the methods'
+    base: stage 1 prepares the methods' inputs and does not depend on them."""
 
     method_name = "retrofit"
 
