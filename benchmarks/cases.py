@@ -63,6 +63,17 @@ from bench_eval import (
     time_smfexp,
     warm_up,
 )
+from bench_facts import (
+    PhaseClock,
+    PhaseSteps,
+    batch_shape,
+    fact_batches,
+    fact_overrides,
+    instrument_smf,
+    measure_floors,
+    phase_medians,
+    plan_facts,
+)
 from bench_sparse_update import _available_gb, make_case, time_interleaved
 from dense_masked import DenseMaskedAdamW
 from omegaconf import DictConfig, OmegaConf
@@ -78,7 +89,9 @@ from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
 from smfexp.utils.precision import autocast_for, cpu_has_fast_bf16
 
 CONF = ROOT / "conf"
-SECTIONS = ("forward", "train", "scaling", "eval")
+# facts: today's workload (issue 24); forward/train/scaling: the old shape (8 x 256-token
+# batches, 16K-slot retrofitted memory, issue 5); eval: the scorers
+SECTIONS = ("facts", "forward", "train", "scaling", "eval")
 SELECTORS = ("tfidf", "kl", "random", "all")
 PRECISIONS = ("32-true", "bf16-mixed")  # Lightning names; shown as fp32 / bf16
 SHORT = {"32-true": "fp32", "bf16-mixed": "bf16"}
@@ -111,8 +124,13 @@ class Settings:
     dense_large: bool = False
     data_dir: str | None = None
     timeout: float | None = None
-
-
+    # the fact-stream section: phrasings per step, n_keys of the empty memories (512**2 =
+    # 262K slots, 1024**2 = 1M), timed steps per configuration, rows per layer per step
+    fact_phrasings: tuple[int, ...] = (4, 8)
+    fact_keys: tuple[int, ...] = (512, 1024)
+    fact_runs: int = 10
+    fact_top_t: int = 1024
+    stream_results: str | None = None
 
 
 # =========================================================================== child helpers
@@ -263,15 +281,44 @@ def child_forward(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
     return out
 
 
-def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
-    method, selector = spec["method"], spec.get("selector") or "tfidf"
-    n_keys = spec.get("n_keys", s.small_keys)
-    overrides = [f"method={method}", f"selector={selector}", f"memory.n_keys={n_keys}"]
+def old_shape_overrides(spec: dict[str, Any], s: Settings) -> list[str]:
+    """Overrides of the old-shape train/scaling configs: the 16K-slot retrofitted memory of
+    ``conf/memory/default.yaml`` (not today's empty 262K one), selector and optimizer."""
+    method = spec["method"]
+    overrides = [f"method={method}", "memory=default",
+                 f"memory.n_keys={spec.get('n_keys', s.small_keys)}"]
+    if method == "smf":
+        overrides.append(f"selector={spec.get('selector') or 'tfidf'}")
     if spec.get("update") == "row_sparse+ckpt":  # activations recomputed in backward
         overrides.append("method.gradient_checkpointing=true")
     if spec.get("optimizer"):
         overrides.append(f"method.optimizer={spec['optimizer']}")
-    cfg = compose_train(s, overrides)
+    if spec.get("optimizer") == "adam":  # row_rms is an SGD step size; Adam takes a plain lr
+        overrides += ["method.lr_unit=raw", "method.lr=1e-3"]
+    return overrides
+
+
+def trainer_kwargs(cfg: DictConfig, module: Any, precision: str) -> dict[str, Any]:
+    """The composed trainer config for a timing run: one epoch, no logger, no checkpoints."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kwargs, dict)
+    kwargs.update(
+        precision=precision,
+        max_epochs=1,
+        max_steps=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    kwargs.update(module.trainer_settings())  # as runner.train: SMF accumulates and clips itself
+    return kwargs
+
+
+def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    method, selector = spec["method"], spec.get("selector") or "tfidf"
+    n_keys = spec.get("n_keys", s.small_keys)
+    cfg = compose_train(s, old_shape_overrides(spec, s))
     model, tok = bench_model(s.model)
     extra: dict[str, Any] = {}
     out: dict[str, Any] = {}
@@ -282,26 +329,12 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
         reason = enough_memory(copies * tables + 3 * GiB, copies > 1, s)
         if reason:
             return {"skipped": reason, "tables_bytes": tables}
-        mem_cfg = OmegaConf.to_container(cfg.memory, resolve=True)
-        attach_memory(model, MemoryConfig.from_config(mem_cfg))
-        if selector in NEEDS_BACKGROUND:
-            extra["background"] = synthetic_background([m.n_slots for m in memory_modules(model)])
+        extra["background_stats"] = attach_smf_memory(model, cfg, selector)
         out.update(tables_bytes=tables, layers=memory_layer_indices(model), slots=n_keys**2)
     module = build_method(cfg, model, tok, **extra)
     if spec.get("update") == "dense_masked":
         use_dense_masked_update(module)
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(kwargs, dict)
-    kwargs.update(
-        precision=spec["precision"],
-        max_epochs=1,
-        max_steps=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    kwargs.update(module.trainer_settings())  # as runner.train: SMF accumulates and clips itself
+    kwargs = trainer_kwargs(cfg, module, spec["precision"])
     timer = StepTimer()
     batch = token_batch(model.config.vocab_size, s.batch, s.seq)
     loader = DataLoader([batch] * (s.warmup + s.runs), batch_size=None)
@@ -315,6 +348,80 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
         trainable=module.trainable_params,
         steps=trainer.global_step,
     )
+    return out
+
+
+def attach_smf_memory(model: Any, cfg: DictConfig, selector: str = "tfidf") -> Any:
+    """Attach ``cfg.memory`` to ``model``; synthetic background statistics for the selector
+    and the diagnostics (as ``prepare`` gives every SMF run), None for selectors without."""
+    mem_cfg = OmegaConf.to_container(cfg.memory, resolve=True)
+    attach_memory(model, MemoryConfig.from_config(mem_cfg))
+    if selector not in NEEDS_BACKGROUND:
+        return None
+    return synthetic_background([m.n_slots for m in memory_modules(model)])
+
+
+def fact_setup(spec: dict[str, Any], s: Settings) -> tuple[Any, list[Any], dict[str, Any]]:
+    """(method module, the stream's first batches, result fields) of a fact-step config;
+    the module is None when the config is skipped (``skipped`` in the fields)."""
+    cfg = compose_train(s, fact_overrides(spec, s))
+    model, tok = bench_model(s.model)
+    batches = fact_batches(cfg, tok, s.warmup + s.fact_runs)
+    out: dict[str, Any] = {**batch_shape(batches[s.warmup:]), "cfg": cfg}
+    extra: dict[str, Any] = {}
+    if spec["method"] == "smf":
+        n_keys = spec["n_keys"]
+        n_layers = len(MemoryConfig.from_config(
+            OmegaConf.to_container(cfg.memory, resolve=True)  # type: ignore[arg-type]
+        ).resolve_layers(model.config.num_hidden_layers))
+        dim = cfg.memory.v_dim or model.config.hidden_size
+        tables = table_bytes(n_layers, n_keys, dim)
+        out.update(tables_bytes=tables, slots=n_keys**2)
+        reason = enough_memory(tables + 3 * GiB, False, s)
+        if reason:
+            return None, batches, {**out, "skipped": reason}
+        extra["background_stats"] = attach_smf_memory(model, cfg, cfg.method.selector)
+        out["layers"] = memory_layer_indices(model)
+    module = build_method(cfg, model, tok, **extra)
+    return module, batches, out
+
+
+def fit_batches(module: Any, cfg: DictConfig, batches: list[Any], precision: str,
+                callback: L.Callback) -> L.Trainer:
+    """One Lightning fit over exactly ``batches`` (one optimizer step each)."""
+    trainer = L.Trainer(**trainer_kwargs(cfg, module, precision), callbacks=[callback])
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return trainer
+
+
+def child_facts(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """One fact step (real phrasings of one fact, empty memory) of SMF / LoRA / full."""
+    module, batches, out = fact_setup(spec, s)
+    cfg = out.pop("cfg")
+    if module is None:
+        return out
+    timer = StepTimer()
+    trainer = fit_batches(module, cfg, batches, spec["precision"], timer)
+    n = s.warmup
+    out.update(wall=timer.wall[n:], cpu=timer.cpu[n:], loss=timer.loss,
+               trainable=module.trainable_params, steps=trainer.global_step)
+    return out
+
+
+def child_phases(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """The SMF fact step split into phases (PhaseClock), then each phase's floor."""
+    module, batches, out = fact_setup(spec, s)
+    cfg = out.pop("cfg")
+    if module is None:
+        return out
+    clock = PhaseClock()
+    instrument_smf(module, clock)
+    steps = PhaseSteps(clock)
+    fit_batches(module, cfg, batches, spec["precision"], steps)
+    timed = steps.steps[s.warmup:]
+    floors = measure_floors(module, batches[s.warmup:], spec["precision"], s.fact_top_t)
+    out.update(wall=[st["wall"] for st in timed], phases=phase_medians(timed),
+               floors={k: statistics.median(v) for k, v in floors.items()})
     return out
 
 
@@ -378,6 +485,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any], Settings], dict[str, Any]]] = {
     "scaling": child_train,
     "update": child_update,
     "eval": child_eval,
+    "facts": child_facts,
+    "phases": child_phases,
 }
 
 
@@ -440,7 +549,8 @@ def progress_line(spec: dict[str, Any], r: dict[str, Any]) -> str:
         return f"skipped: {r['skipped']}"
     parts = []
     if r.get("wall"):
-        parts.append(f"median {med(r['wall']):.4g} s (CPU {med(r['cpu']):.4g} s)")
+        cpu = f" (CPU {med(r['cpu']):.4g} s)" if r.get("cpu") else ""
+        parts.append(f"median {med(r['wall']):.4g} s{cpu}")
     if r.get("median_s") is not None:
         parts.append(f"median {r['median_s'] * 1e3:.4g} ms")
     if r.get("value") is not None:
@@ -452,6 +562,8 @@ def progress_line(spec: dict[str, Any], r: dict[str, Any]) -> str:
 def plan(sections: list[str], s: Settings) -> list[dict[str, Any]]:
     """Every configuration, in run order (each gets a unique ``id``)."""
     specs: list[dict[str, Any]] = [{"section": "idle", "id": "idle", "label": "idle child"}]
+    if "facts" in sections:
+        specs += plan_facts(s)
     if "forward" in sections:
         for prec in PRECISIONS:
             for memory in (False, True):

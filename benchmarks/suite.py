@@ -1,7 +1,11 @@
-"""Benchmark suite (issue #8): forward, training step, SMF scaling, peak memory, evaluation.
+"""Benchmark suite (issues #8, #24): the fact stream (one fact step of SMF / LoRA / full, the
+SMF step per phase, its peak memory, the targets), then forward, training step, SMF scaling
+and peak memory at the old 8 x 256-token / 16K-slot shape, and evaluation.
 
     python benchmarks/suite.py [--quick] [--out BENCHMARKS.md] [--runs 3]
-                               [--only forward,train,scaling,eval] [--json RAW.json]
+                               [--only facts,forward,train,scaling,eval] [--json RAW.json]
+                               [--fact-runs 10] [--fact-keys 512,1024] [--fact-phrasings 4,8]
+                               [--stream-results DIR]
                                [--medmcqa 200 --triviaqa 200 --wikitext 5] [--threads N]
                                [--dense-large]
 
@@ -33,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # first: cases sets sys.path (src/) and the environment (offline hub, no progress bars)
 # before its heavy imports
+from bench_facts import PHASES, read_stream_runs, summarise_stream_runs
 from cases import (
     EVAL_MODES,
     EVAL_PROBES,
@@ -62,6 +67,12 @@ T_RSS_HEADROOM_GB = 2.0
 T_MEDMCQA_POINTS = 1.0
 T_WIKITEXT_REL = 0.01
 T_EVAL_SPEEDUP = 3.0
+# issue 24 targets (the fact stream)
+T_FACT_SMF_VS_FULL = 0.5
+T_FACT_1M_VS_262K = 1.1
+T_FACT_RSS_HEADROOM_GB = 2.0
+T_STREAM_1000_MIN = 15.0
+T_SCORING_SHARE = 0.30
 
 
 # =========================================================================== command line
@@ -106,12 +117,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run dense_masked configs that need > 4 GiB (1M slots: ~16 GiB for one table)",
     )
+    p.add_argument("--fact-runs", type=int, default=None,
+                   help="timed fact steps per fact-stream config (10; --quick: 3)")
+    p.add_argument("--fact-keys", default=None,
+                   help="n_keys of the empty memories, comma-separated (512,1024; --quick: 64,128)")
+    p.add_argument("--fact-phrasings", default="4,8", help="phrasings per fact step (4,8)")
+    p.add_argument("--fact-top-t", type=int, default=None, help="SMF rows per layer (1024)")
+    p.add_argument(
+        "--stream-results",
+        default=None,
+        help="a folder of real runs: its results.json files give the stream wall time and "
+        "the scoring share (median per method and stream length)",
+    )
     p.add_argument("--data-dir", default=None, help="offline data ($SMFEXP_DATA_DIR, ./data)")
     p.add_argument("--logs", default=None, help="keep each child's output here (default: temp)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
     args = p.parse_args(argv)
     if args.runs < 3 or (args.eval_runs is not None and args.eval_runs < 3):
         p.error("medians need >= 3 repetitions (--runs / --eval-runs)")
+    if args.fact_runs is not None and args.fact_runs < 3:
+        p.error("medians need >= 3 repetitions (--fact-runs)")
     bad = sorted(set(args.only.split(",")) - set(SECTIONS))
     if bad:
         p.error(f"--only: unknown section(s) {bad}; valid: {','.join(SECTIONS)}")
@@ -151,7 +176,17 @@ def make_settings(args: argparse.Namespace) -> Settings:
         dense_large=args.dense_large,
         data_dir=args.data_dir,
         timeout=args.timeout,
+        fact_phrasings=ints(args.fact_phrasings),
+        fact_keys=ints(args.fact_keys or ("64,128" if q else "512,1024")),
+        fact_runs=pick(args.fact_runs, 3, 10),
+        fact_top_t=pick(args.fact_top_t, 256, 1024),
+        stream_results=args.stream_results,
     )
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """"4,8" -> (4, 8)."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 # =========================================================================== markdown
@@ -170,6 +205,16 @@ def fgb(b: float | None) -> str:
 
 def ok(value: float | None, good: bool) -> str:
     return "n/a" if value is None else ("yes" if good else "**no**")
+
+
+def met(value: float | None, good: bool) -> str:
+    """A target's status cell (issue 24 wording)."""
+    return "n/a" if value is None else ("met" if good else "**not met**")
+
+
+def ms(x: float | None) -> str:
+    """Seconds as milliseconds (4 significant digits)."""
+    return "n/a" if x is None else f"{x * 1e3:.4g}"
 
 
 def status(r: dict[str, Any] | None) -> str | None:
@@ -218,7 +263,266 @@ class Report:
         st = status(self.r(key))
         return [st, st] if st else [fs(self.wall(key)), fs(self.cpu(key))]
 
+    def old_note(self) -> str:
+        s = self.s
+        return (
+            f"> Old shape (issue 5, before the fact stream): random-token {s.batch}x{s.seq} "
+            f"batches and `conf/memory/default.yaml` memories (n_keys {s.small_keys}, knn 16, "
+            f"random values). Today's runs have the shape of sections 1-5."
+        )
+
     # ---------------------------------------------------------------- sections
+    # ---------------------------------------------------------------- fact stream (issue 24)
+    def facts(self) -> list[str]:
+        """Sections 1-5: fact step, phases, peak memory, targets, real-run stream times."""
+        return [
+            *self.fact_steps(),
+            *self.fact_phases(),
+            *self.fact_memory(),
+            *self.fact_targets(),
+            *self.stream_runs(),
+        ]
+
+    def fact_key(self, name: str, p: int, prec: str) -> str:
+        return f"facts/{name}/p{p}/{prec}"
+
+    def smf_name(self, keys: int) -> str:
+        return f"smf/{keys}"
+
+    def slots(self, keys: int) -> str:
+        """Slots per layer as the issue writes them: 262K, 1M."""
+        return f"{keys**2 / 2**20:.2g}M" if keys**2 >= 2**20 else f"{keys**2 // 1000}K"
+
+    def tokens(self, key: str) -> str:
+        """Median real tokens / median padded shape of the timed steps."""
+        r = self.r(key) or {}
+        real, padded = r.get("real_tokens"), r.get("padded")
+        if not real or not padded:
+            return "n/a"
+        batch = padded[0][0]
+        return f"{med(real):.0f} / {batch}x{med([c for _, c in padded]):.0f}"
+
+    def fact_steps(self) -> list[str]:
+        s = self.s
+        lo = s.fact_keys[0]
+        out = [
+            "## 1. Fact stream: one fact step",
+            "",
+            f"What every experiment now runs: one optimizer step on the phrasings of ONE "
+            f"TriviaQA fact (`data=triviaqa_facts`, the stream's first {s.fact_runs} steps after "
+            f"{s.warmup} warm-up, real phrasing lengths, padded to the longest of the step), "
+            f"through the real method modules and a Lightning Trainer. SMF: `memory=empty` "
+            f"(zero values, n_keys {' / '.join(str(k) for k in s.fact_keys)} = "
+            f"{' / '.join(self.slots(k) for k in s.fact_keys)} slots per layer), top_t "
+            f"{s.fact_top_t}, lr_unit row_rms, synthetic background statistics; LoRA and full: "
+            f"`conf/method/*.yaml`, no memory. bf16 = Lightning `bf16-mixed`. Tokens = median "
+            f"real tokens / padded batch shape.",
+            "",
+        ]
+        rows = []
+        for prec in ("fp32", "bf16"):
+            for p in s.fact_phrasings:
+                names = [self.smf_name(k) for k in s.fact_keys] + ["lora", "full"]
+                full = self.wall(self.fact_key("full", p, prec))
+                smf_lo = self.wall(self.fact_key(self.smf_name(lo), p, prec))
+                for name in names:
+                    key = self.fact_key(name, p, prec)
+                    r = self.r(key) or {}
+                    w = self.wall(key)
+                    label = f"SMF {self.slots(int(name[4:]))}" if name.startswith("smf") \
+                        else {"lora": "LoRA", "full": "full"}[name]
+                    rows.append([
+                        label, str(p), prec, self.tokens(key),
+                        f"{r['trainable']:,}" if "trainable" in r else "n/a",
+                        *self.cells(key),
+                        fx(ratio(w, full)),
+                        fx(ratio(w, smf_lo)) if name.startswith("smf") else "",
+                        fx(ratio(w, self.wall(self.fact_key(name, p, "fp32")))),
+                        fgb(self.rss(key)),
+                    ])
+        out += table(
+            ["method", "phrasings", "precision", "tokens", "trainable params",
+             "median wall (s)", "median CPU (s)", "vs full (same batch, precision)",
+             f"vs SMF {self.slots(lo)}", "vs fp32", "peak RSS (GiB)"],
+            rows,
+            "---|---:|---|---:|---:|" + "---:|" * 6,
+        )
+        return out
+
+    def fact_phases(self) -> list[str]:
+        keys = [k for k in self.res if k.startswith("phases/")]
+        out = [
+            "## 2. The SMF fact step per phase",
+            "",
+            "Median seconds per phase over the same fact steps as section 1 (a clock wraps the "
+            "functions `_sparse_step` calls, each also a `torch.profiler` `record_function` "
+            "range; a phase's time excludes the wrapped calls inside it; Lightning overhead = "
+            "the batch's wall time minus every phase). Floor = the least that phase needs, "
+            "measured in the same process on the same batches; what a phase spends beyond "
+            "its floor is overhead to remove (issue 24, item 2).",
+            "",
+        ]
+        done = [k for k in keys if not status(self.r(k))]
+        for k in keys:
+            if status(self.r(k)):
+                out += [f"- `{k}`: {status(self.r(k))}", ""]
+        if not done:
+            return out
+        labels = [self.phase_label(k) for k in done]
+        rows = []
+        first = self.r(done[0]) or {}
+        step = first["phases"].get("wall") or 0.0
+        for phase, label, floor in PHASES:
+            cells = [ms(self.r(k)["phases"].get(phase)) for k in done]  # type: ignore[index]
+            own = first["phases"].get(phase)
+            fl = first.get("floors", {}).get(phase)
+            rows.append([
+                label, *cells,
+                "n/a" if own is None or not step else f"{100 * own / step:.1f}%",
+                ms(fl) if fl is not None else "-",
+                floor,
+            ])
+        rows.append([
+            "**whole step (median)**",
+            *[ms(self.r(k)["phases"].get("wall")) for k in done],  # type: ignore[index]
+            "100%", ms(sum(first.get("floors", {}).values()) or None), "sum of the floors",
+        ])
+        out += table(
+            ["phase", *[f"{lab} (ms)" for lab in labels], f"share ({labels[0]})",
+             f"floor ({labels[0]}, ms)", "floor is"],
+            rows,
+            "---|" + "---:|" * (len(done) + 2) + "---|",
+        )
+        return out
+
+    def phase_label(self, key: str) -> str:
+        """phases/smf/512/p4/fp32 -> 262K, 4 phr., fp32."""
+        _, _, keys, p, prec = key.split("/")
+        return f"{self.slots(int(keys))}, {p[1:]} phr., {prec}"
+
+    def fact_memory(self) -> list[str]:
+        s = self.s
+        out = [
+            "## 3. Fact-stream peak memory (RSS)",
+            "",
+            "Peak RSS of each fact-step child (`ru_maxrss`: model load, imports and the "
+            "steps), next to the fp32 value tables of all memory layers. Target (issue 24): "
+            f"SMF with {self.slots(s.fact_keys[-1])} slots at <= tables + "
+            f"{T_FACT_RSS_HEADROOM_GB:g} GiB.",
+            "",
+        ]
+        rows = [["idle child (imports only)", "", "", "n/a", fgb(self.rss("idle")), "n/a"]]
+        for prec in ("fp32", "bf16"):
+            for p in s.fact_phrasings:
+                for name in [*(self.smf_name(k) for k in s.fact_keys), "lora", "full"]:
+                    key = self.fact_key(name, p, prec)
+                    r = self.r(key)
+                    if r is None:
+                        continue
+                    tables = r.get("tables_bytes")
+                    rss = self.rss(key)
+                    extra = None if rss is None or tables is None else rss - tables
+                    rows.append([name, str(p), prec, fgb(tables), status(r) or fgb(rss),
+                                 fgb(extra)])
+        out += table(
+            ["configuration", "phrasings", "precision", "value tables (GiB)", "peak RSS (GiB)",
+             "peak RSS - tables (GiB)"],
+            rows,
+            "---|---:|---|---:|---:|---:|",
+        )
+        return out
+
+    def rss_headroom(self) -> float | None:
+        """The largest peak RSS - tables of the largest-table SMF fact steps (bytes)."""
+        s = self.s
+        name = self.smf_name(s.fact_keys[-1])
+        values = []
+        for prec in ("fp32", "bf16"):
+            for p in s.fact_phrasings:
+                key = self.fact_key(name, p, prec)
+                rss, tables = self.rss(key), (self.r(key) or {}).get("tables_bytes")
+                if rss is not None and tables is not None and not status(self.r(key)):
+                    values.append(rss - tables)
+        return max(values) if values else None
+
+    def fact_targets(self) -> list[str]:
+        s = self.s
+        lo, hi = self.smf_name(s.fact_keys[0]), self.smf_name(s.fact_keys[-1])
+        rows = []
+        for p in s.fact_phrasings:
+            x = ratio(self.wall(self.fact_key(lo, p, "fp32")),
+                      self.wall(self.fact_key("full", p, "fp32")))
+            rows.append([f"SMF {self.slots(s.fact_keys[0])} / full fact step, fp32, {p} "
+                         f"phrasings", fx(x), f"<= {T_FACT_SMF_VS_FULL}",
+                         met(x, x is not None and x <= T_FACT_SMF_VS_FULL)])
+        for prec in ("fp32", "bf16"):
+            for p in s.fact_phrasings:
+                x = ratio(self.wall(self.fact_key(hi, p, prec)),
+                          self.wall(self.fact_key(lo, p, prec)))
+                rows.append([f"SMF {self.slots(s.fact_keys[-1])} / SMF "
+                             f"{self.slots(s.fact_keys[0])}, {prec}, {p} phrasings", fx(x),
+                             f"<= {T_FACT_1M_VS_262K}",
+                             met(x, x is not None and x <= T_FACT_1M_VS_262K)])
+        extra = self.rss_headroom()
+        rows.append([f"SMF {self.slots(s.fact_keys[-1])} fact step: peak RSS - value tables "
+                     f"(largest of its configs)", "n/a" if extra is None else
+                     f"{extra / GiB:.2f} GiB", f"<= {T_FACT_RSS_HEADROOM_GB:g} GiB",
+                     met(extra, extra is not None and extra <= T_FACT_RSS_HEADROOM_GB * GiB)])
+        rows += self.stream_target_rows()
+        rows.append(["GPU: SMF 1M fact step / full, Qwen2.5-0.5B shape",
+                     "see BENCHMARKS_GPU.md", "<= 0.5", "not measured here (`make gpu-check`)"])
+        out = [
+            "## 4. Targets (issue 24)",
+            "",
+            "Ratios of median wall times from this run; the stream rows come from real runs "
+            "(section 5) and need `--stream-results`.",
+            "",
+        ]
+        out += table(["target", "value", "target", "status"], rows, "---|---:|---:|---|")
+        return out
+
+    def stream_summary(self) -> list[dict[str, Any]]:
+        d = self.s.stream_results
+        return summarise_stream_runs(read_stream_runs(d)) if d and Path(d).is_dir() else []
+
+    def stream_target_rows(self) -> list[list[str]]:
+        summary = self.stream_summary()
+        smf = [g for g in summary if g["method"] == "smf" and g["n_facts"] == 1000]
+        wall = smf[0]["wall"] / 60 if smf else None
+        share = max((g["share"] for g in summary), default=None)
+        none = "not measured (`--stream-results`)"
+        return [
+            ["1000-fact SMF stream wall time (median of real runs)",
+             "n/a" if wall is None else f"{wall:.1f} min", f"<= {T_STREAM_1000_MIN:g} min",
+             none if wall is None else met(wall, wall <= T_STREAM_1000_MIN)],
+            ["scoring share of a run's wall time (largest per-method median)",
+             "n/a" if share is None else f"{100 * share:.0f}%",
+             f"<= {100 * T_SCORING_SHARE:.0f}%",
+             none if share is None else met(share, share <= T_SCORING_SHARE)],
+        ]
+
+    def stream_runs(self) -> list[str]:
+        d = self.s.stream_results
+        out = ["## 5. Stream wall time and scoring share (real runs)", ""]
+        if not d:
+            return [*out, "Not measured by this suite: pass `--stream-results DIR` (a folder "
+                    "of finished runs, e.g. `make run`'s multirun folder or results/scale) to "
+                    "read `wall_seconds` and the scoring times of their results.json files.", ""]
+        summary = self.stream_summary()
+        out += [
+            f"From the results.json files under `{d}`: wall = `wall_seconds.total`; scoring = "
+            "`eval_seconds` (before/after) + stream probe points + nested scores (their "
+            "`seconds`); medians per method and stream length.",
+            "",
+        ]
+        if not summary:
+            return [*out, "No readable results.json with a wall time there.", ""]
+        rows = [[g["method"], str(g["n_facts"] or "?"), str(g["runs"]), f"{g['wall'] / 60:.1f}",
+                 f"{g['scoring'] / 60:.1f}", f"{100 * g['share']:.0f}%"] for g in summary]
+        out += table(["method", "facts", "runs", "median wall (min)", "median scoring (min)",
+                      "scoring share"], rows, "---|---:|---:|---:|---:|---:|")
+        return out
+
     def forward(self) -> list[str]:
         s = self.s
         layers = next(
@@ -230,7 +534,9 @@ class Report:
             "?",
         )
         out = [
-            "## 1. Forward pass",
+            "## 6. Forward pass (old shape)",
+            "",
+            self.old_note(),
             "",
             f"Inference forward (`torch.inference_mode`, logits included) of a {s.batch}x"
             f"{s.seq}-token batch. Retrofitted = `conf/memory/default.yaml` memories "
@@ -272,7 +578,9 @@ class Report:
     def train(self) -> list[str]:
         s = self.s
         out = [
-            "## 2. Training step",
+            "## 7. Training step (old shape)",
+            "",
+            self.old_note(),
             "",
             f"One optimizer step (forward + backward + update) on the same {s.batch}x{s.seq}"
             f"-token batch through the real method modules and a Lightning Trainer "
@@ -341,7 +649,9 @@ class Report:
         s = self.s
         lo, hi = s.small_keys, s.large_keys
         out = [
-            "## 3. SMF scaling",
+            "## 8. SMF scaling (old shape)",
+            "",
+            self.old_note(),
             "",
             f"Does the SMF step cost depend on the table size? n_keys {lo} ({lo**2:,} slots"
             f"/layer) vs {hi} ({hi**2:,} slots/layer). Whole SMF training steps (tfidf, "
@@ -479,7 +789,9 @@ class Report:
         s = self.s
         hi = s.large_keys
         out = [
-            "## 4. Peak memory (RSS)",
+            "## 9. Peak memory (RSS, old shape)",
+            "",
+            self.old_note(),
             "",
             "Every table above has each configuration's peak RSS (its own child process; "
             "`getrusage(RUSAGE_SELF).ru_maxrss`, imported libraries included). An idle "
@@ -547,7 +859,7 @@ class Report:
     def eval(self) -> list[str]:
         s = self.s
         out = [
-            "## 5. Evaluation",
+            "## 10. Evaluation",
             "",
             f"Harness protocol, same model object and rows for every scorer: smfexp "
             f"`score_probe` (fp32, and bf16 = `EvalConfig.precision`, autocast) vs "
@@ -721,6 +1033,7 @@ class Report:
             "",
         ]
         builders = {
+            "facts": self.facts,
             "forward": self.forward,
             "train": self.train,
             "scaling": self.scaling,
@@ -729,7 +1042,7 @@ class Report:
         for sec in SECTIONS:
             if sec in sections:
                 lines += builders[sec]()
-            if sec == "scaling":
+            if sec == "scaling" and sec in sections:
                 lines += self.memory()
         if failures or skipped:
             lines += ["## Failed or skipped configurations", ""]
