@@ -478,7 +478,7 @@ class Report:
             "(section 5) and need `--stream-results`.",
             "",
         ]
-        out += table(["target", "value", "target", "status"], rows, "---|---:|---:|---|")
+        out += table(["check", "value", "target", "status"], rows, "---|---:|---:|---|")
         return out
 
     def stream_summary(self) -> list[dict[str, Any]]:
