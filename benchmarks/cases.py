@@ -15,6 +15,10 @@ How it measures:
   a real Lightning Trainer, one optimizer step per batch, on one fixed random-token batch. A
   step is Lightning's ``on_train_batch_start`` -> ``on_train_batch_end``: forward, backward,
   (SMF: count reads, select rows, clip) and the optimizer update.
+* The fact-stream section (``bench_facts.py``) times the same real modules on the first
+  steps of a real fact stream instead (``data=triviaqa_facts``: the phrasings of one fact per
+  step, their real lengths) with ``memory=empty`` tables; its phase runs wrap the SMF step's
+  functions in a clock inside the child only.
 * Memories are attached fresh (random init, no retrofit: the cost does not depend on the
   values); tfidf/kl read synthetic random background counts, so no background pass runs.
 * ``--quick``: the tiny random model (``conf/model/tiny.yaml``), a small batch, small tables
