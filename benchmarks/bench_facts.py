@@ -172,11 +172,9 @@ class PhaseSteps(Callback):
 
 
 def loss_module() -> Any:
-    """The module with the chunked loss helpers (it is moving from methods/ to training/)."""
-    try:
-        import smfexp.training.loss as loss
-    except ImportError:
-        import smfexp.methods.loss as loss
+    """The module with the chunked loss helpers."""
+    import smfexp.training.loss as loss
+
     return loss
 
 
