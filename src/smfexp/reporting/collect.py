@@ -80,7 +80,10 @@ def summary_keys(df: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
-_NOT_GRID = re.compile(r"^(seed|method|selector|data\.facts_seed)=")
+# not part of a grid point: the line, the draw, and bookkeeping that computes nothing
+_NOT_GRID = re.compile(r"^(seed|method|selector|data\.facts_seed|callbacks\.[\w.]+|logger|"
+                       r"paths\.[\w.]+|resume|skip_finished|keep_checkpoints|save_trained|"
+                       r"checkpoint_every_n_steps)=")
 
 
 def grid_point(overrides: object) -> str:
