@@ -20,9 +20,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -357,25 +358,37 @@ def frontier_figure(grid: pd.DataFrame) -> Figure:
 
 
 # --------------------------------------------------------------------------- the stream
-def stream_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Long table of every run's stream points: line, point, seed, facts, probe, metric, value
-    (the ``stream/<probe>/<metric>`` values; row counts ``n`` left out, as in the logs)."""
-    rows = []
+def each_results(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(labels, results.json) of every ok run: labels = line, point, draw, run_dir."""
     ok = df[df["status"] == "ok"] if "status" in df else df
-    for _, run in ok.iterrows():
+    for index, run in ok.iterrows():
         try:
             results = json.loads((Path(run["run_dir"]) / RESULTS).read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        stream = results.get("stream") if isinstance(results, dict) else None
+        if isinstance(results, dict):
+            labels = {"line": line_label(run["method"], run.get("selector")),
+                      "point": grid_point(run.get("overrides")), "draw": run_draw(run),
+                      "run_dir": str(run["run_dir"]), "index": index}
+            metric = run.get("target_metric")
+            labels["target_metric"] = metric if isinstance(metric, str) else "exact_match"
+            yield labels, results
+
+
+def stream_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table of every run's stream points: line, point, seed, facts, probe, metric, value
+    (the ``stream/<probe>/<metric>`` values; row counts ``n`` left out, as in the logs)."""
+    rows = []
+    seeds = df["seed"] if "seed" in df else pd.Series(dtype=object)
+    for labels, results in each_results(df):
+        stream = results.get("stream")
         for entry in (stream or {}).get("points", []) if isinstance(stream, dict) else []:
             for probe, metrics in (entry.get("scores") or {}).items():
                 for metric, value in (metrics or {}).items():
                     if metric != "n" and isinstance(value, int | float) \
                             and not isinstance(value, bool):
-                        rows.append({"line": line_label(run["method"], run.get("selector")),
-                                     "point": grid_point(run.get("overrides")),
-                                     "seed": run.get("seed"), "draw": run_draw(run),
+                        rows.append({"line": labels["line"], "point": labels["point"],
+                                     "seed": seeds.get(labels["index"]), "draw": labels["draw"],
                                      "facts": entry.get("facts"),
                                      "probe": probe, "metric": metric, "value": float(value)})
     return pd.DataFrame(rows)

@@ -14,27 +14,24 @@ Every part reads optional fields of results.json, so old runs simply contribute 
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from smfexp.reporting.collect import RESULTS, TARGET, grid_point
+from smfexp.reporting.collect import TARGET
 from smfexp.reporting.frontier import (
     FORGETTING_METRICS,
     LEVELS,
     Levels,
     choose_levels,
     comparison_table,
-    line_label,
+    each_results,
     line_order,
     line_reach,
     matched_learning,
-    run_draw,
     stream_points,
 )
 from smfexp.reporting.plots import new_figure
@@ -52,23 +49,6 @@ def _number(value: Any) -> float | None:
             and math.isfinite(float(value)):
         return float(value)
     return None
-
-
-def each_results(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(labels, results.json) of every ok run: labels = line, point, draw, run_dir."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    for _, run in ok.iterrows():
-        try:
-            results = json.loads((Path(run["run_dir"]) / RESULTS).read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(results, dict):
-            labels = {"line": line_label(run["method"], run.get("selector")),
-                      "point": grid_point(run.get("overrides")), "draw": run_draw(run),
-                      "run_dir": str(run["run_dir"])}
-            metric = run.get("target_metric")
-            labels["target_metric"] = metric if isinstance(metric, str) else "exact_match"
-            yield labels, results
 
 
 def _nested(results: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
