@@ -135,3 +135,31 @@ def test_score_stats() -> None:
     stats = selector_score_stats(torch.tensor([0.5, 1.0, 3.0]))
     assert stats == {"n": 3.0, "min": 0.5, "mean": 1.5, "max": 3.0}
     assert selector_score_stats(torch.empty(0))["n"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["tfidf", "kl", "tf"])
+def test_written_weight_scales_the_scores_of_written_rows(name: str) -> None:
+    """written_weight w multiplies the score of rows already written, against NumPy."""
+    counts, bg, c, df, reads, n_batches = _problem(3)
+    written = torch.zeros(counts.numel(), dtype=torch.bool)
+    written[::3] = True
+    t = 20
+    for weight in (0.25, 4.0):
+        chosen = select(name, counts, bg, t, written=written, written_weight=weight)
+        base = (c / c.sum() if name == "tf" else _np_scores(name, c, df, reads, n_batches))
+        expected = np.where(written.numpy(), base * weight, base)
+        expected = np.where(c > 0, expected, -np.inf)
+        top = np.sort(np.argsort(-expected, kind="stable")[:t])
+        assert chosen.indices.tolist() == top.tolist()
+    reuse = select(name, counts, bg, t, written=written, written_weight=4.0).indices
+    fresh = select(name, counts, bg, t, written=written, written_weight=0.25).indices
+    assert written[reuse].sum() > written[fresh].sum()  # > 1 reuses, < 1 avoids written rows
+    plain = select(name, counts, bg, t).indices
+    assert torch.equal(select(name, counts, bg, t, written=written).indices, plain)  # w = 1
+
+
+def test_written_weight_needs_a_scoring_selector() -> None:
+    counts, bg, *_ = _problem(0)
+    with pytest.raises(ValueError, match="written_weight applies to the selectors tfidf"):
+        select("random", counts, bg, 4, written=torch.ones(counts.numel(), dtype=torch.bool),
+               written_weight=2.0)

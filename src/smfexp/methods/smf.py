@@ -121,6 +121,7 @@ class SparseMemoryFinetune(FinetuneModule):
         count_tokens: str = "attention",
         lr_unit: str = "raw",
         selector_seed: int = 0,
+        written_weight: float = 1.0,
         background_stats: BackgroundStats | None = None,
         base_checkpoint: str | None = None,
         **kwargs: Any,
@@ -142,6 +143,8 @@ class SparseMemoryFinetune(FinetuneModule):
         if lr_unit != "raw" and optimizer != "sgd":
             raise ValueError(f"method.lr_unit={lr_unit} needs method.optimizer=sgd (Adam's step "
                              f"is normalised per element already)")
+        if not written_weight > 0:
+            raise ValueError(f"method.written_weight must be > 0 (got {written_weight})")
         if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -155,6 +158,7 @@ class SparseMemoryFinetune(FinetuneModule):
         self.count_tokens = count_tokens
         self.lr_unit = lr_unit
         self.selector_seed = selector_seed
+        self.written_weight = written_weight
         self.background = background_stats
         # the memory checkpoint finetuning starts from: a saved run stores only the rows it
         # changed and takes the others from here
@@ -326,7 +330,8 @@ class SparseMemoryFinetune(FinetuneModule):
         for layer, memory in enumerate(self.memories):
             counts = self.counter.counts(layer)
             bg = self.background.layer(layer) if self.background is not None else None
-            chosen = select(self.selector, counts, bg, self.top_t, self.generator)
+            chosen = select(self.selector, counts, bg, self.top_t, self.generator,
+                            written=self.touched[layer], written_weight=self.written_weight)
             _build_selected_grad(memory.values, memory.value_grad_sink, chosen.indices)
             if _distributed():
                 _all_reduce_rows(memory.values, chosen.indices)
@@ -417,6 +422,7 @@ class SparseMemoryFinetune(FinetuneModule):
                 "gate_lr": self.gate_lr,
                 "count_tokens": self.count_tokens,
                 "lr_unit": self.lr_unit,
+                "written_weight": self.written_weight,
                 "updated_rows_per_layer": rows,
                 "slots_per_layer": [m.n_slots for m in self.memories],
                 "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),

@@ -129,17 +129,37 @@ SELECTORS: Mapping[str, Selector] = MappingProxyType({
 NEEDS_BACKGROUND = frozenset({"tfidf", "kl"})
 
 
+# the scores of the selectors that rank read slots by a score (written_weight applies to them)
+SCORES: Mapping[str, Callable[[Tensor, LayerBackground | None], tuple[Tensor, Tensor]]] = \
+    MappingProxyType({"tfidf": tfidf_scores, "kl": kl_scores,
+                      "tf": lambda counts, background: batch_distribution(counts)})
+
+
 def select(
     name: str,
     counts: Tensor,
     background: LayerBackground | None,
     t: int,
     generator: torch.Generator | None = None,
+    written: Tensor | None = None,
+    written_weight: float = 1.0,
 ) -> Selection:
-    """The rows selector ``name`` picks from one layer's counts (and their scores)."""
+    """The rows selector ``name`` picks from one layer's counts (and their scores).
+
+    ``written`` (bool per slot: rows earlier steps changed) with ``written_weight`` != 1
+    multiplies those rows' scores: > 1 reuses rows already written, so the set of rows that
+    general text finds changed grows more slowly; < 1 spreads the writes over fresh rows.
+    """
     if name not in SELECTORS:
         raise ValueError(f"unknown selector {name!r}; valid: {', '.join(SELECTORS)}")
-    return SELECTORS[name](counts, background, t, generator)
+    if written is None or written_weight == 1.0:
+        return SELECTORS[name](counts, background, t, generator)
+    if name not in SCORES:
+        raise ValueError(f"method.written_weight applies to the selectors {', '.join(SCORES)}, "
+                         f"not {name!r}")
+    read, scores = SCORES[name](counts, background)
+    reused = written.index_select(0, read.to(written.device)).to(read.device)
+    return top_t(read, torch.where(reused, scores * written_weight, scores), t)
 
 
 def selector_score_stats(scores: Tensor) -> dict[str, float]:
