@@ -188,8 +188,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
                                    str(trainer_kwargs.get("accelerator")))
     nested = build_nested_callback(eval_cfg, datamodule, forgetting)
-    if nested is not None:
-        nested.memory_fill = getattr(module, "memory_fill", None)
     callbacks = [forgetting, *([stream] if stream else []), *([nested] if nested else []),
                  checkpointer,
                  *([periodic] if periodic else []), *build_callbacks(cfg)]

@@ -50,8 +50,7 @@ class NestedStreamCallback(Callback):
 
     def __init__(self, forgetting: ForgettingCallback, n_facts: int, steps_per_fact: int,
                  facts_seen: Callable[[int], int], nested_at: list[int] | None,
-                 earlier_facts: bool, memory_fill: Callable[[], dict[str, Any]] | None = None
-                 ) -> None:
+                 earlier_facts: bool) -> None:
         """``forgetting`` holds the probes, their rows and the before scores (and scores the
         last N itself, at fit end); ``facts_seen(step)`` maps optimizer steps to facts."""
         self.forgetting = forgetting
@@ -60,7 +59,6 @@ class NestedStreamCallback(Callback):
         self.facts_seen = facts_seen
         self.nested_at = sorted({int(n) for n in nested_at or [] if 0 < int(n) <= n_facts})
         self.earlier = earlier_facts
-        self.memory_fill = memory_fill
         self.nested: dict[str, dict[str, Any]] = {}
         self.right_after: dict[int, dict[str, float]] = {}  # quarter -> target scores
         self.start: dict[int, dict[str, float]] = {}  # N -> the base model on its facts
@@ -76,6 +74,12 @@ class NestedStreamCallback(Callback):
         cfg = self.forgetting.eval_cfg
         return score_probe(self.forgetting.target.probe, model, self.forgetting.tokenizer,
                            rows, cfg)
+
+    @staticmethod
+    def _fill(pl_module: LightningModule) -> dict[str, Any] | None:
+        """How full the memory is (SMF's ``memory_fill``), None for methods without one."""
+        fill = getattr(pl_module, "memory_fill", None)
+        return fill() if callable(fill) else None
 
     def _scoring(self, pl_module: LightningModule, score: Callable[[], Any]) -> Any:
         model = pl_module.model
@@ -123,7 +127,7 @@ class NestedStreamCallback(Callback):
                 "facts": self.n_facts, "step": trainer.global_step, "before": f.before,
                 "after": f.after, **deltas(f.before, f.after),
                 "target_beyond_heldout": f.beyond_heldout,
-                "memory": self.memory_fill() if self.memory_fill else None}
+                "memory": self._fill(pl_module)}
         if self.earlier:
             self.earlier_results = self._earlier(pl_module)
 
@@ -144,7 +148,7 @@ class NestedStreamCallback(Callback):
             "target_beyond_heldout": ({"probe": heldout,
                                        "delta": gain_beyond_heldout(delta["delta"], heldout)}
                                       if heldout and heldout in after else None),
-            "memory": self.memory_fill() if self.memory_fill else None,
+            "memory": self._fill(pl_module),
             "seconds": time.perf_counter() - t0}
         log.info("after %d facts: target %s (%.0f s)", facts, after[TARGET],
                  time.perf_counter() - t0)
