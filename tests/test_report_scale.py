@@ -24,6 +24,7 @@ from smfexp.reporting.scale import (
     scale_figure,
     scale_levels,
 )
+from smfexp.reporting.selection import selection_points
 from smfexp.reporting.stats import MeanCI, mean_ci, overlap, t_quantile
 
 T2 = 4.302652729911275  # t_{0.975, 2}: 3 draws
@@ -179,6 +180,15 @@ def _earlier(k: int) -> dict[str, Any]:
          "kept": None}]}
 
 
+def _smf(k: int) -> dict[str, Any]:
+    """Two memory layers: overlap 0.01 and 0.03 (mean 0.02), background share 0.4 + 0.1 k;
+    rows written 1 + k of 4 slots in each layer."""
+    return {"slots_per_layer": [4, 4], "updated_rows_per_layer": [1 + k, 1 + k],
+            "diagnostics": [{"overlap": 0.01, "touched_background_share": 0.4 + 0.1 * k},
+                            {"overlap": 0.03, "touched_background_share": 0.4 + 0.1 * k,
+                             "fact_background_share": None}]}
+
+
 @pytest.fixture(scope="module")
 def scale_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("scale") / "multirun"
@@ -186,7 +196,7 @@ def scale_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for (method, lr), states in SCALE.items():
         for k in DRAWS:
             shifted = {n: (x, y + k) for n, (x, y) in states.items()}
-            extra = {"stream": _stream(k), "earlier_facts": _earlier(k)} \
+            extra = {"stream": _stream(k), "earlier_facts": _earlier(k), "smf": _smf(k)} \
                 if (method, lr) == ("smf", "2") else {}
             _write(root / str(num), method, lr, k, shifted, **extra)
             num += 1
@@ -277,6 +287,20 @@ def test_memory_fill_from_stream_points(scale_sweep):
     assert set(memory["line"]) == {"smf/tfidf"}
     rows = memory[(memory["key"] == "rows_touched_share") & (memory["facts"] == 256)]
     assert sorted(rows["value"]) == pytest.approx([0.5, 0.6, 0.7])  # one per draw
+
+
+def test_selection_specificity_is_a_layer_mean_then_a_draw_interval(scale_sweep, tmp_path):
+    points = selection_points(collect_runs(scale_sweep))
+    assert set(points["line"]) == {"smf/tfidf"}  # only runs with SMF diagnostics
+    by_key = {key: sorted(block["value"]) for key, block in points.groupby("key")}
+    assert set(by_key) == {"overlap", "touched_background_share", "rows_written"}
+    assert by_key["overlap"] == pytest.approx([0.02] * 3)
+    assert by_key["touched_background_share"] == pytest.approx([0.4, 0.5, 0.6])
+    assert by_key["rows_written"] == pytest.approx([0.25, 0.5, 0.75])
+    md = write_report(scale_sweep, tmp_path / "report").markdown
+    section = md.split("### Selection specificity")[1]
+    half = T2 * 10 / math.sqrt(3)  # draws 40/50/60%: sd 10 points
+    assert f"50.00% ± {half:.2g} (n=3)" in section  # touched_background_share
 
 
 def test_earlier_facts_table(scale_sweep):

@@ -5,8 +5,9 @@ Writes summary.md/csv (mean and 95% interval over fact draws per grid point, wit
 forgetting-at-matched-learning tables), runs.csv, pareto.png, training_curves.png,
 frontier.png and stream.png into ``--out`` (default ``<dir>/report``) and prints the
 Markdown. Scale runs (results.json ``nested`` / ``earlier_facts`` / stream ``memory``) add
-scale.png, scale_stream.png, memory_fill.png and their sections. Hydra-free on purpose: reporting
-must work on a laptop that only has the output folders.
+scale.png, scale_stream.png, memory_fill.png and their sections; SMF runs add how specific
+their row selection was. Hydra-free on purpose: reporting must work on a laptop that only
+has the output folders.
 """
 
 from __future__ import annotations

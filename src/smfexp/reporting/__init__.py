@@ -40,6 +40,7 @@ from smfexp.reporting.scale import (
     scale_markdown,
     scale_stream_figure,
 )
+from smfexp.reporting.selection import selection_markdown, selection_points
 from smfexp.reporting.tables import markdown_report, summarize
 from smfexp.utils.io import atomic_write_text
 
@@ -109,13 +110,14 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
 
 
 def _scale_report(runs: pd.DataFrame, out: Path) -> tuple[str, dict[str, Path]]:
-    """The scale sections and figures, for whichever of nested / earlier_facts / memory the
-    runs carry (none for old runs: the report stays as it was)."""
+    """The scale sections and figures, for whichever of nested / earlier_facts / memory /
+    SMF selection diagnostics the runs carry (none for old runs: the report stays as it was)."""
     nested = nested_grid(runs)
     earlier = earlier_facts(runs)
     memory = memory_points(runs)
     parts = [scale_markdown(nested), earlier_markdown(earlier),
-             memory_markdown(memory, sorted(nested["facts"].unique()))]
+             memory_markdown(memory, sorted(nested["facts"].unique())),
+             selection_markdown(selection_points(runs))]
     files: dict[str, Path] = {}
     if not nested.empty:
         files["scale.png"] = save_png(scale_figure(nested), out / "scale.png")
