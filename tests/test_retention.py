@@ -46,3 +46,28 @@ def test_known_words_are_all_right_before_and_fewer_after_damage(data_dir):
         model.model.layers[10].mlp.down_proj.weight.mul_(-1.0)  # damage one block
     after = score_probe("retention", model, tokenizer, rows, cfg)
     assert after["accuracy"] < 0.95 and after["logprob"] < before["logprob"]
+
+
+def test_a_resumed_run_scores_retention_on_the_rows_selected_before_training(
+        tokenizer, tiny_model, data_dir):
+    """Resuming restores the before scores and the selected rows from the checkpoint; the
+    stream and nested points must score those rows (they once failed: rows never selected)."""
+    from smfexp.callbacks.forgetting import ForgettingCallback
+    from smfexp.data.modules import TargetSpec
+
+    cfg = EvalConfig(probes=["retention"], limit=2, progress=False, data_dir=str(data_dir))
+    target = TargetSpec("triviaqa", [{"question": "Largest planet?", "answers": ["Jupiter"]}])
+    chosen = [{**row, "positions": [1, 2]} for row in load_probe_rows("retention", cfg)]
+    saved = {"before": {"retention": {"accuracy": 1.0}}, "selected_rows": {"retention": chosen}}
+
+    resumed = ForgettingCallback(cfg, target, tokenizer)
+    resumed.load_state_dict(saved)
+    resumed.on_fit_start(None, type("Module", (), {"model": tiny_model})())
+    assert resumed.probe_rows["retention"] == chosen  # not selected again on this model
+    scored = score_probe("retention", tiny_model, tokenizer, resumed.probe_rows["retention"], cfg)
+    assert scored["n_words"] == 2 * len(chosen)
+
+    old = ForgettingCallback(cfg, target, tokenizer)
+    old.load_state_dict({"before": saved["before"]})  # a checkpoint without selected rows
+    with pytest.raises(ValueError, match="no \\['retention'\\] rows selected before training"):
+        old.on_fit_start(None, type("Module", (), {"model": tiny_model})())
