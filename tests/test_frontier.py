@@ -63,6 +63,7 @@ def test_the_plotted_frontier_starts_at_the_base_even_when_a_point_beats_it():
 
 def test_grid_point_drops_the_line_and_the_seed():
     assert grid_point("method=smf selector=tfidf method.lr=300 seed=1") == "method.lr=300"
+    assert grid_point("method.selector=kl background.n=256") == "background.n=256"  # the line
     assert grid_point("seed=0") == "defaults" and grid_point(None) == "defaults"
 
 

@@ -81,7 +81,8 @@ def summary_keys(df: pd.DataFrame) -> list[str]:
 
 
 # not part of a grid point: the line, the draw, and bookkeeping that computes nothing
-_NOT_GRID = re.compile(r"^(seed|method|selector|data\.facts_seed|callbacks\.[\w.]+|logger|"
+_NOT_GRID = re.compile(r"^(seed|method|selector|method\.selector|data\.facts_seed|"
+                       r"callbacks\.[\w.]+|logger|"
                        r"paths\.[\w.]+|resume|skip_finished|keep_checkpoints|save_trained|"
                        r"checkpoint_every_n_steps)=")
 
