@@ -352,14 +352,16 @@ def _seconds(values: Any) -> float:
 
 
 def read_stream_run(path: Path) -> StreamRun | None:
-    """One results.json -> its wall time and scoring time; None if it has no wall time."""
+    """One results.json -> its wall time and scoring time; None if it has no wall time or
+    was resumed (its wall time is then only the last piece's)."""
     try:
         r = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     wall = r.get("wall_seconds")
     wall = wall.get("total") if isinstance(wall, dict) else wall
-    if not isinstance(wall, int | float) or r.get("status", "ok") != "ok":
+    if not isinstance(wall, int | float) or r.get("status", "ok") != "ok" \
+            or r.get("resumed_from"):
         return None
     before_after = _seconds((r.get("eval_seconds") or {}).values())
     points = (r.get("stream") or {}).get("points") or []
@@ -371,9 +373,11 @@ def read_stream_run(path: Path) -> StreamRun | None:
                      before_after + probes + nested, before_after, probes, nested)
 
 
-def read_stream_runs(directory: str | Path) -> list[StreamRun]:
-    """Every readable results.json under ``directory`` (recursively)."""
-    runs = (read_stream_run(p) for p in sorted(Path(directory).rglob("results.json")))
+def read_stream_runs(directories: str | Path) -> list[StreamRun]:
+    """Every readable results.json under ``directories`` (one folder, or several separated by
+    commas), recursively."""
+    paths = [Path(d) for d in str(directories).split(",") if d.strip()]
+    runs = (read_stream_run(p) for d in paths for p in sorted(d.rglob("results.json")))
     return [r for r in runs if r is not None]
 
 

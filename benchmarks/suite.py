@@ -126,8 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stream-results",
         default=None,
-        help="a folder of real runs: its results.json files give the stream wall time and "
-        "the scoring share (median per method and stream length)",
+        help="folders of real runs, comma-separated: their results.json files give the "
+        "stream wall time and the scoring share (median per method and stream length; "
+        "resumed runs left out)",
     )
     p.add_argument("--data-dir", default=None, help="offline data ($SMFEXP_DATA_DIR, ./data)")
     p.add_argument("--logs", default=None, help="keep each child's output here (default: temp)")
@@ -483,7 +484,7 @@ class Report:
 
     def stream_summary(self) -> list[dict[str, Any]]:
         d = self.s.stream_results
-        return summarise_stream_runs(read_stream_runs(d)) if d and Path(d).is_dir() else []
+        return summarise_stream_runs(read_stream_runs(d)) if d else []
 
     def stream_target_rows(self) -> list[list[str]]:
         summary = self.stream_summary()

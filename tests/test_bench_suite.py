@@ -226,11 +226,12 @@ def test_missing_and_failed_configs_do_not_break_the_report(suite: Any) -> None:
 
 
 def _results_json(path: Path, method: str, n_facts: int, wall: float, scoring: float,
-                  status: str = "ok") -> None:
+                  status: str = "ok", resumed_from: str | None = None) -> None:
     path.mkdir(parents=True)
     third = scoring / 3
     path.joinpath("results.json").write_text(json.dumps({
         "status": status, "method": method, "data": {"n_facts": n_facts},
+        "resumed_from": resumed_from,
         "wall_seconds": {"total": wall, "model_load": 1.0, "fit_with_eval": wall - 2},
         "eval_seconds": {"before": third / 2, "after": third / 2},
         "stream": {"points": [{"seconds": third / 2}, {"seconds": third / 2}]},
@@ -243,9 +244,12 @@ def test_stream_results_give_wall_time_and_scoring_share(suite: Any, tmp_path: P
     _results_json(tmp_path / "a" / "1", "smf", 1000, 800.0, 80.0)
     _results_json(tmp_path / "b", "full", 1000, 1200.0, 480.0)
     _results_json(tmp_path / "c", "smf", 1000, 1.0, 0.0, status="failed")
+    _results_json(tmp_path / "a" / "2", "smf", 1000, 5.0, 1.0, resumed_from="last.ckpt")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "results.json").write_text("{not json")
-    s = _settings(suite, fact_keys=(512, 1024), stream_results=str(tmp_path))
+    _results_json(tmp_path / "elsewhere", "smf", 1000, 9999.0, 1.0)  # not a folder asked for
+    folders = ",".join(str(tmp_path / f) for f in "abcd")
+    s = _settings(suite, fact_keys=(512, 1024), stream_results=folders)
     text = "\n".join(suite.Report(s, _fact_results(s, 1.0, 0.4, 0.4, 1.0)).facts())
     table = {r["method"]: r for r in _tables(text.split("## 5. ")[1])[0]}
     assert table["smf"]["runs"] == "2" and table["smf"]["median wall (min)"] == "11.7"
