@@ -57,6 +57,7 @@ def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
     assert nested["8"]["after"]["target"] == results["after"]["target"]  # the last N = the run
     fills = [nested[n]["memory"]["rows_touched_share"] for n in ("2", "4", "8")]
     assert fills == sorted(fills)  # rows written only accumulate
+    assert all(nested[n]["memory"]["background_read_change"] > 0 for n in ("2", "4", "8"))
     quarters = on_disk["earlier_facts"]["quarters"]
     assert [q["facts"] for q in quarters] == [[0, 2], [2, 4], [4, 6], [6, 8]]
     assert quarters[3]["right_after"] == quarters[3]["end"]  # the last quarter ends the stream

@@ -13,7 +13,13 @@ from smfexp.memory import attach_memory, memory_modules
 from smfexp.memory.attach import forward_through_memories
 from smfexp.methods.smf import SparseMemoryFinetune
 from smfexp.smf.background import compute_background_stats
-from smfexp.smf.diagnostics import SelectionDiagnostics, jaccard, read_share, weight_on_rows
+from smfexp.smf.diagnostics import (
+    SelectionDiagnostics,
+    jaccard,
+    read_share,
+    read_weighted_norm,
+    weight_on_rows,
+)
 from smfexp.smf.selectors import tfidf_scores, top_t
 
 MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
@@ -50,6 +56,18 @@ def test_diagnostics_arithmetic_matches_a_direct_computation() -> None:
         assert summary[layer]["answer_weight_on_selected"] == pytest.approx(0.5 * layer)
     assert jaccard(torch.tensor([1, 2]), torch.tensor([2, 3])) == pytest.approx(1 / 3)
     assert read_share(torch.tensor([1, 1, 2]), torch.tensor([2])) == pytest.approx(0.5)
+
+
+def test_the_change_general_text_sees_weighs_row_norms_by_background_reads() -> None:
+    reads = torch.tensor([1, 1, 2, 0])
+    values = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [100.0, 0.0]])
+    # reads share 1/4, 1/4, 1/2, 0 on norms 5, 0, 1, 100: a row nobody reads costs nothing
+    assert read_weighted_norm(reads, values) == pytest.approx(0.25 * 5 + 0.5 * 1)
+    # the same change on fewer rows that general text reads more is a larger change
+    spread = torch.tensor([[1.0, 0.0]] * 4)
+    piled = torch.tensor([[2.0, 0.0], [0.0, 0.0], [2.0, 0.0], [0.0, 0.0]])  # same total norm
+    assert read_weighted_norm(reads, piled) > read_weighted_norm(reads, spread)
+    assert read_weighted_norm(torch.zeros(4), values) == 0.0
 
 
 def test_answer_weight_counts_only_the_given_positions() -> None:

@@ -29,7 +29,12 @@ from smfexp.memory.deferred import ValueGradSink
 from smfexp.methods.base import FinetuneModule, Prepared
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
-from smfexp.smf.diagnostics import SelectionDiagnostics, read_share, weight_on_rows
+from smfexp.smf.diagnostics import (
+    SelectionDiagnostics,
+    read_share,
+    read_weighted_norm,
+    weight_on_rows,
+)
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
 from smfexp.smf.sparse_optim import (
     RowSparseAdam,
@@ -169,6 +174,8 @@ class SparseMemoryFinetune(FinetuneModule):
         self.counter = AccessCounter([m.n_slots for m in self.memories])
         # rows ever updated, per layer (bool per slot: 1 byte/slot, e.g. 1 MB for 1M slots)
         self.touched = [torch.zeros(m.n_slots, dtype=torch.bool) for m in self.memories]
+        # an empty start (zero values): a row's value is then its whole change
+        self.started_empty = all(not bool(m.values.detach().any()) for m in self.memories)
         self.generator: torch.Generator | None = None
         self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
         self.diagnostics = SelectionDiagnostics(
@@ -377,13 +384,19 @@ class SparseMemoryFinetune(FinetuneModule):
 
     def memory_fill(self) -> dict[str, float | None]:
         """How full the memory is, averaged over layers: the share of value rows written so
-        far, and the share of background reads that land on them (what general text sees)."""
+        far, the share of background reads that land on them, and (memories that started
+        empty) the mean norm of the value a background read lands on - how much general
+        text sees changed, which the share of rows alone does not say."""
         rows = [float(t.float().mean()) for t in self.touched]
         reads = self.diagnostics.reads
         shares = ([read_share(r, t.nonzero().squeeze(1)) for r, t in
                    zip(reads, self.touched, strict=True)] if reads is not None else None)
+        change = ([read_weighted_norm(r, m.values) for r, m in
+                   zip(reads, self.memories, strict=True)]
+                  if reads is not None and self.started_empty else None)
         return {"rows_touched_share": sum(rows) / len(rows),
-                "touched_background_share": sum(shares) / len(shares) if shares else None}
+                "touched_background_share": sum(shares) / len(shares) if shares else None,
+                "background_read_change": sum(change) / len(change) if change else None}
 
     # -- outputs -------------------------------------------------------------------------
     def save_trained(self, directory: Path) -> Path:

@@ -33,6 +33,17 @@ def read_share(reads: Tensor, rows: Tensor) -> float:
     return float(reads.index_select(0, rows.to(reads.device)).sum()) / total if total else 0.0
 
 
+def read_weighted_norm(reads: Tensor, values: Tensor) -> float:
+    """Sum over slots of (share of ``reads`` on the slot) x (L2 norm of its value row): the
+    size of the value a background read lands on, on average. For a memory that started
+    empty this is how much general text's reads see changed, whatever the number of rows."""
+    total = float(reads.sum())
+    if not total:
+        return 0.0
+    norms = values.detach().float().norm(dim=1)
+    return float((reads.to(norms.device, torch.float64) * norms.double()).sum()) / total
+
+
 def weight_on_rows(indices: Tensor, weights: Tensor, positions: Tensor, rows: Tensor) -> float:
     """Share of the read weight at ``positions`` ([B, T] bool) that falls on ``rows``."""
     idx = indices[positions]
