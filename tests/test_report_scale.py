@@ -21,6 +21,7 @@ from smfexp.reporting.scale import (
     matched_vs_n,
     memory_points,
     nested_grid,
+    same_length_grid,
     scale_figure,
     scale_levels,
 )
@@ -301,6 +302,21 @@ def test_selection_specificity_is_a_layer_mean_then_a_draw_interval(scale_sweep,
     section = md.split("### Selection specificity")[1]
     half = T2 * 10 / math.sqrt(3)  # draws 40/50/60%: sd 10 points
     assert f"50.00% ± {half:.2g} (n=3)" in section  # touched_background_share
+
+
+def test_methods_ending_at_different_lengths_compare_at_the_common_one(tmp_path):
+    """SMF ran 1000 facts, full finetuning 256: the matched table uses both after 256."""
+    root = tmp_path / "multirun"
+    _write(root / "0", "smf", "1", 0, {64: (0.4, 1.0), 256: (0.5, 2.0), 1000: (0.5, 50.0)})
+    _write(root / "1", "full", "1e-5", 0, {64: (0.5, 10.0), 256: (0.5, 20.0)})
+    runs = collect_runs(root)
+    grid, note = same_length_grid(grid_table(runs), nested_grid(runs))
+    wiki = grid[grid["probe"] == "wikitext"].set_index("line")["forgetting"]
+    assert wiki.to_dict() == pytest.approx({"smf/tfidf": 2.0, "full": 20.0})
+    assert "after the first 256 facts" in note and "smf/tfidf 1000" in note
+    assert note in write_report(root, tmp_path / "report").markdown
+    same, none = same_length_grid(grid_table(runs), nested_grid(runs).query("facts <= 256"))
+    assert none == "" and len(same) == len(grid_table(runs))  # equal lengths: as it was
 
 
 def test_earlier_facts_table(scale_sweep):

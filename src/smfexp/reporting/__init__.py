@@ -36,6 +36,7 @@ from smfexp.reporting.scale import (
     memory_markdown,
     memory_points,
     nested_grid,
+    same_length_grid,
     scale_figure,
     scale_markdown,
     scale_stream_figure,
@@ -88,9 +89,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     out = Path(out) if out is not None else root / "report"
     runs = collect_runs(root, exclude=[out])
     summary = summarize(runs)
-    grid = grid_table(runs)
+    grid, grid_note = same_length_grid(grid_table(runs), nested_grid(runs))
     markdown = markdown_report(runs, summary, title=f"Report for {root.resolve()}")
-    matched = matched_markdown(grid)
+    matched = matched_markdown(grid, note=grid_note)
     if matched:
         markdown = markdown + "\n" + matched
     scale_md, scale_files = _scale_report(runs, out)

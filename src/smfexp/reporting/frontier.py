@@ -300,14 +300,18 @@ MATCHED_NOTE = (
     "whether its interval and SMF's overlap (`n<2`: one of them has no interval).")
 
 
-def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] | None = None) -> str:
+def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] | None = None,
+                     note: str = "") -> str:
     """One table per probe: forgetting at each learning level, SMF's ratio to the best
-    baseline and whether their intervals overlap. ``levels=None``: :func:`choose_levels`."""
+    baseline and whether their intervals overlap. ``levels=None``: :func:`choose_levels`;
+    ``note``: what the grid is, said above the tables."""
     if grid.empty:
         return ""
     chosen = choose_levels(grid) if levels is None else Levels(tuple(levels))
     table = matched_learning(grid, chosen.values)
     parts = ["### Forgetting at matched learning\n", MATCHED_NOTE + "\n"]
+    if note:
+        parts.append(note + "\n")
     if chosen.note:
         parts.append(chosen.note + "\n")
     for probe, block in table.groupby("probe", sort=False):

@@ -98,6 +98,24 @@ def nested_grid(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def same_length_grid(grid: pd.DataFrame, nested: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The matched-learning grid at one stream length for every method: when the lines' runs
+    end at different N (SMF at 1000 facts, a baseline at 256), each run's scores after the
+    longest N every line reached (from ``nested``), with a note saying so; else ``grid``."""
+    if nested.empty or not set(grid["line"]) <= set(nested["line"]):
+        return grid, ""
+    reach = nested.groupby("line")["facts"].max()
+    if reach.nunique() <= 1:
+        return grid, ""
+    n = int(reach.min())
+    at_n = nested[nested["facts"] == n].assign(seed=None)
+    ends = ", ".join(f"{line} {int(m)}" for line, m in
+                     sorted(reach.items(), key=lambda kv: line_order(kv[0])))
+    note = (f"Compared after the first {n} facts, the longest stream every method ran (runs "
+            f"end at: {ends} facts); other lengths: the table against stream length below.")
+    return at_n[grid.columns.tolist()], note
+
+
 def scale_levels(nested: pd.DataFrame) -> Levels:
     """The standard levels, plus the highest level every line reaches at every N when some
     line stays below 25% (so each N has one row where all methods compare)."""
