@@ -174,7 +174,7 @@ def make_plan(dry_run: bool) -> Plan:
             gen_batch=4,
             eval_runs=2,
             test_timeout_s=120,
-            run_timeout_s=150,
+            run_timeout_s=300,  # three methods in one process: ~90 s idle, 150+ s on busy cores
             one_sweep=True,
             case_need_s=5,
         )

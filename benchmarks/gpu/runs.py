@@ -71,11 +71,12 @@ def smoke_rows(
     if reason := budget.short(30):
         return [[m, "skipped", "", reason, "", "", "", ""] for m in methods]
     out_dir = work / f"run-{'-'.join(methods)}"
+    timeout = budget.timeout(plan.run_timeout_s)
     run = run_child(
         smoke_command(plan, methods, out_dir, data_dir),
         child_env(setup, plan.device),
         work,
-        budget.timeout(plan.run_timeout_s),
+        timeout,
         work / f"{out_dir.name}.log",
     )
     found = results_by_method(out_dir)
@@ -84,6 +85,8 @@ def smoke_rows(
         res = found.get(method, {"status": "no results.json"})
         ok = run.returncode == 0 and res.get("status") == "ok"
         why = "" if ok else str(res.get("error") or run.tail() or res.get("status"))[:300]
+        if run.timed_out:  # the log's last line alone reads like success
+            why = f"timed out after {timeout:.0f} s (last log line: {why})"[:300]
         rows.append(
             [
                 method,
