@@ -69,7 +69,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path: Path, data_dir: Pat
         env=_isolated_env(tmp_path, data_dir),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # the script keeps its own 480 s budget; this only catches a hang
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
