@@ -221,23 +221,20 @@ class ForgettingCallback(Callback):
             return score()
         return cached_scores({**self.cache_key, "stage": self.stage_key, "stream": key}, score)
 
-    def restore_rows(self) -> None:
-        """A resumed run: load the probes' rows again, taking the rows selected on the model
-        before training from the checkpoint (the model now is not that model). The stream
-        and nested points read these rows too."""
-        if self.probe_rows:
-            return
+    def restore_rows(self, model: torch.nn.Module) -> None:
+        """A resumed run: load the probes' rows again, the ones selected on the model before
+        training from the checkpoint (``model`` is no longer that model, so nothing may be
+        selected on it). The stream and nested points read these rows too."""
         missing = [p for p in self.eval_cfg.probes
                    if PROBES[p].select is not None and p not in self._selected]
         if missing:
             raise ValueError(f"the checkpoint holds no {missing} rows selected before training "
                              "(an older checkpoint?): start the run again with resume=never")
-        self.probe_rows = {p: self._selected[p] if p in self._selected
-                           else load_probe_rows(p, self.eval_cfg) for p in self.eval_cfg.probes}
+        self.prepare_rows(model)  # every selecting probe is in self._selected: no selection
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.before:  # resumed run: the starting scores were taken already
-            self.restore_rows()
+            self.restore_rows(pl_module.model)
             return
         t0 = time.perf_counter()
         log.info("scoring target + probes before training")

@@ -89,12 +89,13 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     out = Path(out) if out is not None else root / "report"
     runs = collect_runs(root, exclude=[out])
     summary = summarize(runs)
-    grid, grid_note = same_length_grid(grid_table(runs), nested_grid(runs))
+    nested = nested_grid(runs)
+    grid, grid_note = same_length_grid(grid_table(runs), nested)
     markdown = markdown_report(runs, summary, title=f"Report for {root.resolve()}")
     matched = matched_markdown(grid, note=grid_note)
     if matched:
         markdown = markdown + "\n" + matched
-    scale_md, scale_files = _scale_report(runs, out)
+    scale_md, scale_files = _scale_report(runs, nested, out)
     markdown += scale_md
     files = {
         "summary.md": atomic_write_text(out / "summary.md", markdown),
@@ -110,10 +111,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     return Report(runs=runs, summary=summary, markdown=markdown, files=files)
 
 
-def _scale_report(runs: pd.DataFrame, out: Path) -> tuple[str, dict[str, Path]]:
+def _scale_report(runs: pd.DataFrame, nested: pd.DataFrame,
+                  out: Path) -> tuple[str, dict[str, Path]]:
     """The scale sections and figures, for whichever of nested / earlier_facts / memory /
     SMF selection diagnostics the runs carry (none for old runs: the report stays as it was)."""
-    nested = nested_grid(runs)
     earlier = earlier_facts(runs)
     memory = memory_points(runs)
     parts = [scale_markdown(nested), earlier_markdown(earlier),

@@ -85,20 +85,24 @@ def top_t(read: Tensor, scores: Tensor, t: int) -> Selection:
     return Selection(read.index_select(0, keep), scores.index_select(0, keep))
 
 
-def _select_tfidf(counts: Tensor, background: LayerBackground | None, t: int,
-                  generator: torch.Generator | None = None) -> Selection:
-    return top_t(*tfidf_scores(counts, background), t)
+def tf_scores(counts: Tensor, background: LayerBackground | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """score_i = p_i, no background at all (Lin et al.'s "TF only" ablation)."""
+    return batch_distribution(counts)
 
 
-def _select_kl(counts: Tensor, background: LayerBackground | None, t: int,
-               generator: torch.Generator | None = None) -> Selection:
-    return top_t(*kl_scores(counts, background), t)
+ScoreFn = Callable[[Tensor, LayerBackground | None], tuple[Tensor, Tensor]]
+# the selectors that keep the ``t`` highest scores of the read slots (written_weight applies)
+SCORES: Mapping[str, ScoreFn] = MappingProxyType(
+    {"tfidf": tfidf_scores, "kl": kl_scores, "tf": tf_scores})
 
 
-def _select_tf(counts: Tensor, background: LayerBackground | None, t: int,
-               generator: torch.Generator | None = None) -> Selection:
-    """The ``t`` most-read slots, no background at all (Lin et al.'s "TF only" ablation)."""
-    return top_t(*batch_distribution(counts), t)
+def _top_scores(score: ScoreFn) -> Selector:
+    def pick(counts: Tensor, background: LayerBackground | None, t: int,
+             generator: torch.Generator | None = None) -> Selection:
+        return top_t(*score(counts, background), t)
+
+    return pick
 
 
 def _select_random(counts: Tensor, background: LayerBackground | None, t: int,
@@ -120,19 +124,11 @@ def _select_all(counts: Tensor, background: LayerBackground | None, t: int,
 
 
 SELECTORS: Mapping[str, Selector] = MappingProxyType({
-    "tfidf": _select_tfidf,
-    "kl": _select_kl,
-    "tf": _select_tf,
+    **{name: _top_scores(score) for name, score in SCORES.items()},
     "random": _select_random,
     "all": _select_all,
 })
 NEEDS_BACKGROUND = frozenset({"tfidf", "kl"})
-
-
-# the scores of the selectors that rank read slots by a score (written_weight applies to them)
-SCORES: Mapping[str, Callable[[Tensor, LayerBackground | None], tuple[Tensor, Tensor]]] = \
-    MappingProxyType({"tfidf": tfidf_scores, "kl": kl_scores,
-                      "tf": lambda counts, background: batch_distribution(counts)})
 
 
 def select(
