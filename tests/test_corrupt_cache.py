@@ -475,3 +475,24 @@ def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
         assert loading.embedded_model_dir(spec) == target
     assert sorted(converted) == ["model", "tokenizer"] and WARNING in caplog.text
     assert manifest_problem(target, key) is None
+
+
+def test_a_second_builder_keeps_the_entry_the_first_one_finished(tmp_path, monkeypatch):
+    """Two DDP ranks build the same entry at once: the one finishing second must neither fail
+    nor replace the complete entry under the first one's feet."""
+    from smfexp.stages.cache import load_or_build
+
+    monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
+
+    def load(directory: Path) -> dict:
+        return json.loads((directory / "value.json").read_text())
+
+    def build_by(rank: int):
+        def build(directory: Path) -> None:
+            if rank == 0:  # while rank 0 builds, rank 1 builds and finishes the same entry
+                load_or_build("demo", {"k": 1}, build_by(1), load)
+            (directory / "value.json").write_text(json.dumps({"rank": rank}))
+        return build
+
+    value, entry = load_or_build("demo", {"k": 1}, build_by(0), load)
+    assert value == {"rank": 1} and [p.name for p in entry.parent.iterdir()] == [entry.name]

@@ -20,7 +20,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smfexp.utils.io import atomic_directory, atomic_write_json, cache_root, stable_hash
+from smfexp.utils.io import (
+    atomic_directory,
+    atomic_write_json,
+    cache_root,
+    discard_directory,
+    stable_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +132,7 @@ def load_or_build(
         log.warning("%s cache %s %s (%s); rebuilding", kind, directory, WARNING, problem)
         if on_rebuild is not None:
             on_rebuild()
+        discard_directory(directory)
     with atomic_directory(directory) as tmp:
         build(tmp)
         write_manifest(tmp, key)

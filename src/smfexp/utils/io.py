@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -48,19 +49,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory beside ``final``; on success it is renamed into place.
 
-    If ``final`` appeared meanwhile (another process won the race) the temp copy is dropped.
+    It never overwrites: if ``final`` appeared meanwhile (another process, e.g. a second DDP
+    rank, built the same entry first) that complete copy is kept and the temp copy dropped.
+    Move a damaged ``final`` aside with :func:`discard_directory` before rebuilding it.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def discard_directory(path: str | os.PathLike) -> None:
+    """Remove ``path`` by first renaming it aside, so no reader sees it half deleted; a copy
+    another process already discarded is not an error."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".trash", dir=path.parent))
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 MANIFEST = "manifest.json"
