@@ -168,7 +168,8 @@ def _stream(k: int) -> dict[str, Any]:
          "scores": {"target": {"exact_match": f / 512},
                     "wikitext": {"word_perplexity": 20.0 + f / 64}},
          "memory": {"rows_touched_share": f / 256 * (0.5 + 0.1 * k),
-                    "touched_background_share": f / 512}}
+                    "touched_background_share": f / 512,
+                    "background_read_change": f * (1 + k)}}
         for f in (0, 64, 128, 256)]}
 
 
@@ -288,6 +289,15 @@ def test_memory_fill_from_stream_points(scale_sweep):
     assert set(memory["line"]) == {"smf/tfidf"}
     rows = memory[(memory["key"] == "rows_touched_share") & (memory["facts"] == 256)]
     assert sorted(rows["value"]) == pytest.approx([0.5, 0.6, 0.7])  # one per draw
+
+
+def test_memory_table_gives_the_read_weighted_norm_unscaled(scale_sweep, tmp_path):
+    md = write_report(scale_sweep, tmp_path / "report").markdown
+    section = md.split("### Memory fill along the stream")[1].split("###")[0]
+    row = next(line for line in section.splitlines()
+               if line.startswith("| smf") and "| 256 |" in line)
+    half = T2 * 256 / math.sqrt(3)  # draws 256 x (1, 2, 3): sd 256
+    assert row.rstrip(" |").endswith(f"512.0 ± {half:.2g} (n=3)")  # a norm, not a share in %
 
 
 def test_selection_specificity_is_a_layer_mean_then_a_draw_interval(scale_sweep, tmp_path):
