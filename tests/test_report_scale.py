@@ -329,6 +329,24 @@ def test_methods_ending_at_different_lengths_compare_at_the_common_one(tmp_path)
     assert none == "" and len(same) == len(grid_table(runs))  # equal lengths: as it was
 
 
+def test_a_baseline_run_once_at_full_length_does_not_mix_lengths(tmp_path):
+    """Both methods reach 1000 facts, but full finetuning only in draw 0: the table compares
+    every draw after 256 facts instead of mixing a 1000-fact run with 256-fact ones."""
+    root = tmp_path / "multirun"
+    for draw in (0, 1):
+        _write(root / f"smf{draw}", "smf", "1", draw,
+               {64: (0.4, 1.0), 256: (0.5, 2.0 + draw), 1000: (0.5, 50.0)})
+        _write(root / f"full{draw}", "full", "1e-5", draw, {64: (0.5, 10.0), 256: (0.5, 20.0)})
+    _write(root / "full_long", "full", "1e-5", 0, {64: (0.5, 10.0), 256: (0.5, 20.0),
+                                                  1000: (0.5, 90.0)})
+    runs = collect_runs(root)
+    grid, note = same_length_grid(grid_table(runs), nested_grid(runs))
+    wiki = grid[grid["probe"] == "wikitext"]
+    assert sorted(wiki[wiki["line"] == "smf/tfidf"]["forgetting"]) == pytest.approx([2.0, 3.0])
+    assert set(wiki[wiki["line"] == "full"]["forgetting"]) == {20.0}  # never the 1000-fact 90
+    assert "after the first 256 facts" in note and "full 256-1000" in note
+
+
 def test_earlier_facts_table(scale_sweep):
     earlier = earlier_facts(collect_runs(scale_sweep))
     assert len(earlier) == len(DRAWS) * 2

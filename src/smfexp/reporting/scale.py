@@ -101,21 +101,29 @@ def nested_grid(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def same_length_grid(grid: pd.DataFrame, nested: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The matched-learning grid at one stream length for every method: when the lines' runs
-    end at different N (SMF at 1000 facts, a baseline at 256), each run's scores after the
-    longest N every line reached (from ``nested``), with a note saying so; else ``grid``."""
+    """The matched-learning grid at one stream length for every run: when runs end at
+    different N (SMF at 1000 facts, a baseline at 256 in every draw and at 1000 in one), each
+    run's scores after the longest N that every draw of every line reached (from ``nested``),
+    with a note saying so; else ``grid``."""
     if nested.empty or not set(grid["line"]) <= set(nested["line"]):
         return grid, ""
-    reach = nested.groupby("line")["facts"].max()
-    if reach.nunique() <= 1:
-        return grid, ""
+    if nested.groupby(["line", "point", "draw"])["facts"].max().nunique() <= 1:
+        return grid, ""  # every run ends at the same N: its end scores are comparable
+    reach = nested.groupby(["line", "draw"])["facts"].max()
     n = int(reach.min())
     at_n = nested[nested["facts"] == n].assign(seed=None)
-    ends = ", ".join(f"{line} {int(m)}" for line, m in
-                     sorted(reach.items(), key=lambda kv: line_order(kv[0])))
-    note = (f"Compared after the first {n} facts, the longest stream every method ran (runs "
-            f"end at: {ends} facts); other lengths: the table against stream length below.")
+    ends = ", ".join(
+        f"{line} {_span(block)}" for line, block in
+        sorted(reach.groupby(level="line"), key=lambda kv: line_order(kv[0])))
+    note = (f"Compared after the first {n} facts, the longest stream every draw of every method "
+            f"ran (draws end at: {ends} facts); other lengths: the table against stream "
+            "length below.")
     return at_n[grid.columns.tolist()], note
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def scale_levels(nested: pd.DataFrame) -> Levels:
