@@ -42,6 +42,7 @@ MEMORY_KEYS = {"rows_touched_share": "value rows written so far",
                "touched_background_share": "their share of background reads"}
 # in the table only: not a share, and recorded by runs since 2026-12-03 alone
 READ_CHANGE = "background_read_change"
+MEMORY_TABLE_KEYS = (*MEMORY_KEYS, READ_CHANGE)
 _STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("s", "^", "D", "v", "o")
 
@@ -347,7 +348,7 @@ def memory_points(df: pd.DataFrame) -> pd.DataFrame:
                    for p in stream.get("points", []) if isinstance(p, Mapping)]
         entries += [(float(n), e.get("memory")) for n, e in _nested(results)]
         for facts, memory in entries:
-            for key in (*MEMORY_KEYS, READ_CHANGE):
+            for key in MEMORY_TABLE_KEYS:
                 value = _number(memory.get(key)) if isinstance(memory, Mapping) else None
                 if facts is None or value is None or (int(facts), key) in seen:
                     continue
@@ -390,14 +391,14 @@ def memory_markdown(memory: pd.DataFrame, at: Sequence[int] = ()) -> str:
     rows = []
     for line, point, facts in index:
         cells = [line, point, str(facts)]
-        for key in (*MEMORY_KEYS, READ_CHANGE):
+        for key in MEMORY_TABLE_KEYS:
             values = memory[(memory["key"] == key) & (memory["line"] == line)
                             & (memory["point"] == point) & (memory["facts"] == facts)]["value"]
             share = key in MEMORY_KEYS
             cells.append(fmt_ci(mean_ci(100 * values if share else values), digits=".1f",
                                 unit="%" if share else ""))
         rows.append(cells)
-    table = md_table(["method", "point", "facts", *MEMORY_KEYS, READ_CHANGE], rows)
+    table = md_table(["method", "point", "facts", *MEMORY_TABLE_KEYS], rows)
     return ("### Memory fill along the stream\n\n"
             f"{table}\n\n"
             "`rows_touched_share`: share of SMF's value rows written so far; "
