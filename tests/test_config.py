@@ -53,14 +53,14 @@ def test_method_configs_are_exactly_constructor_arguments():
 @pytest.mark.parametrize("method", ["smf", "lora", "full"])
 def test_training_budget_comes_from_the_data_unless_overridden(method):
     """A MedMCQA finetune accumulates, warms up and decays; a fact stream takes one fact per
-    optimizer step, every fact with the same step size."""
+    optimizer step, its lr decaying to 0 over the stream (lower forgetting at 1000 facts)."""
     medmcqa = _compose([f"method={method}", "data=medmcqa"])
     assert medmcqa.trainer.max_epochs == 1 and medmcqa.method.grad_accum == 2
     assert (medmcqa.method.warmup_steps, medmcqa.method.schedule) == (100, "cosine")
     facts = _compose([f"method={method}", "data=triviaqa_facts"])
     assert facts.data.epochs == facts.trainer.max_epochs == 1
     assert facts.method.grad_accum == 1
-    assert (facts.method.warmup_steps, facts.method.schedule) == (0, "constant")
+    assert (facts.method.warmup_steps, facts.method.schedule) == (0, "linear")
     assert facts.data.batch_size == facts.data.phrasings_per_step
     overridden = _compose([f"method={method}", "data=triviaqa_facts", "data.epochs=2",
                            "method.grad_accum=4"])

@@ -361,3 +361,16 @@ def test_earlier_facts_table(scale_sweep):
     assert q1["kept_ci"] == pytest.approx(T2 * pd.Series(kept).std() / math.sqrt(3))
     q2 = summary.loc[2]
     assert q2["kept_n"] == 0 and math.isnan(q2["kept"])  # nothing learned: no ratio
+
+
+def test_runs_from_before_a_schedule_default_changed_get_their_own_point(tmp_path):
+    """The same overrides ran with a constant lr (the old default) and a decaying one: they
+    are two grid points, each named by its schedule; a line with one schedule keeps its name."""
+    for num, (method, schedule, learned) in enumerate(
+            [("full", "constant", 0.3), ("full", "linear", 0.2), ("smf", "linear", 0.4)]):
+        _write(tmp_path / str(num), method, "1e-5", 0, {32: (learned, 1.0)},
+               data={"name": "facts", "schedule": schedule})
+    runs = collect_runs(tmp_path).set_index("run_id")
+    assert runs.loc["0", "point"] == "method.lr=1e-5 data.schedule=constant"
+    assert runs.loc["1", "point"] == "method.lr=1e-5 data.schedule=linear"
+    assert runs.loc["2", "point"] == "method.lr=1e-5"

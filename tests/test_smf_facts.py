@@ -78,7 +78,7 @@ def test_answer_weight_counts_only_the_given_positions() -> None:
     assert weight_on_rows(indices, weights, positions, torch.tensor([3])) == pytest.approx(0.625)
 
 
-def _smf_on_facts(tokenizer, data_dir, **smf):
+def _smf_on_facts(tokenizer, data_dir, lr_horizon=None, **smf):
     from smfexp.models.loading import ModelSpec, load_model
 
     model, _ = load_model(ModelSpec(name="tiny", source="tiny"))
@@ -90,10 +90,12 @@ def _smf_on_facts(tokenizer, data_dir, **smf):
     stats = compute_background_stats(model, bg.train_dataloader(), memory_modules(model),
                                      progress=False, unit="sequence", max_units=64,
                                      forward=forward_through_memories(model))
-    data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4)
+    data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4,
+                           lr_horizon=lr_horizon)
     data.setup()
+    smf.setdefault("schedule", "constant")
     module = SparseMemoryFinetune(model, tokenizer, background_stats=stats, warmup_steps=0,
-                                  schedule="constant", **smf)
+                                  **smf)
     return module, data, stats
 
 
@@ -179,3 +181,12 @@ def test_saved_run_stores_only_the_changed_rows_and_reloads_exactly(tokenizer, d
     for mine, theirs in zip(module.memories, memory_modules(reloaded), strict=True):
         assert torch.equal(mine.values, theirs.values)
         assert torch.equal(mine.query_proj.weight, theirs.query_proj.weight)
+
+
+def test_smf_decays_its_lr_over_the_horizon_stream(tokenizer, data_dir):
+    """A run of 3 facts of a stream whose lr decays over 12 spans 4x its steps: this one-step
+    run (max_steps=1) decays over 4 steps, so after its step the lr is 3/4 of the peak."""
+    module, data, _ = _smf_on_facts(tokenizer, data_dir, lr_horizon=12, selector="tfidf",
+                                    top_t=6, lr=5.0, schedule="linear")
+    _one_step(module, data)
+    assert module.optimizers().param_groups[0]["lr"] == pytest.approx(5.0 * 3 / 4)

@@ -51,6 +51,10 @@ def run_key(cfg: DictConfig) -> str:
     for group in ("data", "eval"):  # where the data sits is not what is computed
         if isinstance(container.get(group), dict):
             container[group].pop("data_dir", None)
+    data = container.get("data")
+    if isinstance(data, dict) and (data.get("lr_horizon") in (None, data.get("n_facts"))
+                                   or data.get("schedule") == "constant"):
+        data.pop("lr_horizon", None)  # the same steps as without it: such runs keep their keys
     return stable_hash({k: v for k, v in container.items() if k not in _NOT_IN_KEY})
 
 

@@ -149,6 +149,7 @@ class FactsDataModule(SFTDataModule):
         phrasings_per_step: int = 8,
         steps_per_fact: int = 1,
         passes: int = 1,
+        lr_horizon: int | None = None,
         templates: Sequence[Sequence[str]] = DEFAULT_TEMPLATES,
         paraphrase_file: str | None = None,
         train_on_probe_prompt: bool = False,
@@ -165,6 +166,13 @@ class FactsDataModule(SFTDataModule):
                            ("steps_per_fact", steps_per_fact), ("passes", passes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key} must be a positive integer (got {value!r})")
+        if lr_horizon is not None and (isinstance(lr_horizon, bool) or not isinstance(
+                lr_horizon, int) or lr_horizon < n_facts):
+            raise ValueError(f"data.lr_horizon={lr_horizon!r}: the stream the lr schedule spans "
+                             f"must hold this one (data.n_facts={n_facts}); null = this stream")
+        # A stream decays its lr over lr_horizon facts, so a shorter stream is the first part
+        # of the longer one, lr included (the trainer's schedule spans this many times its steps)
+        self.budget["schedule_span"] = (lr_horizon or n_facts) / n_facts
         self.templates = [_template(t) for t in templates]
         if not self.templates and not paraphrase_file:
             raise ValueError("data.templates is empty and there is no data.paraphrase_file")

@@ -90,7 +90,7 @@ class SFTDataModule(LightningDataModule):
         # one fact per optimizer step, each with the same step size.
         self.epochs = epochs
         self.budget = {"epochs": epochs, "grad_accum": grad_accum,
-                       "warmup_steps": warmup_steps, "schedule": schedule}
+                       "warmup_steps": warmup_steps, "schedule": schedule, "schedule_span": 1.0}
         self.collator = PadCollator(tokenizer.pad_token_id)
         self.train_examples: list[TokenizedExample] = []
         self.train_rows: list[dict[str, Any]] = []

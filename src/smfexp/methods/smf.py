@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from transformers import get_scheduler
 
 from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
@@ -243,10 +242,7 @@ class SparseMemoryFinetune(FinetuneModule):
             optimizers.append(torch.optim.SGD(gates, lr=gate_lr) if self.optimizer_name == "sgd"
                               else torch.optim.Adam(gates, lr=gate_lr, betas=self.betas))
         steps = self.optimizer_steps()
-        schedulers = [get_scheduler(
-            self.schedule if self.schedule != "constant" else "constant_with_warmup", o,
-            num_warmup_steps=min(self.warmup_steps, max(steps - 1, 0)), num_training_steps=steps,
-        ) for o in optimizers]
+        schedulers = [self.lr_schedule(o, steps) for o in optimizers]
         return optimizers, schedulers
 
     def trainer_settings(self) -> dict[str, Any]:

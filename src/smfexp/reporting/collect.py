@@ -191,6 +191,8 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     info["seed"] = cfg.get("seed")
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
     info["facts_seed"] = data_cfg.get("facts_seed")
+    if isinstance(data_cfg.get("schedule"), str) and "${" not in data_cfg["schedule"]:
+        info["schedule"] = data_cfg["schedule"]
     model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
     info["model"] = model.get("name") or choices.get("model")
     info["data"] = choices.get("data")
@@ -259,6 +261,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, A
         selector=results.get("selector") or hydra.get("selector") or NO_SELECTOR,
         seed=results.get("seed", hydra.get("seed")),
         facts_seed=data.get("facts_seed", hydra.get("facts_seed")),
+        schedule=data.get("schedule", hydra.get("schedule")),
         model=results.get("model") or hydra.get("model"),
         data=_data_name(results.get("data")) or hydra.get("data"),
         protocol=results.get("protocol") or hydra.get("protocol"),
@@ -297,7 +300,25 @@ def collect_runs(root: str | Path, exclude: Iterable[str | Path] = ()) -> pd.Dat
     # a Hydra dir without results that is not a training job (e.g. a retrofit run) is noise
     records = [load_run(d, root) for d in run_dirs if (d / RESULTS).is_file() or _is_train_job(d)]
     records = [r for r in records if r["status"] != "incomplete" or r["method"] != "?"]
-    return normalize_runs(pd.DataFrame(records))
+    return name_schedules(normalize_runs(pd.DataFrame(records)))
+
+
+_SCHEDULE_OVERRIDE = re.compile(r"^[+~]*(data|method)\.schedule=")
+
+
+def name_schedules(df: pd.DataFrame) -> pd.DataFrame:
+    """Name the lr schedule in the grid point of every run of a line that mixes schedules:
+    runs from before a default changed must not share a point with runs after it."""
+    if "schedule" not in df or df.empty:
+        return df
+    df = df.copy()
+    mixed = df.groupby(["method", "selector"], dropna=False)["schedule"].transform(
+        lambda s: s.dropna().nunique() > 1)
+    for i in df.index[mixed.astype(bool) & df["schedule"].notna()]:
+        kept = [o for o in str(df.at[i, "point"]).split()
+                if o != "defaults" and not _SCHEDULE_OVERRIDE.match(o)]
+        df.at[i, "point"] = " ".join([*kept, f"data.schedule={df.at[i, 'schedule']}"])
+    return df
 
 
 def normalize_runs(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from smfexp.errors import NonFiniteError
@@ -134,13 +135,24 @@ class CausalLMModule(LightningModule):
         optimizer = self.build_optimizer(params)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else 1
-        scheduler = get_scheduler(
-            self.schedule if self.schedule != "constant" else "constant_with_warmup",
-            optimizer, num_warmup_steps=min(self.warmup_steps, max(total - 1, 0)),
-            num_training_steps=max(total, 1),
-        )
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+                "lr_scheduler": {"scheduler": self.lr_schedule(optimizer, total),
+                                 "interval": "step"}}
+
+    def lr_schedule(self, optimizer: torch.optim.Optimizer, steps: int) -> LRScheduler:
+        """The lr schedule of a run of ``steps`` optimizer steps.
+
+        When the data says this run is the first part of a longer stream (``data.lr_horizon``,
+        its ``schedule_span`` > 1), the schedule spans the whole stream: each step gets the
+        longer run's lr, so a 256-fact run is the first 256 facts of the 1000-fact one.
+        """
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        span = float(getattr(datamodule, "budget", {}).get("schedule_span", 1.0))
+        return get_scheduler(
+            self.schedule if self.schedule != "constant" else "constant_with_warmup",
+            optimizer, num_warmup_steps=min(self.warmup_steps, max(steps - 1, 0)),
+            num_training_steps=max(round(steps * span), 1),
+        )
 
     # -- numerical faults -------------------------------------------------------------
     def check_finite(self, value: torch.Tensor, what: str, batch_idx: int | None = None) -> None:
