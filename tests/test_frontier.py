@@ -65,6 +65,9 @@ def test_grid_point_drops_the_line_and_the_seed():
     assert grid_point("method=smf selector=tfidf method.lr=300 seed=1") == "method.lr=300"
     assert grid_point("method.selector=kl background.n=256") == "background.n=256"  # the line
     assert grid_point("seed=0") == "defaults" and grid_point(None) == "defaults"
+    # the replicates of one setting launched with their overrides in another order
+    assert grid_point("seed=2 method.lr=2e-5 data.n_facts=256") == grid_point(
+        "data.n_facts=256 method.lr=2e-5 seed=0")
 
 
 def _grid() -> pd.DataFrame:

@@ -371,6 +371,6 @@ def test_runs_from_before_a_schedule_default_changed_get_their_own_point(tmp_pat
         _write(tmp_path / str(num), method, "1e-5", 0, {32: (learned, 1.0)},
                data={"name": "facts", "schedule": schedule})
     runs = collect_runs(tmp_path).set_index("run_id")
-    assert runs.loc["0", "point"] == "method.lr=1e-5 data.schedule=constant"
-    assert runs.loc["1", "point"] == "method.lr=1e-5 data.schedule=linear"
+    assert runs.loc["0", "point"] == "data.schedule=constant method.lr=1e-5"
+    assert runs.loc["1", "point"] == "data.schedule=linear method.lr=1e-5"
     assert runs.loc["2", "point"] == "method.lr=1e-5"

@@ -89,11 +89,12 @@ _NOT_GRID = re.compile(r"^(seed|method|selector|method\.selector|data\.facts_see
 
 def grid_point(overrides: object) -> str:
     """A run's grid point: its overrides without the line (method / selector) and the draw
-    (seed / data.facts_seed), so the replicates of one setting share it."""
+    (seed / data.facts_seed), sorted, so the replicates of one setting share it however the
+    command line ordered them."""
     if not isinstance(overrides, str) or not overrides.strip():
         return "defaults"
-    kept = [o for o in overrides.split() if not _NOT_GRID.match(o.lstrip("+~"))
-            and not o.startswith("hydra.")]
+    kept = sorted(o for o in overrides.split() if not _NOT_GRID.match(o.lstrip("+~"))
+                  and not o.startswith("hydra."))
     return " ".join(kept) or "defaults"
 
 
@@ -317,7 +318,7 @@ def name_schedules(df: pd.DataFrame) -> pd.DataFrame:
     for i in df.index[mixed.astype(bool) & df["schedule"].notna()]:
         kept = [o for o in str(df.at[i, "point"]).split()
                 if o != "defaults" and not _SCHEDULE_OVERRIDE.match(o)]
-        df.at[i, "point"] = " ".join([*kept, f"data.schedule={df.at[i, 'schedule']}"])
+        df.at[i, "point"] = " ".join(sorted([*kept, f"data.schedule={df.at[i, 'schedule']}"]))
     return df
 
 
