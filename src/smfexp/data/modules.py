@@ -87,7 +87,8 @@ class SFTDataModule(LightningDataModule):
         self.num_workers = num_workers
         # The training budget this data implies (method configs read ${data.epochs} etc.):
         # a finetune on MedMCQA warms up and decays over an epoch; a stream of facts takes
-        # one fact per optimizer step, each with the same step size.
+        # one fact per optimizer step, its lr decaying over the stream (schedule_span: the facts
+        # the decay spans / the facts of this stream; FactsDataModule sets it).
         self.epochs = epochs
         self.budget = {"epochs": epochs, "grad_accum": grad_accum,
                        "warmup_steps": warmup_steps, "schedule": schedule, "schedule_span": 1.0}
