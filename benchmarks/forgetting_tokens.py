@@ -161,19 +161,19 @@ def main() -> None:
             variants[f"all but memory {i}"] = set(range(len(memories))) - {i}
     report: dict[str, Any] = {"run": str(args.run_dir), "variants": {}}
     losses: dict[str, torch.Tensor] = {}
+    reads: dict[str, torch.Tensor] = {}
     for name, keep in variants.items():
         set_values(memories, trained, keep)
-        nll, share = token_losses(model, windows, memories, written, eval_cfg.precision)
-        losses[name] = nll
+        losses[name], reads[name] = token_losses(model, windows, memories, written,
+                                                 eval_cfg.precision)
         wiki = score_probe("wikitext", model, tokenizer, wiki_rows, eval_cfg)
         facts = score_probe(target.probe, model, tokenizer, fact_rows, eval_cfg)
         report["variants"][name] = {"wikitext": wiki, "target": facts}
-        if name == "all layers":
-            shares = share
         print(f"{name:18s} WikiText word ppl {wiki['word_perplexity']:.3f}  "
               f"target {json.dumps({k: round(v, 3) for k, v in facts.items()})}", flush=True)
 
     delta = losses["all layers"] - losses["base"]
+    shares = reads["all layers"]
     report["rows_written_share"] = [float(w.mean()) for w in written]
     report["concentration"] = concentration(delta)
     report["by_read_share"] = by_read_share(delta, shares.mean(-1))
