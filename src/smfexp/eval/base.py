@@ -12,6 +12,7 @@ from typing import Any
 from smfexp.data.sources import Rows, resolve_data_dir
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.encode import Encoder, chat_prompt, resolve_max_length
+from smfexp.eval.paired import Items
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ class ProbeResult:
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # per-item totals of each metric (``smfexp.eval.paired``): what a paired interval of the
+    # metric's change after vs before training resamples
+    items: dict[str, Items] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smfexp.eval.paired import ProbeItems, items_from_json, items_to_json
 from smfexp.stages.cache import load_or_build
 from smfexp.utils.io import atomic_write_json
 
 Scores = dict[str, dict[str, float]]
 SCORES = "scores.json"
+ITEMS = "items.json"
+
+
+@dataclass
+class Scored:
+    """One scoring pass: metrics per probe and the per-item totals behind them."""
+
+    scores: Scores
+    items: ProbeItems = field(default_factory=dict)
 ROWS = "rows.json"
 
 
@@ -30,13 +41,27 @@ def _valid(scores: Any) -> Scores:
 
 def cached_scores(key: dict[str, Any], score: Callable[[], Scores]) -> Scores:
     """``score()``'s result for ``key``, from the cache when an intact entry exists."""
+    return cached_scored(key, lambda: Scored(score(), {})).scores
+
+
+def cached_scored(key: dict[str, Any], score: Callable[[], Scored]) -> Scored:
+    """``score()``'s scores and per-item totals for ``key`` (the items are what a paired
+    interval against these starting scores resamples), from the cache when intact."""
 
     def build(directory: Path) -> None:
-        atomic_write_json(directory / SCORES, score())
+        scored = score()
+        atomic_write_json(directory / ITEMS, items_to_json(scored.items))
+        atomic_write_json(directory / SCORES, scored.scores)
 
-    scores, _ = load_or_build("scores", key, build, lambda d: _valid(
-        json.loads((d / SCORES).read_text(encoding="utf-8"))))
-    return scores
+    def load(directory: Path) -> Scored:
+        scores = _valid(json.loads((directory / SCORES).read_text(encoding="utf-8")))
+        items = directory / ITEMS
+        loaded = items_from_json(json.loads(items.read_text(encoding="utf-8"))) \
+            if items.is_file() else {}
+        return Scored(scores, loaded)
+
+    scored, _ = load_or_build("scores", key, build, load)
+    return scored
 
 
 def cached_rows(key: dict[str, Any],

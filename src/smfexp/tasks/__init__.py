@@ -99,37 +99,41 @@ def score_probe(
     return score_probe_samples(name, model, tokenizer, rows, cfg).metrics
 
 
-def evaluate_probes(
+def evaluate_probe_results(
     model: Any,
     tokenizer: Any,
     cfg: EvalConfig,
     rows_override: dict[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, dict[str, float]]:
-    """``{probe: {metric: value}}`` for every probe in ``cfg.probes``.
-
-    ``rows_override[probe]`` replaces the loaded rows (the callback caches them across calls).
-    """
+) -> dict[str, ProbeResult]:
+    """``{probe: ProbeResult}`` (metrics and per-item totals) for every probe in
+    ``cfg.probes``. ``rows_override[probe]`` replaces the loaded rows (the callback keeps
+    them across calls)."""
     rows_override = rows_override or {}
     unknown = sorted(set(rows_override) - set(PROBES))
     if unknown:
         raise ValueError(f"rows_override has unknown probe(s) {unknown}; valid: {list(PROBES)}")
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, ProbeResult] = {}
     for name in cfg.probes:
         if name in rows_override:
             rows = rows_override[name]
         else:  # rows that depend on the model (retention) are selected on it as it is now
             rows = select_probe_rows(name, model, tokenizer, load_probe_rows(name, cfg), cfg)
         t0 = time.perf_counter()
-        out[name] = score_probe(name, model, tokenizer, rows, cfg)
-        log.info(
-            "%s (%s, %d rows) scored in %.1f s: %s",
-            name,
-            cfg.protocol,
-            len(rows),
-            time.perf_counter() - t0,
-            out[name],
-        )
+        out[name] = score_probe_samples(name, model, tokenizer, rows, cfg)
+        log.info("%s (%s, %d rows) scored in %.1f s: %s", name, cfg.protocol, len(rows),
+                 time.perf_counter() - t0, out[name].metrics)
     return out
+
+
+def evaluate_probes(
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    rows_override: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{probe: {metric: value}}`` for every probe in ``cfg.probes``."""
+    results = evaluate_probe_results(model, tokenizer, cfg, rows_override)
+    return {name: result.metrics for name, result in results.items()}
 
 
 def primary_metric(probe: str, protocol: str) -> tuple[str, bool]:

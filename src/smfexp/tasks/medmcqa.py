@@ -44,6 +44,7 @@ from smfexp.eval.base import (
 )
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.loglik import loglikelihood
+from smfexp.eval.paired import Items
 
 LETTERS = ("A", "B", "C", "D")
 EVAL_ROWS = 1000  # offline: validation[:1000] is the probe, the rest the training pool
@@ -166,9 +167,11 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
             }
         )
     metrics = {"acc": mean(acc), "gold_prob": mean(gold_prob), "n": float(len(rows))}
+    items = {"acc": Items.means(acc), "gold_prob": Items.means(gold_prob)}
     if acc_norm:
         metrics["acc_norm"] = mean(acc_norm)
-    return ProbeResult(metrics, samples)
+        items["acc_norm"] = Items.means(acc_norm)
+    return ProbeResult(metrics, samples, items)
 
 
 PROBE = Probe(

@@ -37,6 +37,7 @@ from smfexp.eval.config import EvalConfig
 from smfexp.eval.generate import generate_until
 from smfexp.eval.loglik import loglikelihood
 from smfexp.eval.normalize import NQ_IGNORE, harness_exact_match, max_f1, squad_exact_match
+from smfexp.eval.paired import Items
 
 DESCRIPTION = "Answer these questions:\n\n"
 HARNESS_UNTIL = ("\n", ".", ",")
@@ -140,7 +141,9 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         "answer_logprob": mean([x.mean for x in lls]),
         "n": float(len(rows)),
     }
-    return ProbeResult(metrics, samples)
+    items = {"exact_match": Items.means([float(e) for e in em]), "f1": Items.means(f1),
+             "answer_logprob": Items.means([x.mean for x in lls])}
+    return ProbeResult(metrics, samples, items)
 
 
 PROBE = Probe(

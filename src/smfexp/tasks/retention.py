@@ -17,6 +17,7 @@ words, no headings) of WikiText-2 test documents :data:`FIRST_DOC` onwards, in o
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from smfexp.eval.base import Probe, ProbeResult, data_dir, mean, take
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.encode import model_device, scoring_mode
 from smfexp.eval.loglik import HEAD_CHUNK_ELEMENTS, scoring_parts
+from smfexp.eval.paired import Items
 from smfexp.tasks import wikitext
 
 FIRST_DOC = 40       # paragraphs of documents 40..61 (the wikitext probe scores the first 2-10;
@@ -130,14 +132,19 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
     positions = [list(r["positions"]) for r in rows]
     preds = _predictions(model, inputs, positions, cfg)
     hits, lps, samples = [], [], []
+    hit_sums, lp_sums = [], []  # per paragraph: a paired interval resamples paragraphs
     for ids, pos, (greedy, logprob) in zip(inputs, positions, preds, strict=True):
         right = [float(g == ids[p + 1]) for p, g in zip(pos, greedy, strict=True)]
         hits += right
         lps += logprob
+        hit_sums.append(math.fsum(right))
+        lp_sums.append(math.fsum(logprob))
         samples.append({"accuracy": mean(right), "logprob": mean(logprob), "n": len(pos)})
     metrics = {"accuracy": mean(hits), "logprob": mean(lps), "n": float(len(rows)),
                "n_words": float(len(hits))}
-    return ProbeResult(metrics, samples)
+    words = tuple(float(len(pos)) for pos in positions)
+    items = {"accuracy": Items(tuple(hit_sums), words), "logprob": Items(tuple(lp_sums), words)}
+    return ProbeResult(metrics, samples, items)
 
 
 _LOG_MIN_PROB = float(torch.log(torch.tensor(MIN_PROB)))

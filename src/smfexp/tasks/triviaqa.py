@@ -40,6 +40,7 @@ from smfexp.eval.config import EvalConfig
 from smfexp.eval.generate import generate_until
 from smfexp.eval.loglik import loglikelihood
 from smfexp.eval.normalize import harness_exact_match, max_f1, paper_substring_match
+from smfexp.eval.paired import Items
 
 HELDOUT_ROWS = 1000
 HARNESS_UNTIL = ("\n", ".", ",")
@@ -147,7 +148,9 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         "answer_logprob": mean([x.mean for x in lls]),
         "n": float(len(rows)),
     }
-    return ProbeResult(metrics, samples)
+    items = {name: Items.means([float(h) for h in hits]), "f1": Items.means(f1),
+             "answer_logprob": Items.means([x.mean for x in lls])}
+    return ProbeResult(metrics, samples, items)
 
 
 PROBE = Probe(

@@ -31,6 +31,7 @@ from smfexp.eval.base import Probe, ProbeResult, data_dir, encoder_for, require_
 from smfexp.eval.config import EvalConfig
 from smfexp.eval.loglik import loglikelihood_tokens
 from smfexp.eval.normalize import wikitext_detokenizer, wikitext_word_count
+from smfexp.eval.paired import Items
 from smfexp.eval.rolling import rolling_loglikelihood, sliding_windows
 
 PAPER_WINDOW = 1024
@@ -65,9 +66,30 @@ def load_rows(data_dir: Path | None) -> Rows:
     return Rows(rows, source)
 
 
+def page_prefix(page: str, words: int) -> str:
+    """The first ``words`` words of an article, its lines kept (the last one cut short)."""
+    out: list[str] = []
+    left = words
+    for line in page.splitlines(keepends=True):
+        tokens = line.split()
+        if len(tokens) >= left:
+            out.append(" " + " ".join(tokens[:left]) + " \n")  # raw WikiText spacing
+            break
+        out.append(line)
+        left -= len(tokens)
+    return "".join(out)
+
+
 # --------------------------------------------------------------------------- probe
 def load(cfg: EvalConfig) -> Rows:
-    return take(load_rows(data_dir(cfg)), cfg, "wikitext")
+    """The first ``limit`` articles; with ``eval.document_words`` only each one's beginning
+    (equal lengths: every article weighs the same in the total and its interval)."""
+    rows = take(load_rows(data_dir(cfg)), cfg, "wikitext")
+    if cfg.document_words is None:
+        return rows
+    pages = [{"page": page_prefix(r["page"], cfg.document_words)} for r in rows.rows]
+    return Rows(pages, rows.source, rows.skipped,
+                {**rows.meta, "document_words": cfg.document_words})
 
 
 def paper_text(rows: list[dict[str, Any]]) -> str:
@@ -108,7 +130,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
             }
             for x, p in zip(lls, pages, strict=True)
         ]
-        return ProbeResult(metrics, samples)
+        return ProbeResult(metrics, samples, _page_items(samples))
     window = min(PAPER_WINDOW, enc.max_length)
     ids = tokenizer(paper_text(rows))["input_ids"]
     windows = sliding_windows(ids, window, min(PAPER_STRIDE, window))
@@ -121,7 +143,21 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
         "n": float(len(rows)),
         "n_tokens": float(tokens),
     }
-    return ProbeResult(metrics, [{"loglikelihood": x.logprob, "n_tokens": x.n_tokens} for x in lls])
+    lp = tuple(x.logprob for x in lls)
+    n_tokens = tuple(float(x.n_tokens) for x in lls)
+    items = {"perplexity": Items(lp, n_tokens, "exp_neg"), "loss": Items(lp, n_tokens, "neg")}
+    return ProbeResult(metrics, [{"loglikelihood": x.logprob, "n_tokens": x.n_tokens} for x in lls],
+                       items)
+
+
+def _page_items(samples: list[dict[str, Any]]) -> dict[str, Items]:
+    """Per-article totals of the harness metrics (a paired interval resamples articles)."""
+    lp = tuple(float(s["loglikelihood"]) for s in samples)
+    per = {key: tuple(float(s[key]) for s in samples) for key in ("words", "bytes", "n_tokens")}
+    return {"word_perplexity": Items(lp, per["words"], "exp_neg"),
+            "byte_perplexity": Items(lp, per["bytes"], "exp_neg"),
+            "bits_per_byte": Items(lp, per["bytes"], "neg_log2"),
+            "token_perplexity": Items(lp, per["n_tokens"], "exp_neg")}
 
 
 PROBE = Probe(
