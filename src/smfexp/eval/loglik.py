@@ -49,8 +49,12 @@ def scoring_parts(model: Any) -> ScoringParts:
     """Split the LM into decoder body + output head when that provably equals its forward.
 
     The check compares both paths on a short input, so models whose logits are post-processed
-    (soft-capping, scaling) or wrapped unusually fall back to the plain forward.
+    (soft-capping, scaling) or wrapped unusually fall back to the plain forward. A model that
+    provides its own parts (:class:`smfexp.eval.prefix.FrozenPrefixModel`) is asked for them.
     """
+    own = getattr(model, "scoring_parts", None)
+    if callable(own):
+        return own()
     full = ScoringParts(
         body=lambda ids: model(input_ids=ids, use_cache=False).logits,
         head=lambda x: x,
