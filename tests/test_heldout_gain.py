@@ -39,9 +39,10 @@ def test_facts_datamodule_names_its_heldout_probe(tokenizer, data_dir, tmp_path)
     assert target(source="nq_open").heldout_probe == "nq_open"
     own = tmp_path / "own.jsonl"
     own.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n"
-                           for i in range(4)), encoding="utf-8")
-    # a user's file has no held-out questions of its own: nothing to compare
-    assert target(source="file", path=str(own)).heldout_probe is None
+                           for i in range(8)), encoding="utf-8")
+    # a user's file holds out some of its own questions, scored as the facts are
+    assert target(source="file", path=str(own), heldout_size=4).heldout_probe == "heldout"
+    assert target(source="file", path=str(own), heldout_size=0).heldout_probe is None
 
 
 def test_gain_beyond_heldout_is_target_minus_probe(data_dir):

@@ -103,9 +103,7 @@ def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
     first rows of the ones the before/after scoring uses."""
     if not eval_cfg.every_n_facts:
         return None
-    precision = eval_cfg.stream_precision
-    if precision == "auto":
-        precision = "bf16" if "bf16" in str(resolve_precision("auto", accelerator)) else "fp32"
+    precision = eval_cfg.resolved(accelerator).stream_precision
     facts_seen = getattr(datamodule, "facts_seen", lambda steps: steps)
     probes = eval_cfg.stream_probes
     return StreamProbeCallback(eval_cfg, datamodule.target, tokenizer,
@@ -153,7 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s already holds this run's results (skip_finished=true)", output_dir)
         return done
     resume_from = find_resume_checkpoint(cfg)
-    eval_cfg = EvalConfig.from_config(cfg.eval)
+    eval_cfg = EvalConfig.from_config(cfg.eval).resolved(str(cfg.trainer.get("accelerator")))
     L.seed_everything(cfg.seed, workers=True)
 
     t0 = time.perf_counter()
@@ -217,6 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": datamodule.info,
         "protocol": eval_cfg.protocol,
         "precision": str(trainer.precision),
+        "scoring_precision": eval_cfg.precision,
         "steps": trainer.global_step,
         "trainable_params": module.trainable_params,
         "total_params": module.total_params,

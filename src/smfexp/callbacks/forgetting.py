@@ -2,7 +2,14 @@
 
 Before/after/delta land in the loggers (``before/<probe>/<metric>``, ...) and in
 ``self.results`` for results.json. Relative change (``rel_delta``, in %) says how much a
-probe moved against its starting value, e.g. a perplexity increase of 3.2%.
+probe moved against its starting value, e.g. a perplexity increase of 3.2%; ``paired_ci``
+gives each change's 95% interval over the probe's own items (after vs before on the same
+articles, paragraphs or questions, :mod:`smfexp.eval.paired`), so a change the probe cannot
+tell from its own sampling noise is visible as one.
+
+Blocks that training never changes (under SMF, those below the lowest memory layer) are not
+recomputed at every scoring pass: their outputs are reused from a store on disk shared by
+every run of the model (:mod:`smfexp.eval.prefix`).
 """
 
 from __future__ import annotations
@@ -24,17 +31,25 @@ from smfexp.data.modules import TargetSpec
 from smfexp.data.sampling import evenly_spaced
 from smfexp.errors import RunInterrupted
 from smfexp.eval import EvalConfig
-from smfexp.memory import memories_are_silent, memory_blocks
-from smfexp.stages.scores import cached_rows, cached_scores
+from smfexp.eval.paired import (
+    ProbeItems,
+    beyond_heldout_ci,
+    items_from_json,
+    items_to_json,
+    paired_changes,
+)
+from smfexp.eval.prefix import FrozenPrefixModel, PrefixStore, frozen_depth, lower_fingerprint
+from smfexp.memory import decoder_blocks, memories_are_silent, memory_blocks
+from smfexp.stages.scores import Scored, cached_rows, cached_scored
 from smfexp.tasks import (
     PROBES,
-    evaluate_probes,
+    evaluate_probe_results,
     load_probe_rows,
     primary_metric,
-    score_probe,
+    score_probe_samples,
     select_probe_rows,
 )
-from smfexp.utils.io import stable_hash
+from smfexp.utils.io import cache_root, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -142,27 +157,86 @@ class ForgettingCallback(Callback):
         self.base: dict[str, dict[str, float]] = {}
         self.before: dict[str, dict[str, float]] = {}
         self.after: dict[str, dict[str, float]] = {}
+        self.before_items: ProbeItems = {}  # per-item totals: the paired intervals' input
+        self.after_items: ProbeItems = {}
         self.eval_seconds: dict[str, float] = {}
         self.beyond_heldout: dict[str, Any] | None = None  # set once the run is scored after
+        self._prefix: FrozenPrefixModel | None = None
 
-    def score(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    # -- what is scored ---------------------------------------------------------------------
+    def target_subset(self, start: int = 0, end: int | None = None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+        """``limit`` (default ``eval.limit``) facts evenly spaced over facts [start, end) of
+        the stream: its start, middle and end alike."""
+        rows = self.target.rows[start:end]
+        return evenly_spaced(rows, self.eval_cfg.limit if limit is None else limit)
+
+    def score_target(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> Scored:
+        """The target's scorer on ``rows`` (e.g. the facts seen so far)."""
+        result = score_probe_samples(self.target.probe, self.scoring_model(model),
+                                     self.tokenizer, rows, self.eval_cfg)
+        return Scored({TARGET: result.metrics}, {TARGET: result.items})
+
+    def score_point(self, model: torch.nn.Module, target_rows: list[dict[str, Any]],
+                    diagnostics: bool = False) -> Scored:
+        """The target on ``target_rows``, the held-out questions and every probe (with the
+        target's other variants, e.g. its seen prompt, when ``diagnostics``)."""
+        with self.scoring(model) as scoring:
+            results = {TARGET: score_probe_samples(self.target.probe, scoring, self.tokenizer,
+                                                   target_rows, self.eval_cfg)}
+            for name, variant in self.target.variants.items():
+                heldout = name == self.target.heldout_probe
+                if heldout or diagnostics:  # held-out rows: as many as the probes score
+                    limit = self.eval_cfg.limit if heldout else self.eval_cfg.diagnostics_limit
+                    results[name] = score_probe_samples(self.target.probe, scoring,
+                                                        self.tokenizer,
+                                                        evenly_spaced(variant, limit),
+                                                        self.eval_cfg)
+            self.prepare_rows(model)
+            results.update(evaluate_probe_results(scoring, self.tokenizer, self.eval_cfg,
+                                                  self.probe_rows))
+        return Scored({p: r.metrics for p, r in results.items()},
+                      {p: r.items for p, r in results.items() if r.items})
+
+    def score(self, model: torch.nn.Module) -> Scored:
+        """The full before/after scoring: ``eval.limit`` facts spread over the stream."""
+        return self.score_point(model, self.target_subset(), diagnostics=True)
+
+    @contextlib.contextmanager
+    def scoring(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The model to score (eval mode; blocks training leaves unchanged reused), and the
+        reused blocks' new rows saved for later passes and runs afterwards."""
         was_training = model.training
         model.eval()
         try:
-            # eval.limit facts evenly spaced over the stream: its start, middle and end alike
-            rows = evenly_spaced(self.target.rows, self.eval_cfg.limit)
-            scores = {
-                TARGET: score_probe(self.target.probe, model, self.tokenizer, rows, self.eval_cfg)
-            }
-            for name, variant in self.target.variants.items():
-                scores[name] = score_probe(self.target.probe, model, self.tokenizer,
-                                           evenly_spaced(variant, self.eval_cfg.limit),
-                                           self.eval_cfg)
-            self.prepare_rows(model)
-            scores.update(evaluate_probes(model, self.tokenizer, self.eval_cfg, self.probe_rows))
+            yield self.scoring_model(model)
         finally:
             model.train(was_training)
-        return scores
+            if self._prefix is not None:
+                self._prefix.store.save()
+
+    def scoring_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model``, wrapped to reuse the outputs of the leading blocks nothing trains
+        (``eval.prefix_cache``); ``model`` itself when every block may change."""
+        if not self.eval_cfg.prefix_cache:
+            return model
+        if self._prefix is not None and self._prefix.model is model:
+            return self._prefix
+        try:
+            blocks = decoder_blocks(model)
+        except ValueError:
+            return model
+        depth = frozen_depth(model, blocks)
+        if depth == 0:
+            return model
+        device = next(model.parameters()).device.type
+        name = f"{lower_fingerprint(model, blocks, depth)}-d{depth}-{self.eval_cfg.precision}" \
+               f"-{device}"
+        self._prefix = FrozenPrefixModel(model, blocks, depth,
+                                         PrefixStore(cache_root() / "prefix" / name))
+        log.info("scoring reuses blocks 0-%d (nothing trains them): cached in %s", depth - 1,
+                 self._prefix.store.directory)
+        return self._prefix
 
     def prepare_rows(self, model: torch.nn.Module) -> None:
         """Load every probe's rows once. Probes that keep what the model knows (retention)
@@ -181,12 +255,7 @@ class ForgettingCallback(Callback):
     def _select(self, probe: str, model: torch.nn.Module,
                 rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         def select() -> list[dict[str, Any]]:
-            was_training = model.training
-            model.eval()
-            try:
-                chosen = select_probe_rows(probe, model, self.tokenizer, rows, self.eval_cfg)
-            finally:
-                model.train(was_training)
+            chosen = select_probe_rows(probe, model, self.tokenizer, rows, self.eval_cfg)
             log.info("%s: %d rows selected on the model before training", probe, len(chosen))
             return chosen
 
@@ -204,22 +273,25 @@ class ForgettingCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
 
-    def _cached_scores(
-        self, model: torch.nn.Module, stage: str | None
-    ) -> dict[str, dict[str, float]]:
+    def _cached_scores(self, model: torch.nn.Module, stage: str | None) -> Scored:
         if self.cache_key is None:
             return self.score(model)
-        return cached_scores({**self.cache_key, "stage": stage}, lambda: self.score(model))
+        return cached_scored({**self.cache_key, "stage": stage, "items": True},
+                             lambda: self.score(model))
+
+    def cached_start(self, key: dict[str, Any], score: Callable[[], Scored]) -> Scored:
+        """``score()`` of the model before training, cached under ``key`` beside the before
+        scores (every run that starts from the base model shares it). Valid from
+        ``on_fit_start`` on, when the stage key is settled."""
+        if self.cache_key is None:
+            return score()
+        return cached_scored({**self.cache_key, "stage": self.stage_key, "stream": key}, score)
 
     def cached_start_scores(self, key: dict[str, Any],
                             score: Callable[[], dict[str, dict[str, float]]]
                             ) -> dict[str, dict[str, float]]:
-        """``score()`` of the model before training, cached under ``key`` beside the before
-        scores (the stream's first point: every run that starts from the base model shares
-        it). Valid from ``on_fit_start`` on, when the stage key is settled."""
-        if self.cache_key is None:
-            return score()
-        return cached_scores({**self.cache_key, "stage": self.stage_key, "stream": key}, score)
+        """:meth:`cached_start` for scores without per-item totals (the stream's points)."""
+        return self.cached_start(key, lambda: Scored(score(), {})).scores
 
     def restore_rows(self, model: torch.nn.Module) -> None:
         """A resumed run: load the probes' rows again, the ones selected on the model before
@@ -243,12 +315,13 @@ class ForgettingCallback(Callback):
             self.stage_key = None  # zero-valued memories: this is the base model, share its cache
         with signals_stop_scoring(stop_on_first=True):
             self.prepare_rows(model)  # before any training step: what the model knows now
-            self.before = self._cached_scores(model, self.stage_key)
+            before = self._cached_scores(model, self.stage_key)
+            self.before, self.before_items = before.scores, before.items
             if self.stage_key is None:
                 self.base = self.before
             elif all(b.gate is not None for b in memory_blocks(model)):
                 with gates_zeroed(model):  # additive memories with g = 0 = the base model
-                    self.base = self._cached_scores(model, None)
+                    self.base = self._cached_scores(model, None).scores
         self.eval_seconds["before"] = time.perf_counter() - t0
         self._log(trainer, "before", self.before)
 
@@ -256,7 +329,8 @@ class ForgettingCallback(Callback):
         t0 = time.perf_counter()
         log.info("scoring target + probes after training")
         with signals_stop_scoring(stop_on_first=False):
-            self.after = self.score(pl_module.model)
+            after = self.score(pl_module.model)
+            self.after, self.after_items = after.scores, after.items
         self.eval_seconds["after"] = time.perf_counter() - t0
         self._log(trainer, "after", self.after)
         self._log(trainer, "delta", deltas(self.before, self.after)["delta"])
@@ -270,16 +344,29 @@ class ForgettingCallback(Callback):
         None without a held-out probe (or before scoring). Refused, with a warning, if the
         probe's rows overlap the target's: the difference would then hide what it measures.
         """
+        return self.beyond_heldout_of(self.before, self.after, self.before_items,
+                                      self.after_items)
+
+    def beyond_heldout_of(self, before: dict[str, dict[str, float]],
+                          after: dict[str, dict[str, float]], before_items: ProbeItems,
+                          after_items: ProbeItems) -> dict[str, Any] | None:
+        """:meth:`target_beyond_heldout` of any scored point (the nested N too), with the
+        interval of each gain (``ci``) where both item sets were kept."""
         probe = self.target.heldout_probe
-        if not probe or probe not in self.after or TARGET not in self.after:
+        if not probe or probe not in after or TARGET not in after:
             return None
         trained = {stable_hash(r, 64) for r in self.target.rows}
-        if any(stable_hash(r, 64) in trained for r in self.probe_rows.get(probe, [])):
+        rows = self.target.variants.get(probe, self.probe_rows.get(probe, []))
+        if any(stable_hash(r, 64) in trained for r in rows):
             log.warning("the %s probe shares questions with the target; no gain beyond held-out"
                         " is reported", probe)
             return None
-        delta = deltas(self.before, self.after)["delta"]
-        return {"probe": probe, "delta": gain_beyond_heldout(delta, probe)}
+        delta = deltas(before, after)["delta"]
+        out: dict[str, Any] = {"probe": probe, "delta": gain_beyond_heldout(delta, probe)}
+        ci = beyond_heldout_ci(before_items, after_items, TARGET, probe)
+        if ci:
+            out["ci"] = ci
+        return out
 
     @property
     def results(self) -> dict[str, Any]:
@@ -292,14 +379,17 @@ class ForgettingCallback(Callback):
             "before": self.before,
             "after": self.after,
             **deltas(self.before, self.after),
+            "paired_ci": paired_changes(self.before_items, self.after_items) or None,
             "target_beyond_heldout": self.beyond_heldout,
             "eval_seconds": self.eval_seconds,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "base": self.base, "selected_rows": self._selected}
+        return {"before": self.before, "base": self.base, "selected_rows": self._selected,
+                "before_items": items_to_json(self.before_items)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = state_dict.get("before", {})
         self.base = state_dict.get("base", {})
         self._selected = dict(state_dict.get("selected_rows", {}))
+        self.before_items = items_from_json(state_dict.get("before_items", {}))

@@ -3,9 +3,10 @@
 A stream of n facts is the first n facts of any longer stream with the same draw
 (``data.facts_seed``), so a 1000-fact run passes through the 64- and 256-fact runs on its
 way. At each N of ``eval.nested_at`` this callback scores what the full before/after scoring
-scores - the facts seen so far (``eval.limit`` of them, evenly spaced) and every forgetting
-probe on the same rows - so results.json ``nested[N]`` is that N's results at the cost of
-one extra scoring pass, not one run per N.
+scores - the facts seen so far (``eval.limit`` of them, evenly spaced), the held-out questions
+and every forgetting probe on the same rows, with each change's paired interval - so
+results.json ``nested[N]`` is that N's results at the cost of one extra scoring pass, not one
+run per N.
 
 With ``eval.earlier_facts`` it also scores each quarter of the stream right after it was
 learned and again at the end (``earlier_facts``): the continual-learning number, how much of
@@ -19,12 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from lightning import Callback, LightningModule, Trainer
 
-from smfexp.callbacks.forgetting import TARGET, ForgettingCallback, deltas, gain_beyond_heldout
-from smfexp.data.sampling import evenly_spaced
-from smfexp.tasks import evaluate_probes, primary_metric, score_probe
+from smfexp.callbacks.forgetting import TARGET, ForgettingCallback, deltas
+from smfexp.eval.paired import items_from_json, items_to_json, paired_changes
+from smfexp.stages.scores import Scored
+from smfexp.tasks import primary_metric
 from smfexp.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
@@ -61,34 +62,25 @@ class NestedStreamCallback(Callback):
         self.earlier = earlier_facts
         self.nested: dict[str, dict[str, Any]] = {}
         self.right_after: dict[int, dict[str, float]] = {}  # quarter -> target scores
-        self.start: dict[int, dict[str, float]] = {}  # N -> the base model on its facts
+        self.start: dict[int, Scored] = {}  # N -> the base model on its facts
         self.earlier_results: dict[str, Any] | None = None
 
     # -- what is scored -------------------------------------------------------------------
-    def _rows(self, start: int, end: int) -> list[dict[str, Any]]:
-        """``eval.limit`` facts evenly spaced over facts [start, end) of the stream."""
-        rows = self.forgetting.target.rows[start:end]
-        return evenly_spaced(rows, self.forgetting.eval_cfg.limit)
+    def _target(self, pl_module: LightningModule, rows: list[dict[str, Any]]) -> Scored:
+        f = self.forgetting
+        with f.scoring(pl_module.model):
+            return f.score_target(pl_module.model, rows)
 
-    def _target(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> dict[str, float]:
-        cfg = self.forgetting.eval_cfg
-        return score_probe(self.forgetting.target.probe, model, self.forgetting.tokenizer,
-                           rows, cfg)
+    def _quarter_rows(self, quarter: int) -> list[dict[str, Any]]:
+        start, end = quarter_bounds(self.n_facts)[quarter]
+        f = self.forgetting
+        return f.target_subset(start, end, f.eval_cfg.diagnostics_limit)
 
     @staticmethod
     def _fill(pl_module: LightningModule) -> dict[str, Any] | None:
         """How full the memory is (SMF's ``memory_fill``), None for methods without one."""
         fill = getattr(pl_module, "memory_fill", None)
         return fill() if callable(fill) else None
-
-    def _scoring(self, pl_module: LightningModule, score: Callable[[], Any]) -> Any:
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        try:
-            return score()
-        finally:
-            model.train(was_training)
 
     # -- hooks ----------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -97,12 +89,11 @@ class NestedStreamCallback(Callback):
         for n in self.nested_at:
             if n == self.n_facts or n in self.start:
                 continue
-            rows = self._rows(0, n)
-            key = {"nested_target": stable_hash(rows), "probe": self.forgetting.target.probe}
-            scores = self.forgetting.cached_start_scores(
-                key, lambda rows=rows: {TARGET: self._scoring(
-                    pl_module, lambda: self._target(pl_module.model, rows))})
-            self.start[n] = scores[TARGET]
+            rows = self.forgetting.target_subset(0, n)
+            key = {"nested_target": stable_hash(rows), "probe": self.forgetting.target.probe,
+                   "items": True}
+            self.start[n] = self.forgetting.cached_start(
+                key, lambda rows=rows: self._target(pl_module, rows))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -126,6 +117,7 @@ class NestedStreamCallback(Callback):
             self.nested[str(self.n_facts)] = {
                 "facts": self.n_facts, "step": trainer.global_step, "before": f.before,
                 "after": f.after, **deltas(f.before, f.after),
+                "paired_ci": paired_changes(f.before_items, f.after_items) or None,
                 "target_beyond_heldout": f.beyond_heldout,
                 "memory": self._fill(pl_module)}
         if self.earlier:
@@ -135,37 +127,35 @@ class NestedStreamCallback(Callback):
     def _score_nested(self, pl_module: LightningModule, facts: int, step: int) -> None:
         t0 = time.perf_counter()
         f = self.forgetting
-        rows = self._rows(0, facts)
-        after = self._scoring(pl_module, lambda: {
-            TARGET: self._target(pl_module.model, rows),
-            **evaluate_probes(pl_module.model, f.tokenizer, f.eval_cfg, f.probe_rows)})
-        before = {TARGET: self.start[facts],
+        scored = f.score_point(pl_module.model, f.target_subset(0, facts))
+        after = scored.scores
+        start = self.start[facts]
+        before = {TARGET: start.scores[TARGET],
                   **{p: s for p, s in f.before.items() if p in after and p != TARGET}}
-        delta = deltas(before, after)
-        heldout = f.target.heldout_probe
+        before_items = {**{p: i for p, i in f.before_items.items() if p != TARGET},
+                        **start.items}
         self.nested[str(facts)] = {
-            "facts": facts, "step": step, "before": before, "after": after, **delta,
-            "target_beyond_heldout": ({"probe": heldout,
-                                       "delta": gain_beyond_heldout(delta["delta"], heldout)}
-                                      if heldout and heldout in after else None),
+            "facts": facts, "step": step, "before": before, "after": after,
+            **deltas(before, after),
+            "paired_ci": paired_changes(before_items, scored.items) or None,
+            "target_beyond_heldout": f.beyond_heldout_of(before, after, before_items,
+                                                         scored.items),
             "memory": self._fill(pl_module),
             "seconds": time.perf_counter() - t0}
         log.info("after %d facts: target %s (%.0f s)", facts, after[TARGET],
                  time.perf_counter() - t0)
 
     def _score_quarter(self, pl_module: LightningModule, quarter: int) -> None:
-        start, end = quarter_bounds(self.n_facts)[quarter]
-        rows = self._rows(start, end)
-        self.right_after[quarter] = self._scoring(
-            pl_module, lambda: self._target(pl_module.model, rows))
+        rows = self._quarter_rows(quarter)
+        self.right_after[quarter] = self._target(pl_module, rows).scores[TARGET]
 
     def _earlier(self, pl_module: LightningModule) -> dict[str, Any]:
         """Each quarter right after it was learned vs at the end of the stream."""
         metric, _ = primary_metric(self.forgetting.target.probe, self.forgetting.eval_cfg.protocol)
         quarters = []
         for q, (start, end) in enumerate(quarter_bounds(self.n_facts)):
-            rows = self._rows(start, end)
-            now = self._scoring(pl_module, lambda rows=rows: self._target(pl_module.model, rows))
+            rows = self._quarter_rows(q)
+            now = self._target(pl_module, rows).scores[TARGET]
             after = self.right_after.get(q, now)  # the last quarter ends with the stream
             quarters.append({"quarter": q + 1, "facts": [start, end], "n": len(rows),
                              "right_after": after.get(metric), "end": now.get(metric),
@@ -178,9 +168,17 @@ class NestedStreamCallback(Callback):
         return {"nested": self.nested or None, "earlier_facts": self.earlier_results}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nested": self.nested, "right_after": self.right_after, "start": self.start}
+        start = {n: {"scores": s.scores, "items": items_to_json(s.items)}
+                 for n, s in self.start.items()}
+        return {"nested": self.nested, "right_after": self.right_after, "start": start}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.nested = dict(state_dict.get("nested", {}))
         self.right_after = {int(k): v for k, v in state_dict.get("right_after", {}).items()}
-        self.start = {int(k): v for k, v in state_dict.get("start", {}).items()}
+        self.start = {}
+        for n, entry in state_dict.get("start", {}).items():
+            if "scores" in entry:
+                self.start[int(n)] = Scored(entry["scores"],
+                                            items_from_json(entry.get("items", {})))
+            else:  # a checkpoint from before per-item totals: the target's metrics alone
+                self.start[int(n)] = Scored({TARGET: entry}, {})

@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smfexp.utils.precision import resolve_precision
+
 PROTOCOLS = ("harness", "paper")
 PRECISIONS = ("fp32", "bf16")
+AUTO = "auto"  # bf16 where the device has fast bf16 matrix units, else fp32
 
 
 def _positive_int(value: Any) -> bool:
@@ -59,6 +62,15 @@ class EvalConfig:
     # here (nested streams), and each quarter's facts right after it vs at the end
     nested_at: list[int] | None = None
     earlier_facts: bool = False
+    # rows of the target's diagnostics: its seen-prompt variant and each quarter of
+    # earlier_facts (the learning itself is scored on ``limit`` facts)
+    diagnostics_limit: int = 64
+    # WikiText: score the first N words of each article (None: whole articles); equal-length
+    # articles weigh equally in the total and in its paired interval
+    document_words: int | None = None
+    # reuse the outputs of the leading blocks training leaves unchanged (SMF: those below the
+    # lowest memory layer) at every scoring pass and across runs (smfexp.eval.prefix)
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, str):
@@ -95,10 +107,9 @@ class EvalConfig:
         for value in self.limits.values():
             if value is not None and not _positive_int(value):
                 raise ValueError(f"eval.limits values must be positive integers or null: {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"eval.precision={self.precision!r} is not valid; choose one of {list(PRECISIONS)}"
-            )
+        if self.precision not in (*PRECISIONS, AUTO):
+            raise ValueError(f"eval.precision={self.precision!r} is not valid; choose one of "
+                             f"{[*PRECISIONS, AUTO]}")
         if self.stream_precision not in (*PRECISIONS, "auto"):
             raise ValueError(f"eval.stream_precision={self.stream_precision!r} is not valid; "
                              f"choose one of {[*PRECISIONS, 'auto']}")
@@ -108,6 +119,10 @@ class EvalConfig:
         if self.nested_at is not None and not all(_positive_int(n) for n in self.nested_at):
             raise ValueError(f"eval.nested_at={self.nested_at!r} must list positive numbers of "
                              f"facts (e.g. [64, 256, 1000]) or be null")
+        for name in ("diagnostics_limit", "document_words"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise ValueError(f"eval.{name}={value!r} must be a positive integer")
         if not _positive_int(self.stream_limit):
             raise ValueError(f"eval.stream_limit={self.stream_limit!r} must be a positive integer")
         if self.max_gen_toks is not None and not _positive_int(self.max_gen_toks):
@@ -150,6 +165,17 @@ class EvalConfig:
         if data.get("data_dir") is not None:
             data["data_dir"] = str(data["data_dir"])
         return cls(**data)
+
+    def resolved(self, accelerator: str = "auto") -> EvalConfig:
+        """A copy with ``auto`` precisions made concrete for this device (bf16 where its
+        matrix units make it fast, else fp32), so caches and results name what ran."""
+        def concrete(value: str) -> str:
+            if value != AUTO:
+                return value
+            return "bf16" if "bf16" in str(resolve_precision(AUTO, accelerator)) else "fp32"
+
+        return dataclasses.replace(self, precision=concrete(self.precision),
+                                   stream_precision=concrete(self.stream_precision))
 
     def limit_for(self, probe: str) -> int | None:
         """Rows to take from ``probe``: its ``limits`` entry if any, else ``limit``."""
