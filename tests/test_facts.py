@@ -88,7 +88,7 @@ def test_user_csv_and_jsonl_files(tokenizer, data_dir, tmp_path):
                    encoding="utf-8")
     dm = _module(tokenizer, data_dir, source="file", path=str(csv), n_facts=2,
                  question_column="q", answer_column="a", aliases_column="alts",
-                 max_bad_fraction=0.5)
+                 max_bad_fraction=0.5, heldout_size=0)
     rows = {r["question"]: r for r in dm.train_rows}
     assert rows["Who wrote Hamlet"]["aliases"] == ["Shakespeare", "William Shakespeare"]
     assert rows["What is the capital of France"]["aliases"] == ["Paris"]
@@ -97,7 +97,7 @@ def test_user_csv_and_jsonl_files(tokenizer, data_dir, tmp_path):
     jsonl.write_text(json.dumps({"question": "Largest planet?", "answers": ["Jupiter"]}) + "\n",
                      encoding="utf-8")
     dm = _module(tokenizer, data_dir, source="file", path=str(jsonl), n_facts=1,
-                 answer_column="answers")
+                 answer_column="answers", heldout_size=0)
     assert dm.train_rows[0]["answer"] == "Jupiter"
     with pytest.raises(ValueError, match=r"data.answer_column='answer' is not a column of "
                                          r"facts.csv; its columns: \['q', 'a', 'alts'\]"):

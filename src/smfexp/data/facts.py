@@ -11,11 +11,14 @@ facts in one template by the template. ``batching=mixed`` trains the very same
 The target is scored on the trained facts with the probe's own prompt, which by default is
 not among the training phrasings (``target``), and with the first training phrasing
 (``target_seen``). The held-out questions of the same source are the probe that separates
-knowing the facts from knowing the answer format (``TargetSpec.heldout_probe``).
+knowing the facts from knowing the answer format (``TargetSpec.heldout_probe``): TriviaQA's and
+NQ-open's own probes, or for a user's file ``heldout_size`` of its questions, never trained
+and scored as the target variant ``heldout``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 
 BATCHING = ("per_fact", "mixed")
 QA_SOURCES = ("triviaqa", "nq_open", "file")
+# the target variant holding a user file's held-out questions (TargetSpec.heldout_probe)
+HELDOUT_VARIANT = "heldout"
 # question forms and statement forms; none is a probe's prompt (see ``probe_prompt``)
 DEFAULT_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("Q: {question}?\nA:", " {answer}"),
@@ -128,7 +133,9 @@ class FactsDataModule(SFTDataModule):
     Sources: ``triviaqa`` (the bundled 3000 questions; the first 1000 are the held-out probe),
     ``nq_open`` (NaturalQuestions-open dev; the first 1000 are its probe), or ``file``: the
     user's JSONL/CSV at ``path`` with ``question_column`` / ``answer_column`` (a string or a
-    list: the first is trained, all count as correct) and optionally ``aliases_column``.
+    list: the first is trained, all count as correct) and optionally ``aliases_column``; its
+    ``heldout_size`` questions (``split_file_heldout``, 0 = none) are never trained and are
+    scored as the target is, as the held-out probe.
     ``paraphrase_file`` (JSONL: ``{"question": ..., "paraphrases": [...]}``, each entry a text
     trained on every token or a ``[prompt, target]`` pair) adds phrasings per fact.
     """
@@ -143,6 +150,7 @@ class FactsDataModule(SFTDataModule):
         question_column: str = "question",
         answer_column: str = "answer",
         aliases_column: str | None = None,
+        heldout_size: int = 256,
         n_facts: int = 1000,
         facts_seed: int = 0,
         batching: str = "per_fact",
@@ -166,6 +174,9 @@ class FactsDataModule(SFTDataModule):
                            ("steps_per_fact", steps_per_fact), ("passes", passes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key} must be a positive integer (got {value!r})")
+        if isinstance(heldout_size, bool) or not isinstance(heldout_size, int) or heldout_size < 0:
+            raise ValueError(f"data.heldout_size must be an integer >= 0 (0 = no held-out "
+                             f"questions; got {heldout_size!r})")
         if lr_horizon is not None and (isinstance(lr_horizon, bool) or not isinstance(
                 lr_horizon, int) or lr_horizon < n_facts):
             raise ValueError(f"data.lr_horizon={lr_horizon!r}: the stream the lr schedule spans "
@@ -179,6 +190,7 @@ class FactsDataModule(SFTDataModule):
         self.source = source
         self.path = path
         self.columns = (question_column, answer_column, aliases_column)
+        self.heldout_size = heldout_size
         self.n_facts = n_facts
         self.facts_seed = facts_seed
         self.batching = batching
@@ -193,10 +205,7 @@ class FactsDataModule(SFTDataModule):
     def _pool(self, data_dir: Any) -> tuple[list[dict], list[dict], dict[str, Any], str | None]:
         """(fact pool, held-out rows, provenance, held-out probe name)."""
         if self.source == "file":
-            loaded = sources.load_qa_file(self.path, *self.columns,
-                                          max_bad_fraction=self.max_bad_fraction)
-            return loaded.rows, [], {"source": loaded.source, "skipped_rows": loaded.skipped,
-                                     "split": "file: every row is a fact candidate"}, None
+            return self._file_pool()
         if self.source == "triviaqa":
             loaded = triviaqa.load_rows(data_dir, self.max_bad_fraction)
             heldout, pool = triviaqa.split_heldout(loaded.rows)
@@ -208,6 +217,26 @@ class FactsDataModule(SFTDataModule):
                  f"[{len(heldout)}:] (facts_seed={self.facts_seed})")
         return pool, heldout, {"source": loaded.source, "skipped_rows": loaded.skipped,
                                "split": split}, self.source
+
+    def _file_pool(self) -> tuple[list[dict], list[dict], dict[str, Any], str | None]:
+        """A user's file: its held-out questions (the same for every draw) and the rest."""
+        loaded = sources.load_qa_file(self.path, *self.columns,
+                                      max_bad_fraction=self.max_bad_fraction)
+        heldout, pool = split_file_heldout(loaded.rows, self.heldout_size)
+        if len(heldout) < self.heldout_size or len(pool) < self.n_facts:
+            raise ValueError(
+                f"data.path={self.path!r} has {len(loaded.rows)} questions, too few for "
+                f"data.n_facts={self.n_facts} facts plus data.heldout_size={self.heldout_size} "
+                f"held-out questions: lower data.n_facts or data.heldout_size (0 = none)")
+        if heldout:
+            split = (f"file: {len(heldout)} held-out questions (data.heldout_size; the same for "
+                     f"every facts_seed), facts from the other {len(pool)} "
+                     f"(facts_seed={self.facts_seed})")
+        else:
+            split = "file: every row is a fact candidate (data.heldout_size=0: no held-out)"
+        info = {"source": loaded.source, "skipped_rows": loaded.skipped, "split": split,
+                "heldout_selection": HELDOUT_SELECTION if heldout else None}
+        return pool, heldout, info, HELDOUT_VARIANT if heldout else None
 
     def _paraphrases(self) -> dict[str, list[TokenizedExample]]:
         if not self.paraphrase_file:
@@ -285,8 +314,10 @@ class FactsDataModule(SFTDataModule):
             "templates": [list(t) for t in self.templates],
             "paraphrase_file": self.paraphrase_file, "n_heldout": len(heldout),
         })
-        spec = TargetSpec(probe, target_rows, heldout_probe=heldout_probe,
-                          variants={"target_seen": seen} if seen else {})
+        variants = {"target_seen": seen} if seen else {}
+        if heldout_probe == HELDOUT_VARIANT:  # scored with the target's scorer and prompt
+            variants[HELDOUT_VARIANT] = heldout
+        spec = TargetSpec(probe, target_rows, heldout_probe=heldout_probe, variants=variants)
         return facts, spec, info
 
     def _seen_rows(self, facts: list[dict], rows: list[dict]) -> list[dict]:
@@ -334,6 +365,43 @@ class FactsDataModule(SFTDataModule):
     def facts_seen(self, steps: int) -> int:
         """Facts the stream has reached after ``steps`` optimizer steps (mixed: equivalent)."""
         return min(steps // self.steps_per_fact, self.n_facts * self.passes)
+
+
+HELDOUT_SELECTION = ("the data.heldout_size distinct questions with the smallest sha256 of their "
+                     "normalised text: fixed, not facts_seed; spread over the file")
+
+
+def split_file_heldout(rows: list[dict[str, Any]],
+                       size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(held-out, fact pool) of a user's file: ``size`` distinct questions, and every row
+    whose question is not one of them (both in file order; fewer held out if fewer exist).
+
+    Not ``facts_seed``: every draw shares the held-out set, so none of it is ever trained.
+    Not the first rows: a user's file may be sorted by topic or difficulty, and a prefix would
+    hold out one corner of it. Ranked by a hash of each question rather than a seeded sample,
+    so reordering the file keeps the held-out set, and appending to it swaps in only the new
+    questions that rank among the first. Rows that repeat a held-out question leave the pool
+    too: no phrasing of it is trained.
+    """
+    keys = [_question_key(r) for r in rows]
+    chosen = set(sorted(set(keys), key=_question_rank)[:size])
+    seen: set[str] = set()
+    heldout = []
+    for row, key in zip(rows, keys, strict=True):
+        if key in chosen and key not in seen:
+            heldout.append(row)
+            seen.add(key)
+    pool = [r for r, k in zip(rows, keys, strict=True) if k not in chosen]
+    return heldout, pool
+
+
+def _question_key(row: dict[str, Any]) -> str:
+    """The question as the scorer's prompt sees it, case and spacing aside."""
+    return " ".join(row["question"].rstrip().rstrip("?").split()).casefold()
+
+
+def _question_rank(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _fields(fact: dict[str, Any]) -> dict[str, str]:
