@@ -82,17 +82,20 @@ def _grid() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_matched_table_averages_seeds_and_says_not_reached():
+def test_matched_table_averages_seeds_and_says_how_far_a_short_line_gets():
     table = matched_learning(_grid(), levels=(0.5, 0.75)).set_index(["line", "level"])
     # seed 0: full at 0.5 = 1 + 0.2/0.5 * 3 = 2.2; seed 1 (x + 0.02): 1 + 0.18/0.5 * 3 = 2.08
     assert table.loc[("full", 0.5), "forgetting"] == pytest.approx((2.2 + 2.08) / 2)
     assert table.loc[("full", 0.5), "draws"] == 2
     assert pd.isna(table.loc[("smf/tfidf", 0.75), "forgetting"])  # SMF stops at 0.6 / 0.62
     assert pd.isna(table.loc[("lora", 0.5), "forgetting"])
+    # LoRA's best point: (0.2, 2) and (0.22, 2) -> 21% learned, forgetting +2%
+    assert table.loc[("lora", 0.5), "best_learning"] == pytest.approx(0.21)
     text = matched_markdown(_grid(), levels=(0.5,))
-    assert "not reached" in text
+    assert "reaches at most 21% (forgetting +2.00%)" in text and "not reached" not in text
     smf = (0.2 + (0.2 / 0.3) * 0.3 + 0.2 + (0.18 / 0.3) * 0.3) / 2  # 0.39
-    assert f"{smf / ((2.2 + 2.08) / 2):.2f}x" in text  # SMF / best baseline reaching 50%
+    assert f"{smf / ((2.2 + 2.08) / 2):.2f}x (full)" in text  # SMF / the baseline reaching 50%
+    assert "probe ±" not in text and "Items per probe" not in text  # no paired intervals
 
 
 # --------------------------------------------------------------------------- a partial sweep
@@ -188,12 +191,14 @@ def test_report_on_a_partial_sweep(partial_sweep, tmp_path):
         "learned", "smf/tfidf", "lora", "full", "smf/tfidf / best baseline",
         "smf/tfidf vs best baseline: 95% CIs"]
     # 25%: SMF 1 + (0.05 / 0.4) * 2 in both seeds; LoRA along (0, 0)-(0.3, 6) (lr 3e-4 is
-    # dominated); full along (0, 0)-(0.8, 16); best baseline 5.0, one draw: no interval
+    # dominated); full along (0, 0)-(0.8, 16); best baseline 5.0 (a tie: the first named),
+    # one draw: no interval
     assert rows["25%"][1:] == ["+1.25% ± 0 (n=2)", "+5.00% (n=1, no CI)",
-                               "+5.00% (n=1, no CI)", "0.25x", "n<2"]
-    assert rows["50%"][1:] == ["+2.50% ± 0 (n=2)", "not reached", "+10.00% (n=1, no CI)",
-                               "0.25x", "n<2"]
-    assert rows["75%"][1:] == ["not reached", "not reached", "+15.00% (n=1, no CI)", "-", "-"]
+                               "+5.00% (n=1, no CI)", "0.25x (lora)", "n<2"]
+    # LoRA reaches 30%: SMF meets full alone at 50%, LoRA says how far it got
+    assert rows["50%"][1:] == ["+2.50% ± 0 (n=2)", "reaches at most 30% (forgetting +6.00%)",
+                               "+10.00% (n=1, no CI)", "0.25x (full)", "n<2"]
+    assert "75%" not in rows  # SMF reaches 60%: no pair compares at 75%
     problems = md[md.index("### Failed / incomplete runs"):]
     assert "`7` (full, seed 0): failed: RuntimeError: CUDA out of memory" in problems
     assert "`8` (smf/tfidf, seed 0): incomplete" in problems

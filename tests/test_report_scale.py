@@ -18,6 +18,7 @@ from smfexp.reporting.frontier import choose_levels, grid_table, matched_learnin
 from smfexp.reporting.scale import (
     earlier_facts,
     earlier_summary,
+    figure_level,
     matched_vs_n,
     memory_points,
     nested_grid,
@@ -130,8 +131,10 @@ def hard_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_levels_adapt_when_every_method_stays_below_25_percent(hard_sweep, tmp_path):
     grid = grid_table(collect_runs(hard_sweep))
     levels = choose_levels(grid)
-    assert levels.values == pytest.approx((0.05, 0.10))  # steps of 5 up to LoRA's 11%
-    assert "lora" in levels.note and "11.0%" in levels.note
+    # SMF reaches 18%: with LoRA (11%) steps of 5 up to 11%, with full (22%) up to 18%
+    assert levels.values == pytest.approx((0.05, 0.10, 0.15))
+    assert "smf/tfidf vs lora at 5%, 10% (lora reaches 11%" in levels.note
+    assert "smf/tfidf vs full at 5%, 10%, 15% (smf/tfidf reaches 18%" in levels.note
     table = matched_learning(grid, levels.values).set_index(["line", "level"])
     # one draw each, along (0, 0)-(x, y): y * level / x (SMF: its lr 1 point is the first)
     for line, (x, y) in {"smf/tfidf": (0.12, 0.2), "lora": (0.11, 4.4),
@@ -141,15 +144,18 @@ def test_levels_adapt_when_every_method_stays_below_25_percent(hard_sweep, tmp_p
     md = write_report(hard_sweep, tmp_path / "report").markdown
     matched = md[md.index("### Forgetting at matched learning"):]
     rows = [line for line in matched.splitlines() if line.startswith(("| 5%", "| 10%"))]
-    assert len(rows) == 2 and not any("not reached" in r for r in rows)
+    assert len(rows) == 2 and not any("reaches at most" in r for r in rows)
+    top = next(line for line in matched.splitlines() if line.startswith("| 15%"))
+    assert "reaches at most 11% (forgetting +4.40%)" in top and "(full) |" in top
     assert "| 25%" not in matched  # no row where nobody compares
 
 
-def test_standard_levels_when_every_method_reaches_25_percent():
+def test_standard_levels_where_both_of_a_pair_reach_them():
     grid = pd.DataFrame([{"line": ln, "point": "p", "probe": "wikitext", "draw": "d",
                           "learning": x, "forgetting": 1.0} for ln, x in
-                         (("smf/tfidf", 0.3), ("full", 0.26))])
-    assert choose_levels(grid).values == (0.25, 0.5, 0.75) and not choose_levels(grid).note
+                         (("smf/tfidf", 0.6), ("full", 0.8), ("lora", 0.26))])
+    levels = choose_levels(grid)
+    assert levels.values == (0.25, 0.5) and not levels.note  # SMF and full both reach 50%
 
 
 # --------------------------------------------------------------------------- 3 draws, nested
@@ -236,8 +242,10 @@ def test_forgetting_vs_stream_length(scale_sweep):
     nested = nested_grid(collect_runs(scale_sweep))
     assert sorted(nested["facts"].unique()) == [64, 256]
     assert len(nested) == 3 * len(DRAWS) * 2  # runs x N, one probe
-    levels = scale_levels(nested)
-    assert levels.values == (0.25, 0.5, 0.75) and not levels.note
+    levels = scale_levels(nested)  # SMF vs full: 50% at N = 64 (full 50%), 40% at 256
+    assert {n: lv.values for n, lv in levels.items()} == {64: (0.25, 0.5), 256: (0.25,)}
+    assert not any(lv.note for lv in levels.values())
+    assert figure_level(nested) == 0.25
     table = matched_vs_n(nested, (0.25,)).set_index(["line", "facts"])
     smf64 = [0.25 / 0.4 * (1 + k) for k in DRAWS]  # 0.625, 1.25, 1.875
     full64 = [0.25 / 0.5 * (10 + k) for k in DRAWS]  # 5, 5.5, 6
@@ -256,14 +264,17 @@ def test_forgetting_vs_stream_length(scale_sweep):
     assert drawn["full"][1] == pytest.approx([5.5, 13.125])
 
 
-def test_scale_levels_keep_a_common_row_when_a_method_stays_low_at_large_n():
+def test_scale_levels_per_stream_length_when_a_method_stays_low_at_large_n():
     rows = [{"line": ln, "point": "p", "probe": "wikitext", "draw": "d", "facts": n,
              "learning": x, "forgetting": 1.0}
             for ln, n, x in (("smf/tfidf", 64, 0.6), ("smf/tfidf", 1000, 0.4),
                              ("lora", 64, 0.3), ("lora", 1000, 0.09))]
-    levels = scale_levels(pd.DataFrame(rows))
-    assert levels.values == pytest.approx((0.05, 0.25, 0.5, 0.75))  # LoRA: 9% at N = 1000
-    assert "lora" in levels.note
+    nested = pd.DataFrame(rows)
+    levels = scale_levels(nested)
+    assert levels[64].values == (0.25,) and not levels[64].note
+    assert levels[1000].values == pytest.approx((0.05,))  # LoRA: 9% at N = 1000
+    assert "lora reaches 9%" in levels[1000].note
+    assert figure_level(nested) == pytest.approx(0.05)  # the level compared at every N
 
 
 def test_report_writes_the_scale_sections_and_figures(scale_sweep, tmp_path):

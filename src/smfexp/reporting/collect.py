@@ -4,6 +4,10 @@ One row per run. Score columns are named exactly like the W&B summary keys the r
 (``before/<probe>/<metric>``, ``after/...``, ``delta/...``) so tables, plots and the workspace
 spec all speak the same names. Sweeps are read while they run: a job dir with a Hydra config
 but no results.json yet is an ``incomplete`` row, an unreadable file a ``failed`` one.
+
+Each run's own paired intervals (results.json ``paired_ci``, ``target_beyond_heldout.ci``)
+become ``ci_lo/<stage>/<probe>/<metric>`` / ``ci_hi/...`` columns and the items a probe
+scored ``items/<probe>``: names no score-key parser takes for a W&B key. Older runs lack them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ STAGES = ("before", "after", "delta", "rel_delta_pct", "beyond_heldout")
 # what the runs log as W&B summary keys (runner.summary_metrics); the frontier reads the
 # last two, so old runs without them simply get no frontier panel
 SCORE_STAGES = ("before", "after", "delta", "rel_delta_pct", "beyond_heldout")
+# stages with a paired interval: the change, its % change and the gain beyond held-out
+INTERVAL_STAGES = ("delta", "rel_delta_pct", "beyond_heldout")
 STREAM = "stream"  # stream/<probe>/<metric> and stream/facts: history keys along the stream
 NO_SELECTOR = "-"
 TARGET = "target"
@@ -60,6 +66,20 @@ def higher_is_better(metric: str) -> bool:
 
 def score_key(stage: str, probe: str, metric: str) -> str:
     return f"{stage}/{probe}/{metric}"
+
+
+def ci_key(bound: str, stage: str, probe: str, metric: str) -> str:
+    """Column of a run's own paired interval: ``bound`` is ``lo`` or ``hi``."""
+    return f"ci_{bound}/{stage}/{probe}/{metric}"
+
+
+def items_key(probe: str) -> str:
+    """Column of how many items (questions, articles, paragraphs) a probe scored."""
+    return f"items/{probe}"
+
+
+def is_interval_key(key: str) -> bool:
+    return key.startswith(("ci_lo/", "ci_hi/", "items/"))
 
 
 def parse_score_key(key: str) -> tuple[str, str, str] | None:
@@ -154,6 +174,55 @@ def _flat_scores(results: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[score_key("beyond_heldout", TARGET, str(metric))] = float(value)
     return out
+
+
+def _bounds(value: Any) -> tuple[float, float] | None:
+    """``[lo, hi]`` as two finite floats, else None (NaN bounds: fewer than 2 items)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return None
+    lo, hi = float(value[0]), float(value[1])
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def _add_bounds(out: dict[str, float], stage: str, probe: str, metric: str,
+                value: Any) -> None:
+    found = _bounds(value)
+    if found is not None:
+        out[ci_key("lo", stage, probe, metric)], out[ci_key("hi", stage, probe, metric)] = found
+
+
+def flat_intervals(results: Mapping[str, Any]) -> dict[str, float]:
+    """The paired interval columns of one results mapping (top level or ``nested[N]``) and
+    ``items/<probe>``: the ``n`` of ``paired_ci``, else ``after[probe]["n"]``."""
+    out: dict[str, float] = {}
+    paired = results.get("paired_ci")
+    for probe, metrics in (paired.items() if isinstance(paired, Mapping) else []):
+        for metric, block in (metrics.items() if isinstance(metrics, Mapping) else []):
+            if not isinstance(block, Mapping):
+                continue
+            for stage in ("delta", "rel_delta_pct"):
+                _add_bounds(out, stage, str(probe), str(metric), block.get(stage))
+            n = block.get("n")
+            if isinstance(n, int | float) and not isinstance(n, bool):
+                key = items_key(str(probe))
+                out[key] = max(out.get(key, 0.0), float(n))
+    beyond = results.get("target_beyond_heldout")
+    ci = beyond.get("ci") if isinstance(beyond, Mapping) else None
+    for metric, value in (ci.items() if isinstance(ci, Mapping) else []):
+        _add_bounds(out, "beyond_heldout", TARGET, str(metric), value)
+    after = results.get("after")
+    for probe, metrics in (after.items() if isinstance(after, Mapping) else []):
+        n = metrics.get("n") if isinstance(metrics, Mapping) else None
+        if isinstance(n, int | float) and not isinstance(n, bool):
+            out.setdefault(items_key(str(probe)), float(n))
+    return out
+
+
+def flat_results(results: Mapping[str, Any]) -> dict[str, float]:
+    """Scores and paired intervals of one results mapping as flat columns."""
+    return {**_flat_scores(results), **flat_intervals(results)}
 
 
 def _read_yaml(path: Path) -> Any:
@@ -283,7 +352,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, A
         if record[key] is None:
             record[key] = "?"
     if record["status"] == "ok":
-        record.update(_flat_scores(results))
+        record.update(flat_results(results))
     return record
 
 
@@ -332,7 +401,8 @@ def normalize_runs(df: pd.DataFrame) -> pd.DataFrame:
         df["selector"] = df["selector"].fillna(NO_SELECTOR).astype(str)
     if "target_higher_is_better" in df:
         df["target_higher_is_better"] = df["target_higher_is_better"].map(_to_bool)
-    score_cols = [c for c in df.columns if parse_score_key(str(c))]
+    score_cols = [c for c in df.columns
+                  if parse_score_key(str(c)) or is_interval_key(str(c))]
     df[score_cols] = df[score_cols].apply(pd.to_numeric, errors="coerce")
     return _with_point_and_draw(df)
 

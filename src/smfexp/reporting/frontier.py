@@ -11,8 +11,12 @@ draw); matched numbers are interpolated per draw, then averaged with a 95% inter
 - forgetting: each probe's relative change in % on a continuous metric, signed so that + is
   worse (a perplexity rise, an answer log-prob fall).
 - frontier: the grid points no other point beats on both axes, with the base model at the
-  origin; forgetting at learning L is interpolated linearly along it, "not reached" beyond
+  origin; forgetting at learning L is interpolated linearly along it, not reached beyond
   its last point.
+- levels: SMF meets each baseline up to the most learning both reach, so a weak baseline
+  never caps the comparison with a strong one; a line short of a level says how far it got.
+- each run's own paired interval (the probe's item noise) rides along: per run as its
+  interval, at a matched level as the typical half-width of the runs bracketing it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +37,24 @@ from smfexp.reporting.collect import (
     NO_SELECTOR,
     RESULTS,
     TARGET,
+    ci_key,
     draw_id,
     grid_point,
+    items_key,
     score_key,
 )
 from smfexp.reporting.plots import group_label, new_figure
-from smfexp.reporting.stats import MeanCI, ci_half, fmt_ci, mean_ci, overlap_text
-from smfexp.reporting.tables import METHOD_ORDER, SELECTOR_ORDER, md_table, rank
+from smfexp.reporting.stats import (
+    UNRESOLVED_NOTE,
+    MeanCI,
+    ProbeCI,
+    ci_half,
+    fmt_ci,
+    mean_ci,
+    overlap_text,
+    typical_probe_ci,
+)
+from smfexp.reporting.tables import METHOD_ORDER, SELECTOR_ORDER, items_note, md_table, rank
 
 # continuous metric per forgetting probe: (metric, higher is better)
 FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
@@ -52,12 +67,20 @@ FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
 }
 LEVELS = (0.25, 0.5, 0.75)
 BASELINES = ("lora", "full")
+# per grid row, next to learning and forgetting: each run's own paired interval (forgetting
+# signed like the value, + = worse), whether it excludes 0, and the items behind them
+INTERVAL_COLUMNS = ("forgetting_lo", "forgetting_hi", "forgetting_resolved", "learning_lo",
+                    "learning_hi", "probe_n", "learning_n")
 
 
 @dataclass(frozen=True)
 class Point:
+    """A grid point (or the base at the origin); ``probe``: its own paired interval of the
+    forgetting, carried along but no part of what makes two points equal."""
+
     learning: float
     forgetting: float
+    probe: ProbeCI | None = field(default=None, compare=False)
 
 
 def frontier(points: Iterable[Point]) -> list[Point]:
@@ -79,42 +102,87 @@ def frontier(points: Iterable[Point]) -> list[Point]:
     return kept[::-1]
 
 
+def _segment(front: Sequence[Point], level: float) -> tuple[Point, Point, float] | None:
+    """The frontier points around ``level`` and how far along (0 = the first); None beyond
+    the last point. Below the first point (one that beats the base) it is that point."""
+    if not front or level > front[-1].learning:
+        return None
+    if level <= front[0].learning:
+        return front[0], front[0], 0.0
+    for a, b in itertools.pairwise(front):
+        if a.learning <= level <= b.learning:
+            span = b.learning - a.learning
+            return a, b, (level - a.learning) / span if span else 0.0
+    return None
+
+
 def forgetting_at(front: Sequence[Point], level: float) -> float | None:
     """Forgetting interpolated at ``level`` along ``front`` (from :func:`frontier`); None
     when the frontier never reaches that much learning."""
-    if not front or level > front[-1].learning:
+    found = _segment(front, level)
+    if found is None:
         return None
-    for a, b in itertools.pairwise(front):
-        if a.learning <= level <= b.learning:
-            if b.learning == a.learning:
-                return a.forgetting
-            t = (level - a.learning) / (b.learning - a.learning)
-            return a.forgetting + t * (b.forgetting - a.forgetting)
-    return front[0].forgetting if level <= front[0].learning else None
+    a, b, t = found
+    return a.forgetting + t * (b.forgetting - a.forgetting)
+
+
+def probe_at(front: Sequence[Point], level: float) -> ProbeCI | None:
+    """The paired interval at ``level``: interpolated between the runs bracketing it (the
+    base has none, so next to it the one run's own)."""
+    found = _segment(front, level)
+    if found is None:
+        return None
+    a, b, t = found
+    if a.probe is not None and b.probe is not None:
+        return a.probe.blend(b.probe, t)
+    return a.probe if a.probe is not None else b.probe
 
 
 # --------------------------------------------------------------------------- from runs
-def learning_column(df: pd.DataFrame) -> pd.Series:
-    """Learning per run (share of the facts for exact match), NaN when not measured."""
-    out = pd.Series(np.nan, index=df.index)
-    for metric in df.get("target_metric", pd.Series(dtype=object)).dropna().unique():
-        rows = df["target_metric"] == metric
-        for stage in ("beyond_heldout", "delta"):
-            col = score_key(stage, TARGET, str(metric))
-            if col in df:
-                fill = rows & out.isna()
-                out[fill] = df.loc[fill, col]
-    return out
+def _num(value: object) -> float | None:
+    if isinstance(value, int | float | np.integer | np.floating) \
+            and not isinstance(value, bool) and math.isfinite(float(value)):
+        return float(value)
+    return None
 
 
-def forgetting_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
-    """Probe -> forgetting % per run (+ = worse), for the probes the runs measured."""
-    out = {}
-    for probe, (metric, higher) in FORGETTING_METRICS.items():
-        col = score_key("rel_delta_pct", probe, metric)
-        if col in df and df[col].notna().any():
-            out[probe] = -df[col] if higher else df[col]
-    return out
+def learning_of(flat: Mapping[str, Any], metric: str) -> dict[str, float | None]:
+    """Learning of one run (its gain beyond held-out, else its plain target gain), that
+    value's own paired interval and the trained facts scored; {} when not measured."""
+    for stage in ("beyond_heldout", "delta"):
+        value = _num(flat.get(score_key(stage, TARGET, metric)))
+        if value is not None:
+            return {"learning": value,
+                    "learning_lo": _num(flat.get(ci_key("lo", stage, TARGET, metric))),
+                    "learning_hi": _num(flat.get(ci_key("hi", stage, TARGET, metric))),
+                    "learning_n": _num(flat.get(items_key(TARGET)))}
+    return {}
+
+
+def forgetting_of(flat: Mapping[str, Any], probe: str) -> dict[str, Any]:
+    """Forgetting % of one run on ``probe`` (+ = worse) with its paired interval, flipped
+    and swapped like the value, whether that excludes 0, and the items; {} when absent."""
+    metric, higher = FORGETTING_METRICS[probe]
+    value = _num(flat.get(score_key("rel_delta_pct", probe, metric)))
+    if value is None:
+        return {}
+    lo = _num(flat.get(ci_key("lo", "rel_delta_pct", probe, metric)))
+    hi = _num(flat.get(ci_key("hi", "rel_delta_pct", probe, metric)))
+    if higher:
+        value, lo, hi = -value, (None if hi is None else -hi), (None if lo is None else -lo)
+    resolved = None if lo is None or hi is None else not lo <= 0 <= hi
+    return {"forgetting": value, "forgetting_lo": lo, "forgetting_hi": hi,
+            "forgetting_resolved": resolved, "probe_n": _num(flat.get(items_key(probe)))}
+
+
+def measure_rows(flat: Mapping[str, Any], target_metric: object) -> list[dict[str, Any]]:
+    """One row per forgetting probe a run (or a ``nested[N]`` state) measured: learning,
+    forgetting and their paired intervals (:data:`INTERVAL_COLUMNS`)."""
+    learning = learning_of(flat, target_metric) if isinstance(target_metric, str) else {}
+    if not learning:
+        return []
+    return [{"probe": probe, **learning, **found} for probe in FORGETTING_METRICS
+            if (found := forgetting_of(flat, probe))]
 
 
 def line_label(method: str, selector: object) -> str:
@@ -132,20 +200,18 @@ def draw_column(grid: pd.DataFrame) -> str:
 
 
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (line, grid point, probe, draw): learning and forgetting of ok runs."""
-    columns = ["line", "point", "probe", "seed", "draw", "learning", "forgetting"]
+    """One row per (line, grid point, probe, draw) of ok runs: learning, forgetting and each
+    run's own paired intervals (NaN / None for runs that predate them)."""
+    columns = ["line", "point", "probe", "seed", "draw", "learning", "forgetting",
+               *INTERVAL_COLUMNS]
     ok = df[df["status"] == "ok"] if "status" in df else df
-    if ok.empty:
-        return pd.DataFrame(columns=columns)
-    learning = learning_column(ok)
     rows = []
-    for probe, forgetting in forgetting_columns(ok).items():
-        for idx, run in ok.iterrows():
-            rows.append({"line": line_label(run["method"], run.get("selector")),
-                         "point": grid_point(run.get("overrides")), "probe": probe,
-                         "seed": run.get("seed"), "draw": run_draw(run),
-                         "learning": learning[idx], "forgetting": forgetting[idx]})
-    return pd.DataFrame(rows, columns=columns).dropna(subset=["learning", "forgetting"])
+    for _, run in ok.iterrows():
+        labels = {"line": line_label(run["method"], run.get("selector")),
+                  "point": grid_point(run.get("overrides")), "seed": run.get("seed"),
+                  "draw": run_draw(run)}
+        rows += [{**labels, **row} for row in measure_rows(run, run.get("target_metric"))]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def run_draw(run: pd.Series) -> str:
@@ -168,105 +234,181 @@ def mean_points(grid: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def _point(row: Any) -> Point:
+    """A grid row as a frontier point with its own paired interval (when it has one)."""
+    probe = ProbeCI.around(row.forgetting, getattr(row, "forgetting_lo", None),
+                           getattr(row, "forgetting_hi", None))
+    return Point(row.learning, row.forgetting, probe)
+
+
+def _best_point(rows: pd.DataFrame) -> Point:
+    """A draw's most-learning grid point (the least forgetting among equals)."""
+    best = rows.sort_values(["learning", "forgetting"], ascending=[False, True]).iloc[0]
+    return Point(float(best["learning"]), float(best["forgetting"]))
+
+
+MATCHED_COLUMNS = ["line", "probe", "level", "forgetting", "std", "ci", "draws", "of",
+                   "probe_below", "probe_above", "best_learning", "best_forgetting"]
+
+
 def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
     """Forgetting of every line at each learning level: per draw along that draw's own
     frontier, then mean, std and 95% CI over the draws that reach the level (never the
-    frontier of the means, which would hide how much the draws disagree)."""
+    frontier of the means, which would hide how much the draws disagree).
+
+    ``probe_below`` / ``probe_above``: the probe's typical paired interval there (offsets
+    from the value, median over those draws); ``best_learning`` / ``best_forgetting``: the
+    line's most-learning point, mean over draws (what a line short of a level reaches)."""
     rows = []
     draw = draw_column(grid)
     for (line, probe), block in grid.groupby(["line", "probe"], sort=False):
-        per_draw = [frontier(Point(r.learning, r.forgetting) for r in draw_rows.itertuples())
-                    for _, draw_rows in block.groupby(draw, dropna=False)]
+        draws = [draw_rows for _, draw_rows in block.groupby(draw, dropna=False)]
+        fronts = [frontier(_point(r) for r in d.itertuples()) for d in draws]
+        bests = [_best_point(d) for d in draws]
         for level in levels:
-            values = [v for f in per_draw if (v := forgetting_at(f, level)) is not None]
+            used = [(v, f) for f in fronts if (v := forgetting_at(f, level)) is not None]
+            values = [v for v, _ in used]
             ci = mean_ci(values)
+            probe_ci = typical_probe_ci(probe_at(f, level) for _, f in used)
             rows.append({"line": line, "probe": probe, "level": level,
                          "forgetting": ci.mean if values else None,
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                          "ci": ci.half if ci.has_interval else None,
-                         "draws": len(values), "of": len(per_draw)})
-    return pd.DataFrame(rows, columns=["line", "probe", "level", "forgetting", "std", "ci",
-                                       "draws", "of"])
+                         "draws": len(values), "of": len(fronts),
+                         "probe_below": probe_ci.below if probe_ci else None,
+                         "probe_above": probe_ci.above if probe_ci else None,
+                         "best_learning": float(np.mean([p.learning for p in bests])),
+                         "best_forgetting": float(np.mean([p.forgetting for p in bests]))})
+    return pd.DataFrame(rows, columns=MATCHED_COLUMNS)
 
 
 # --------------------------------------------------------------------------- levels
 @dataclass(frozen=True)
 class Levels:
-    """The learning levels a matched table compares at, and why (empty: the standard ones)."""
+    """The learning levels a matched table compares at, and what differs from the standard
+    ones (empty: every SMF-baseline pair reaches 25%)."""
 
     values: tuple[float, ...]
     note: str = ""
 
 
-def line_reach(grid: pd.DataFrame, within: Sequence[str] = ()) -> dict[str, float]:
-    """Per line, the most learning every one of its draws reaches (min over draws, and over
-    ``within`` groups such as stream lengths, of each draw's best point)."""
+def line_reach(grid: pd.DataFrame) -> dict[str, float]:
+    """Per line, the most learning every one of its draws reaches (min over draws of each
+    draw's best point)."""
     if grid.empty:
         return {}
-    best = grid.groupby(["line", *within, draw_column(grid)], dropna=False)["learning"].max()
+    best = grid.groupby(["line", draw_column(grid)], dropna=False)["learning"].max()
     return {str(k): float(v) for k, v in best.groupby(level=0).min().items()}
 
 
-def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS, step: float = 0.05,
-                  within: Sequence[str] = ()) -> Levels:
-    """``standard`` when every line reaches its first level; else steps of ``step`` (1 point
-    below 5%) up to the lowest line's reach, so the table still compares every method."""
-    reach = line_reach(grid, within)
-    if not reach or min(reach.values()) >= standard[0]:
-        return Levels(tuple(standard))
-    line, lowest = min(reach.items(), key=lambda kv: (kv[1], kv[0]))
-    step = step if lowest >= step else 0.01
-    count = math.floor(lowest / step + 1e-9)
-    if count == 0:
-        return Levels(tuple(standard), f"No common level: {line} learns at most {lowest:.1%} "
-                      "in some draw, so no level below it compares every method.")
-    values = tuple(round(step * k, 6) for k in range(1, count + 1))
-    return Levels(values, (
-        f"Levels used: {', '.join(f'{v:.0%}' for v in values)}. {line} reaches only "
-        f"{lowest:.1%} learned (the best grid point of its weakest draw), below "
-        f"{standard[0]:.0%}, so the table compares at steps of {step:.0%} up to that lowest "
-        "maximum: the levels every method reaches."))
+def pair_reach(reach: Mapping[str, float]) -> dict[tuple[str, str], float]:
+    """(SMF line, baseline) -> the most learning both reach in every draw; each line on its
+    own when the grid has no SMF line or no baseline."""
+    smf = [ln for ln in reach if ln.startswith("smf")]
+    pairs = [(a, b) for a in smf for b in reach if b in BASELINES]
+    if not pairs:
+        return {(ln, ln): r for ln, r in reach.items()}
+    return {(a, b): min(reach[a], reach[b]) for a, b in pairs}
+
+
+def pair_levels(reach: float, standard: Sequence[float] = LEVELS,
+                step: float = 0.05) -> tuple[float, ...]:
+    """The ``standard`` levels up to ``reach`` when it reaches the first; else steps of
+    ``step`` (1 point below 5%) up to it: the levels one pair compares at."""
+    if reach >= standard[0]:
+        return tuple(v for v in standard if v <= reach)
+    step = step if reach >= step else 0.01
+    return tuple(round(step * k, 6) for k in range(1, math.floor(reach / step + 1e-9) + 1))
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.3g}%"
+
+
+def _pair_text(pair: tuple[str, str], reach: Mapping[str, float],
+               values: Sequence[float]) -> str:
+    a, b = pair
+    weaker = min(pair, key=lambda ln: (reach[ln], ln))
+    name = a if a == b else f"{a} vs {b}"
+    at = ", ".join(_pct(v) for v in values) if values else "no level"
+    return f"{name} at {at} ({weaker} reaches {_pct(reach[weaker])} in its weakest draw)"
+
+
+def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS,
+                  step: float = 0.05) -> Levels:
+    """The union of every SMF-baseline pair's levels (:func:`pair_levels` of what both
+    reach), so each pair compares as far as it can; the note names the pairs below
+    ``standard[0]``."""
+    reach = line_reach(grid)
+    pairs = pair_reach(reach)
+    per_pair = {pair: pair_levels(r, standard, step) for pair, r in pairs.items()}
+    values = tuple(sorted({v for vs in per_pair.values() for v in vs}))
+    low = [pair for pair, r in pairs.items() if r < standard[0]]
+    note = "; ".join(_pair_text(p, reach, per_pair[p]) for p in
+                     sorted(low, key=lambda p: (line_order(p[0]), line_order(p[1]))))
+    if note:
+        note = f"Below {_pct(standard[0])} learned: {note}."
+    return Levels(values or tuple(standard), note)
 
 
 # --------------------------------------------------------------------------- the table
+def _missing(value: object) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
 def _ci_of(at: pd.DataFrame, line: str) -> MeanCI:
     row = at.loc[line]
-    if row["forgetting"] is None or pd.isna(row["forgetting"]):
+    if _missing(row["forgetting"]):
         return MeanCI(math.nan, math.nan, 0)
     half = row["ci"]
-    return MeanCI(float(row["forgetting"]),
-                  math.nan if half is None or pd.isna(half) else float(half), int(row["draws"]))
+    return MeanCI(float(row["forgetting"]), math.nan if _missing(half) else float(half),
+                  int(row["draws"]))
+
+
+def _probe_of(row: pd.Series) -> ProbeCI | None:
+    below, above = row.get("probe_below"), row.get("probe_above")
+    return None if _missing(below) or _missing(above) else ProbeCI(float(below), float(above))
 
 
 def _cell(row: pd.Series) -> str:
-    if row["forgetting"] is None or pd.isna(row["forgetting"]):
-        return "not reached"
-    ci = MeanCI(float(row["forgetting"]),
-                math.nan if row["ci"] is None or pd.isna(row["ci"]) else float(row["ci"]),
+    if _missing(row["forgetting"]):
+        if _missing(row.get("best_learning")):
+            return "not reached"
+        return (f"reaches at most {_pct(row['best_learning'])} "
+                f"(forgetting {row['best_forgetting']:+.2f}%)")
+    ci = MeanCI(float(row["forgetting"]), math.nan if _missing(row["ci"]) else float(row["ci"]),
                 int(row["draws"]))
-    text = fmt_ci(ci, signed=True, digits=".2f", unit="%", show_n=False)
-    if ci.n < row["of"]:
-        return f"{text} (n={ci.n} of {int(row['of'])} draws)"
-    return f"{text} (n={ci.n})" if ci.n > 1 else f"{text} (n=1, no CI)"
+    return fmt_ci(ci, signed=True, digits=".2f", unit="%", of=int(row["of"]),
+                  probe=_probe_of(row))
 
 
 def _ratio(mine: MeanCI, ref: MeanCI) -> str:
-    if ref.n == 0 or mine.n == 0:
-        return "-"
     return f"{mine.mean / ref.mean:.2f}x" if ref.mean > 0 else \
         f"{mine.mean:+.2f} vs {ref.mean:+.2f}"
 
 
-def _best_baseline(at: pd.DataFrame, baselines: Sequence[str]) -> MeanCI | None:
-    reached = [ci for b in baselines if (ci := _ci_of(at, b)).n > 0]
-    return min(reached, key=lambda ci: ci.mean) if reached else None
+def _best_baseline(at: pd.DataFrame, baselines: Sequence[str]) -> tuple[str, MeanCI] | None:
+    """The baseline forgetting least among those some draw of which reaches the level."""
+    reached = [(b, ci) for b in baselines if b in at.index and (ci := _ci_of(at, b)).n > 0]
+    return min(reached, key=lambda kv: kv[1].mean) if reached else None
 
 
-def comparison_table(block: pd.DataFrame, levels: Sequence[float],
-                     lead: str | None = None) -> str:
-    """One probe's matched table: a row per level, a column per line, and per SMF line its
-    ratio to the best baseline and whether their 95% intervals overlap. ``lead``: a column
-    of ``block`` (e.g. ``facts``, the stream length) whose values split the rows."""
+def _versus(at: pd.DataFrame, line: str, baselines: Sequence[str]) -> list[str]:
+    """``0.25x (full)`` and ``overlap`` / ``separate`` of ``line`` against the best baseline
+    that reaches the level; ``-`` when either is missing."""
+    mine = _ci_of(at, line) if line in at.index else MeanCI(math.nan, math.nan, 0)
+    best = _best_baseline(at, baselines)
+    if best is None or mine.n == 0:
+        return ["-", "-"]
+    name, ref = best
+    return [f"{_ratio(mine, ref)} ({name})", overlap_text(mine, ref)]
+
+
+def comparison_table(block: pd.DataFrame, lead: str | None = None) -> str:
+    """One probe's matched table: a row per level of ``block`` (from :func:`matched_learning`),
+    a column per line, and per SMF line its ratio to the best baseline reaching that level
+    and whether their 95% intervals overlap. ``lead``: a column of ``block`` (e.g.
+    ``facts``, the stream length) whose values split the rows, each with its own levels."""
     lines = sorted(block["line"].unique(), key=line_order)
     baselines = [ln for ln in lines if ln in BASELINES]
     smf_lines = [ln for ln in lines if ln.startswith("smf")] if baselines else []
@@ -276,48 +418,74 @@ def comparison_table(block: pd.DataFrame, levels: Sequence[float],
     groups = block.groupby(lead, sort=True) if lead else [(None, block)]
     rows = []
     for value, sub in groups:
-        for level in levels:
+        for level in sorted(sub["level"].unique()):
             at = sub[sub["level"] == level].set_index("line")
-            cells = [*([str(value)] if lead else []), f"{level:.0%}",
+            cells = [*([str(value)] if lead else []), _pct(level),
                      *(_cell(at.loc[ln]) if ln in at.index else "not run" for ln in lines)]
-            best = _best_baseline(at, [b for b in baselines if b in at.index])
             for ln in smf_lines:
-                mine = _ci_of(at, ln) if ln in at.index else MeanCI(math.nan, math.nan, 0)
-                if best is None or mine.n == 0:
-                    cells += ["-", "-"]
-                else:
-                    cells += [_ratio(mine, best), overlap_text(mine, best)]
+                cells += _versus(at, ln, baselines)
             rows.append(cells)
     return md_table(header, rows)
 
 
 MATCHED_NOTE = (
     "Learning = share of the trained facts learned beyond the held-out questions; "
-    "forgetting = the probe's relative change, + = worse. Interpolated along each draw's "
+    "forgetting = the probe's relative change, + = worse. SMF is compared with each baseline "
+    "up to the most learning both reach in every draw: at 25 / 50 / 75% where both reach "
+    "them, else at steps of 5 points (1 below 5%) up to it. Interpolated along each draw's "
     "frontier over its method's grid, then mean ± 95% t-interval half-width over the draws "
-    "that reach the level (n; `n=k of m draws`: only k of m reach it). Best baseline = the "
-    "LoRA / full finetuning line forgetting least at that level; `overlap` / `separate`: "
-    "whether its interval and SMF's overlap (`n<2`: one of them has no interval).")
+    "that reach the level (n; `n=k of m draws`: only k of m reach it). `reaches at most X% "
+    "(forgetting Y%)`: no draw of that line reaches the level; X and Y are its most-learning "
+    "grid point, mean over draws. Best baseline = the LoRA / full finetuning line forgetting "
+    "least among those reaching the level (named); `overlap` / `separate`: whether its "
+    "interval and SMF's overlap (`n<2`: one of them has no interval).")
+PROBE_NOTE = (
+    "`probe ± h`: the probe's own noise (its items, after vs before on the same ones): the "
+    "paired 95% interval of each draw at the runs bracketing the level, interpolated, median "
+    "over the draws used.")
+
+
+def grid_items_note(grid: pd.DataFrame) -> str:
+    """The items behind the grid's numbers: per forgetting probe and for learning."""
+    counts: dict[str, Iterable[float]] = {}
+    if "probe_n" in grid:
+        counts = {str(p): b["probe_n"] for p, b in grid.groupby("probe", sort=False)}
+    if "learning_n" in grid:
+        counts[TARGET] = grid["learning_n"]
+    return items_note(counts)
+
+
+def has_probe_intervals(table: pd.DataFrame) -> bool:
+    """Whether any matched cell carries a paired interval (older runs: none)."""
+    return "probe_below" in table and bool(table["probe_below"].notna().any())
+
+
+def matched_notes(table: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
+    """The legend lines a matched section needs: items per probe, the paired intervals."""
+    notes = [n for n in (grid_items_note(grid),) if n]
+    if has_probe_intervals(table):
+        notes += [PROBE_NOTE, UNRESOLVED_NOTE]
+    return notes
 
 
 def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] | None = None,
                      note: str = "") -> str:
     """One table per probe: forgetting at each learning level, SMF's ratio to the best
-    baseline and whether their intervals overlap. ``levels=None``: :func:`choose_levels`;
-    ``note``: what the grid is, said above the tables."""
+    baseline reaching it and whether their intervals overlap. ``levels=None``:
+    :func:`choose_levels`; ``note``: what the grid is, said above the tables."""
     if grid.empty:
         return ""
     chosen = choose_levels(grid) if levels is None else Levels(tuple(levels))
     table = matched_learning(grid, chosen.values)
-    parts = ["### Forgetting at matched learning\n", MATCHED_NOTE + "\n"]
+    parts = ["### Forgetting at matched learning\n", MATCHED_NOTE + "\n",
+             *(n + "\n" for n in matched_notes(table, grid))]
     if note:
         parts.append(note + "\n")
     if chosen.note:
         parts.append(chosen.note + "\n")
     for probe, block in table.groupby("probe", sort=False):
         metric = FORGETTING_METRICS[probe][0]
-        parts.append(f"**{probe}** ({metric}, % change)\n\n"
-                     f"{comparison_table(block, chosen.values)}\n")
+        parts.append(f"**{probe}** ({metric}, % change)\n\n{comparison_table(block)}\n")
     return "\n".join(parts) + "\n"
 
 

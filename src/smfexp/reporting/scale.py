@@ -5,7 +5,8 @@ Every part reads optional fields of results.json, so old runs simply contribute 
 
 - ``nested``: the run's state after its first N facts (nested streams: one run gives every
   N). Per N the runs form a frontier like the top-level ones, so forgetting at matched
-  learning is computed per N (per draw, then mean and 95% CI over draws).
+  learning is computed per N (per draw, then mean and 95% CI over draws), each N at the
+  levels its own SMF-baseline pairs reach, with each run's paired interval (``paired_ci``).
 - ``stream.points[i].memory`` (and ``nested[N].memory``): the share of SMF value rows
   written so far and their share of the background text's reads.
 - ``earlier_facts``: exact match on each quarter of the stream right after it was learned
@@ -21,10 +22,12 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from smfexp.reporting.collect import TARGET
+from smfexp.reporting.collect import TARGET, flat_results
 from smfexp.reporting.frontier import (
     FORGETTING_METRICS,
+    INTERVAL_COLUMNS,
     LEVELS,
+    MATCHED_COLUMNS,
     Levels,
     choose_levels,
     comparison_table,
@@ -32,6 +35,10 @@ from smfexp.reporting.frontier import (
     line_order,
     line_reach,
     matched_learning,
+    matched_notes,
+    measure_rows,
+    pair_levels,
+    pair_reach,
     stream_points,
 )
 from smfexp.reporting.plots import new_figure
@@ -68,36 +75,18 @@ def _nested(results: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
 
 
 # --------------------------------------------------------------------------- forgetting vs N
-def nested_learning(entry: Mapping[str, Any], metric: str) -> float | None:
-    """Facts learned after N facts: the gain beyond held-out, else the plain target gain."""
-    beyond = entry.get("target_beyond_heldout")
-    if isinstance(beyond, Mapping) and isinstance(beyond.get("delta"), Mapping):
-        found = _number(beyond["delta"].get(metric))
-        if found is not None:
-            return found
-    delta = entry.get("delta")
-    target = delta.get(TARGET) if isinstance(delta, Mapping) else None
-    return _number(target.get(metric)) if isinstance(target, Mapping) else None
-
-
 def nested_grid(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (line, point, draw, facts N, probe): learning and forgetting (% change,
-    + = worse) after the first N facts, from ``results["nested"]``."""
-    columns = ["line", "point", "draw", "facts", "probe", "learning", "forgetting"]
+    + = worse) after the first N facts, from ``results["nested"]``, with each state's own
+    paired intervals (:data:`INTERVAL_COLUMNS`, NaN / None where a run predates them)."""
+    columns = ["line", "point", "draw", "facts", "probe", "learning", "forgetting",
+               *INTERVAL_COLUMNS]
     rows = []
     for labels, results in each_results(df):
         for facts, entry in _nested(results):
-            learning = nested_learning(entry, labels["target_metric"])
-            rel = entry.get("rel_delta_pct") if isinstance(entry.get("rel_delta_pct"),
-                                                            Mapping) else {}
-            for probe, (metric, higher) in FORGETTING_METRICS.items():
-                block = rel.get(probe)
-                value = _number(block.get(metric)) if isinstance(block, Mapping) else None
-                if learning is None or value is None:
-                    continue
+            for row in measure_rows(flat_results(entry), labels["target_metric"]):
                 rows.append({**{k: labels[k] for k in ("line", "point", "draw")},
-                             "facts": facts, "probe": probe, "learning": learning,
-                             "forgetting": -value if higher else value})
+                             "facts": facts, **row})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -127,31 +116,29 @@ def _span(values: pd.Series) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def scale_levels(nested: pd.DataFrame) -> Levels:
-    """The standard levels, plus the highest level every line reaches at every N when some
-    line stays below 25% (so each N has one row where all methods compare)."""
-    common = choose_levels(nested, within=["facts"])
-    if common.values == tuple(LEVELS):
-        return common
-    top = common.values[-1]
-    line, lowest = min(line_reach(nested, ["facts"]).items(), key=lambda kv: (kv[1], kv[0]))
-    return Levels(tuple(sorted({*LEVELS, top})), (
-        f"Common level {top:.0%}: {line} reaches at most {lowest:.1%} learned at some N in "
-        f"some draw, below {LEVELS[0]:.0%}, so {top:.0%} (5-point steps) is the highest level "
-        "every method reaches at every N; `scale.png` draws it."))
+def scale_levels(nested: pd.DataFrame) -> dict[int, Levels]:
+    """Per stream length N, the levels its SMF-baseline pairs compare at
+    (:func:`choose_levels` of that N's grid)."""
+    return {int(n): choose_levels(block) for n, block in nested.groupby("facts", sort=True)}
 
 
-def figure_level(levels: Levels) -> float:
-    """The level the forgetting-vs-N figure draws: 25% when every line reaches it, else the
-    highest level they all reach."""
-    return LEVELS[0] if not levels.note else min(levels.values)
+def figure_level(nested: pd.DataFrame) -> float:
+    """The level ``scale.png`` draws: 25% when SMF and some baseline both reach it at every
+    N, else the highest step they reach at every N (a line short of it leaves a gap)."""
+    shared = min((max(pair_reach(line_reach(block)).values(), default=0.0)
+                  for _, block in nested.groupby("facts")), default=0.0)
+    levels = pair_levels(shared)
+    return LEVELS[0] if shared >= LEVELS[0] or not levels else levels[-1]
 
 
-def matched_vs_n(nested: pd.DataFrame, levels: Sequence[float]) -> pd.DataFrame:
-    """:func:`matched_learning` per stream length N, with a ``facts`` column."""
-    parts = [matched_learning(block, levels).assign(facts=int(facts))
-             for facts, block in nested.groupby("facts", sort=True)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def matched_vs_n(nested: pd.DataFrame, levels: Sequence[float] | None = None) -> pd.DataFrame:
+    """:func:`matched_learning` per stream length N, with a ``facts`` column; ``levels=None``:
+    each N at its own :func:`scale_levels`."""
+    chosen = scale_levels(nested) if levels is None else {}
+    parts = [matched_learning(block, chosen[int(facts)].values if levels is None else levels)
+             .assign(facts=int(facts)) for facts, block in nested.groupby("facts", sort=True)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=[*MATCHED_COLUMNS, "facts"])
 
 
 def scale_markdown(nested: pd.DataFrame) -> str:
@@ -159,17 +146,20 @@ def scale_markdown(nested: pd.DataFrame) -> str:
     if nested.empty:
         return ""
     levels = scale_levels(nested)
-    table = matched_vs_n(nested, levels.values)
+    table = matched_vs_n(nested)
     parts = ["### Forgetting at matched learning vs stream length\n",
-             "Each run scored after its first N facts (`nested`); per N, forgetting is "
+             "Each run scored after its first N facts (`nested`); per N, SMF meets each "
+             "baseline up to the most learning both reach (as above), forgetting is "
              "interpolated along each draw's frontier, then mean ± 95% t-interval half-width "
              "over draws (n). `not run`: no run of that method reached N. Figure: "
-             "`scale.png`.\n"]
-    if levels.note:
-        parts.append(levels.note + "\n")
+             f"`scale.png`, at {figure_level(nested):.0%} learned.\n",
+             *(n + "\n" for n in matched_notes(table, nested))]
+    low = [f"N={n}: {lv.note}" for n, lv in levels.items() if lv.note]
+    if low:
+        parts.append(" ".join(low) + "\n")
     for probe, block in table.groupby("probe", sort=False):
         parts.append(f"**{probe}** ({FORGETTING_METRICS[probe][0]}, % change)\n\n"
-                     f"{comparison_table(block, levels.values, lead='facts')}\n")
+                     f"{comparison_table(block, lead='facts')}\n")
     return "\n".join(parts) + "\n"
 
 
@@ -191,8 +181,7 @@ def scale_figure(nested: pd.DataFrame) -> Figure:
     fig = new_figure(4.4 * max(len(probes), 1), 3.7)
     if not probes:
         return _empty(fig, "no nested results (results.json 'nested')")
-    levels = scale_levels(nested)
-    level = figure_level(levels)
+    level = figure_level(nested)
     table = matched_vs_n(nested, [level])
     colors = _colors(list(table["line"].unique()))
     ns = sorted(table["facts"].unique())

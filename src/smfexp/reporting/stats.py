@@ -1,8 +1,13 @@
-"""Mean and 95% t-interval over draws: the one place the report's error bars come from.
+"""Mean and 95% t-interval over draws, and each run's own paired interval: the one place the
+report's error bars come from.
 
 A draw is one replicate of a grid point (another ``data.facts_seed`` and/or ``seed``). At
 16 facts one fact is 6 points, so a number without its spread over draws says little; with
 3 draws the t quantile (4.30) is what makes the interval honest, not the normal 1.96.
+
+The paired interval (results.json ``paired_ci``) is the other noise: which articles,
+paragraphs or questions the probe holds, after vs before on the same items. A change inside
+it is not resolved by the probe, however tight the interval over draws.
 """
 
 from __future__ import annotations
@@ -90,13 +95,76 @@ def overlap_text(a: MeanCI, b: MeanCI) -> str:
 
 
 def fmt_ci(ci: MeanCI, signed: bool = False, digits: str = ".4g", unit: str = "",
-           show_n: bool = True) -> str:
-    """``+1.25% ± 0.31 (n=3)``; ``+1.25% (n=1, no CI)``; ``–`` without values."""
+           show_n: bool = True, of: int | None = None, probe: ProbeCI | None = None) -> str:
+    """``+1.25% ± 0.31 (n=3)``; ``+1.25% (n=1, no CI)``; ``–`` without values. ``of``: the
+    draws there were (``n=2 of 3 draws``); ``probe``: the runs' own paired interval, added as
+    ``; probe ± 0.4`` and a trailing ``†`` when it covers 0 around the mean."""
     if ci.n == 0 or not math.isfinite(ci.mean):
         return "–"
     text = f"{ci.mean:{'+' if signed else ''}{digits}}{unit}"
     if ci.has_interval:
         text += f" ± {ci.half:.2g}"
+    inside = []
     if show_n:
-        text += f" (n={ci.n})" if ci.n > 1 else " (n=1, no CI)"
+        inside.append(f"n={ci.n} of {of} draws" if of is not None and ci.n < of else
+                      f"n={ci.n}" if ci.n > 1 else "n=1, no CI")
+    if probe is not None:
+        inside.append(f"probe ± {probe.half:.2g}")
+    if inside:
+        text += f" ({'; '.join(inside)})"
+    if probe is not None and probe.covers_zero(ci.mean):
+        text += f" {UNRESOLVED}"
     return text
+
+
+# --------------------------------------------------------------------------- paired intervals
+UNRESOLVED = "†"
+UNRESOLVED_NOTE = (f"{UNRESOLVED} the run's own paired interval covers 0: not resolved by the "
+                   "probe (over several draws: the mean ± the probe's typical interval).")
+
+
+@dataclass(frozen=True)
+class ProbeCI:
+    """A run's own paired 95% interval, kept as offsets from its value (low - value, high -
+    value), so the typical one over draws can sit around their mean or an interpolation."""
+
+    below: float
+    above: float
+
+    @classmethod
+    def around(cls, value: object, low: object, high: object) -> ProbeCI | None:
+        """From a value and its interval; None when any of them is missing or not finite."""
+        nums = [_finite(v) for v in (value, low, high)]
+        if any(v is None for v in nums):
+            return None
+        center, lo, hi = nums
+        return cls(lo - center, hi - center)  # type: ignore[operator]
+
+    @property
+    def half(self) -> float:
+        return (self.above - self.below) / 2
+
+    def covers_zero(self, value: float) -> bool:
+        return value + self.below <= 0 <= value + self.above
+
+    def blend(self, other: ProbeCI, t: float) -> ProbeCI:
+        """Linear interpolation towards ``other`` (t = 0: self), as the value is along a
+        frontier segment."""
+        return ProbeCI(self.below + t * (other.below - self.below),
+                       self.above + t * (other.above - self.above))
+
+
+def typical_probe_ci(cis: Iterable[ProbeCI | None]) -> ProbeCI | None:
+    """The median offsets over the runs that have an interval; None when none has."""
+    found = [c for c in cis if c is not None]
+    if not found:
+        return None
+    return ProbeCI(float(np.median([c.below for c in found])),
+                   float(np.median([c.above for c in found])))
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
+            and math.isfinite(float(value)):
+        return float(value)
+    return None

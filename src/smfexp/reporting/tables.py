@@ -4,6 +4,8 @@ as CSV and Markdown.
 A failed run never contributes a number: a group whose runs all failed shows ``failed (n)``
 in every score cell, and a partly failed group states its failure count next to its numbers.
 The base model (the ``before`` scores every run records) is one ``base`` row per context.
+Next to the interval over draws, a change shows the runs' own paired interval (``probe ±``,
+results.json ``paired_ci``) where they carry one, and the notes name the items per probe.
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ import numpy as np
 import pandas as pd
 
 from smfexp.reporting.collect import (
+    INTERVAL_STAGES,
     NO_SELECTOR,
     TARGET,
+    ci_key,
     higher_is_better,
+    items_key,
     parse_score_key,
     primary_metric,
     probes_in,
     score_key,
 )
-from smfexp.reporting.stats import MeanCI, fmt_ci, mean_ci
+from smfexp.reporting.stats import (
+    UNRESOLVED_NOTE,
+    MeanCI,
+    ProbeCI,
+    fmt_ci,
+    mean_ci,
+    typical_probe_ci,
+)
 
 CONTEXT_KEYS = ("model", "data", "protocol")
 CI_NOTE = ("mean ± half-width of the 95% t-interval over draws (runs of one grid point with "
@@ -34,6 +46,13 @@ GROUP_KEYS = (*CONTEXT_KEYS, "method", "selector", "point")
 METHOD_ORDER = ("base", "smf", "lora", "full")
 SELECTOR_ORDER = (NO_SELECTOR, "tfidf", "kl", "random", "all")
 BASE = "base"
+# what a probe's items are, for the notes: probe -> (name, unit)
+ITEM_NAMES = {"wikitext": ("WikiText", "articles"), "retention": ("retention", "paragraphs"),
+              "nq_open": ("NQ-open", "questions"), "triviaqa": ("TriviaQA", "questions"),
+              "medmcqa": ("MedMCQA", "questions"), "gsm8k": ("GSM8K", "questions"),
+              TARGET: ("learning", "trained facts")}
+PAIRED_NOTE = ("`probe ± h`: the runs' own paired 95% interval of the change (after vs before "
+               "on the same items; over several draws the median half-width).")
 
 
 @dataclass(frozen=True)
@@ -91,13 +110,57 @@ def _stats(prefix: str, values: pd.Series) -> dict[str, float]:
     }
 
 
+def _span(values: Iterable[float]) -> str:
+    found = sorted({int(v) for v in values if v is not None and math.isfinite(float(v))})
+    if not found:
+        return ""
+    return str(found[0]) if len(found) == 1 else f"{found[0]}-{found[-1]}"
+
+
+def items_note(counts: dict[str, Iterable[float]]) -> str:
+    """``Items per probe: WikiText: 40 articles; learning: 256 trained facts.``: which probe
+    size each number comes from (a range where runs differ); "" when none is known."""
+    parts = []
+    for probe in sorted(counts, key=lambda p: p == TARGET):  # learning last
+        span = _span(counts[probe])
+        if span:
+            name, unit = ITEM_NAMES.get(probe, (probe, "items"))
+            parts.append(f"{name}: {span} {unit[:-1] if span == '1' else unit}")
+    return f"Items per probe: {'; '.join(parts)}." if parts else ""
+
+
+def runs_items_note(df: pd.DataFrame, probes: Iterable[str]) -> str:
+    """:func:`items_note` of the ok runs' ``items/<probe>`` columns for ``probes``."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    counts = {p: ok[items_key(p)].dropna() for p in dict.fromkeys(probes)
+              if items_key(p) in ok}
+    return items_note(counts)
+
+
+def _probe_stats(prefix: str, runs: pd.DataFrame, col: str) -> dict[str, float]:
+    """``:probe_lo`` / ``:probe_hi``: the runs' typical paired interval (median offsets from
+    each run's value) around the group's mean; {} when no run of the table carries one."""
+    stage, probe, metric = parse_score_key(col)  # type: ignore[misc]
+    lo, hi = ci_key("lo", stage, probe, metric), ci_key("hi", stage, probe, metric)
+    if stage not in INTERVAL_STAGES or lo not in runs or hi not in runs:
+        return {}
+    typical = typical_probe_ci(ProbeCI.around(v, a, b) for v, a, b in
+                               zip(runs[col], runs[lo], runs[hi], strict=True))
+    mean = mean_ci(runs[col].dropna()).mean
+    if typical is None:
+        return {f"{prefix}:probe_lo": math.nan, f"{prefix}:probe_hi": math.nan}
+    return {f"{prefix}:probe_lo": mean + typical.below, f"{prefix}:probe_hi": mean + typical.above}
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per group plus a ``base`` row per context; ``score/...`` = after (before for base).
 
     A group is one grid point of one method/selector (``point``: the overrides that are not
     the line or the draw), so its runs are draws of the same setting and their spread is an
     interval, not a mix of learning rates. Columns: the group keys, run counts, ``status``,
-    then ``<score|delta|rel_delta_pct>/<probe>/<metric>:<mean|std|ci|n>`` for every score.
+    then ``<score|delta|rel_delta_pct>/<probe>/<metric>:<mean|std|ci|n>`` for every score,
+    and ``:probe_lo`` / ``:probe_hi`` (the runs' own paired interval around the mean) for the
+    changes when any run carries one.
     """
     if "point" not in df:
         df = df.assign(point="defaults")
@@ -128,8 +191,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 stage, probe, metric = parse_score_key(col)  # type: ignore[misc]
                 if stage == "before":
                     continue
-                name = "score" if stage == "after" else stage
-                row.update(_stats(score_key(name, probe, metric), grp_ok[col]))
+                name = score_key("score" if stage == "after" else stage, probe, metric)
+                row.update(_stats(name, grp_ok[col]))
+                row.update(_probe_stats(name, grp_ok, col))
             rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:
@@ -204,7 +268,9 @@ def _cell(row: pd.Series, key: str, signed: bool) -> str:
         text = fmt(mean, signed)
         return text if n == row["n_ok"] else f"{text} (n={n})"
     half = row.get(f"{key}:ci", math.nan)
-    return fmt_ci(MeanCI(float(mean), math.nan if pd.isna(half) else float(half), n), signed)
+    probe = ProbeCI.around(mean, row.get(f"{key}:probe_lo"), row.get(f"{key}:probe_hi"))
+    return fmt_ci(MeanCI(float(mean), math.nan if pd.isna(half) else float(half), n), signed,
+                  probe=probe)
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -250,8 +316,17 @@ def _beyond_heldout_table(trained: pd.DataFrame, keys: list[str],
     )
 
 
-def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
-    """Scores (with the base row) and after − before changes, one Markdown table each."""
+def _paired_note(summary: pd.DataFrame) -> str:
+    """The ``probe ±`` and ``†`` legend, when any change of the tables carries one."""
+    cols = [c for c in summary.columns if str(c).endswith(":probe_lo")]
+    if not cols or summary[cols].isna().all().all():
+        return ""
+    return f"{PAIRED_NOTE} {UNRESOLVED_NOTE}"
+
+
+def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column], notes: str = "") -> str:
+    """Scores (with the base row) and after − before changes, one Markdown table each;
+    ``notes``: lines said under them (the items per probe)."""
     if summary.empty:
         return "_no runs_\n"
     keys = _key_columns(summary)
@@ -277,6 +352,7 @@ def markdown_tables(summary: pd.DataFrame, columns: Sequence[Column]) -> str:
         f"{beyond}"
         f"{CI_NOTE} ↑/↓ = the better direction, so forgetting is a Δ against the arrow. "
         "Failed runs count in `runs` and never contribute numbers.\n"
+        + "".join(f"\n{line}\n" for line in (_paired_note(summary), notes) if line)
     )
 
 
@@ -299,7 +375,8 @@ def markdown_report(df: pd.DataFrame, summary: pd.DataFrame, title: str) -> str:
     columns = display_columns(df)
     models = sorted(df["model"].dropna().unique()) if "model" in df else []
     line = f"{len(df)} runs; model: {', '.join(f'`{m}`' for m in models)}\n" if models else ""
-    parts = [f"## {title}\n", line, markdown_tables(summary, columns)]
+    notes = runs_items_note(df, [c.probe for c in columns])
+    parts = [f"## {title}\n", line, markdown_tables(summary, columns, notes)]
     problems = problem_runs(df)
     if problems:
         parts.append(problems)

@@ -1,7 +1,7 @@
 """A W&B saved-workspace spec for gain-vs-forgetting, built offline and published on demand.
 
 Sections: target gain vs forgetting (deltas), the learning-vs-forgetting frontier per probe
-(learning as :func:`smfexp.reporting.frontier.learning_column` takes it, forgetting as the
+(learning as :func:`smfexp.reporting.frontier.learning_of` takes it, forgetting as the
 probe's % change), before / after, training curves, and learning / forgetting along the
 stream (``stream/<probe>/<metric>`` against ``stream/facts``).
 
@@ -53,7 +53,7 @@ def _keys_by_probe(keys: Iterable[str], stage: str,
 def _frontier_axes(keys: Sequence[str], metrics: Mapping[str, Iterable[str]] | None
                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]:
     """The frontier's axes among ``keys``: learning ``(metric, key)`` per target metric (its
-    gain beyond the held-out questions, else its plain gain, like ``learning_column``) and
+    gain beyond the held-out questions, else its plain gain, like ``learning_of``) and
     forgetting ``(probe, key, higher_is_better)`` per probe of ``FORGETTING_METRICS``."""
     present = set(keys)
     learning = []
