@@ -62,7 +62,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup  ## benchmark suite -> BENCHMARKS.md (~45 min, run it alone; BENCH_ARGS=--quick: minutes); stream times from results/scale (SMF's default, full)
-	$(BIN)/python benchmarks/suite.py --out BENCHMARKS.md --stream-results results/scale/smf/n1000/k512_t1024_lr300.0_constant,results/scale/full $(BENCH_ARGS)
+	$(BIN)/python benchmarks/suite.py --out BENCHMARKS.md --stream-results results/previous_probes/scale/smf/n1000/k512_t1024_lr300.0_constant,results/previous_probes/scale/full $(BENCH_ARGS)
 
 gpu-check: setup  ## the CUDA check (benchmarks/gpu_check.py): tests, short runs, step times, eval throughput -> BENCHMARKS_GPU.md
 	$(BIN)/python benchmarks/gpu_check.py --out BENCHMARKS_GPU.md
