@@ -19,10 +19,9 @@ from smfexp.reporting.frontier import (
     grid_table,
     matched_learning,
     matched_markdown,
-    stream_mean,
-    stream_points,
-    stream_target_metric,
 )
+from smfexp.reporting.plots import curve_means
+from smfexp.reporting.stream import stream_points, stream_target_metric
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "forgetting_dashboard.ipynb"
 
@@ -212,11 +211,12 @@ def test_stream_points_average_the_seeds(partial_sweep):
     long = stream_points(runs)
     assert set(long["line"]) == {"smf/tfidf", "lora"}  # the old full run has no stream
     assert "n" not in set(long["metric"])  # row counts are no curve
-    mean = stream_mean(long).set_index(["line", "point", "probe", "facts"])
+    mean = curve_means(long, ["line", "point", "probe", "facts"]).set_index(
+        ["line", "point", "probe", "facts"])
     smf = mean.loc[("smf/tfidf", "method.lr=2", "target", 5)]
-    assert (smf["value"], smf["std"], smf["seeds"]) == (pytest.approx(0.3), 0.0, 2)
+    assert (smf["value"], smf["ci"], smf["n"]) == (pytest.approx(0.3), 0.0, 2)
     lora = mean.loc[("lora", "method.lr=1e-4", "wikitext", 10)]
-    assert lora["value"] == pytest.approx(20.0 * 1.06) and pd.isna(lora["std"])
+    assert lora["value"] == pytest.approx(20.0 * 1.06) and pd.isna(lora["ci"])
     assert stream_target_metric(runs) == "exact_match"
 
 

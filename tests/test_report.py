@@ -170,8 +170,11 @@ def test_summary_numbers(report) -> None:
     assert lora["delta/medmcqa/acc:n"] == 2
 
 
-def _md_row(markdown: str, method: str, selector: str, table: int) -> list[str]:
-    section = markdown.split("###")[table]
+SCORES, CHANGE = "### Scores after training", "### Change (after − before)"
+
+
+def _md_row(markdown: str, method: str, selector: str, table: str) -> list[str]:
+    section = markdown.split(table)[1].split("###")[0]
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[:2] == [method, selector]:
@@ -181,24 +184,24 @@ def _md_row(markdown: str, method: str, selector: str, table: int) -> list[str]:
 
 def test_markdown_table(report) -> None:
     md = report.markdown
-    header = next(line for line in md.split("###")[2].splitlines() if line.startswith("| method"))
+    header = next(line for line in md.split(CHANGE)[1].splitlines() if line.startswith("| method"))
     assert "Δ target acc ↑" in header and "Δ wikitext word_perplexity ↓" in header
-    row = _md_row(md, "smf", "tfidf", table=2)
+    row = _md_row(md, "smf", "tfidf", table=CHANGE)
     # 95% t-interval over 3 draws: t_{0.975,2} = 4.303 times sd / sqrt(3)
     assert "+0.2 ± 0.25 (n=3)" in row  # target Δ 0.1, 0.2, 0.3: sd 0.1
     assert "+1 ± 1.2 (n=3)" in row  # wikitext Δ 0.5, 1.0, 1.5: sd 0.5
-    random = _md_row(md, "smf", "random", table=2)
+    random = _md_row(md, "smf", "random", table=CHANGE)
     assert random[4] == "1 failed"
     assert all(c == "failed (1)" for c in random[5:]), random
-    assert "incomplete (1)" in _md_row(md, "smf", "all", table=2)
-    full = _md_row(md, "full", "-", table=2)
+    assert "incomplete (1)" in _md_row(md, "smf", "all", table=CHANGE)
+    full = _md_row(md, "full", "-", table=CHANGE)
     assert full[4] == "1 ok, 1 failed" and "+0.4 (n=1, no CI)" in full
-    lora = _md_row(md, "lora", "-", table=2)
+    lora = _md_row(md, "lora", "-", table=CHANGE)
     assert "+3 (n=1, no CI)" in lora  # one of its two runs logged wikitext
-    base = _md_row(md, "base", "-", table=1)
+    base = _md_row(md, "base", "-", table=SCORES)
     assert base[4:] == ["8", "0.25", "0.3", "0.1", "30 (n=7)"]  # one run lacks wikitext
     with pytest.raises(AssertionError):
-        _md_row(md, "base", "-", table=2)  # no base row among the changes
+        _md_row(md, "base", "-", table=CHANGE)  # no base row among the changes
     assert "out of memory" in md  # failed runs listed with their error
 
 

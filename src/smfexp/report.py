@@ -1,13 +1,21 @@
 """``python -m smfexp.report <dir>``: compare target gain vs forgetting across runs.
 
 <dir> is a run dir, a multirun dir (also a partial sweep) or any folder above them.
-Writes summary.md/csv (mean and 95% interval over fact draws per grid point, with the
-forgetting-at-matched-learning tables), runs.csv, pareto.png, training_curves.png,
-frontier.png and stream.png into ``--out`` (default ``<dir>/report``) and prints the
-Markdown. Scale runs (results.json ``nested`` / ``earlier_facts`` / stream ``memory``) add
-scale.png, scale_stream.png, memory_fill.png and their sections; SMF runs add how specific
-their row selection was. Hydra-free on purpose: reporting must work on a laptop that only
-has the output folders.
+Writes summary.md/csv, runs.csv, pareto.png, training_curves.png, frontier.png and
+stream.png into ``--out`` (default ``<dir>/report``) and prints the Markdown. summary.md
+opens with the answer (SMF vs the best baseline at matched learning, one table, and
+matched.png), then the per-run tables (mean and 95% interval over fact draws per grid
+point) and the full forgetting-at-matched-learning tables. Scale runs (results.json
+``nested`` / ``earlier_facts`` / stream ``memory``) add scale.png, scale_stream.png,
+memory_fill.png and their sections; SMF runs add how specific their row selection was.
+The report names paths relatively, never by this machine's absolute path.
+
+``python -m smfexp.report --relocate DIR...`` instead rewrites the absolute machine paths
+in the run outputs and reports under each DIR (results.json, .hydra/*.yaml, train.log,
+CSV, summary.md) as paths relative to the repository (see smfexp.reporting.relocate): run
+it on results copied from another machine before committing them; a second run changes
+nothing. Hydra-free on purpose: reporting must work on a laptop that only has the output
+folders.
 """
 
 from __future__ import annotations
@@ -27,7 +35,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m smfexp.report",
         description="Summarise smfexp runs: target gain vs forgetting (tables + plots).",
     )
-    p.add_argument("dir", type=Path, help="run dir, multirun dir, or any folder above them")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                   help="run dir, multirun dir, or any folder above them (one, unless "
+                        "--relocate)")
+    p.add_argument("--relocate", action="store_true",
+                   help="instead of a report: rewrite the absolute machine paths in the "
+                        "outputs and reports under each DIR relative to the repository "
+                        "(atomic, safe to rerun), e.g. before committing results")
+    p.add_argument("--repo", type=Path, default=None,
+                   help="with --relocate: the root paths become relative to (default: the "
+                        "git checkout holding DIR)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <dir>/report)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
@@ -65,17 +82,36 @@ def _quick_check(root: Path) -> str | None:
     return None
 
 
+def _relocate(dirs: Sequence[Path], repo: Path | None) -> int:
+    """``--relocate``: rewrite each DIR's machine paths; say what changed and what was left."""
+    from smfexp.reporting.relocate import relocate_tree, relocation_summary
+
+    missing = [d for d in dirs if not d.is_dir()]
+    if missing:
+        print(f"error: {missing[0]} is not a directory", file=sys.stderr)
+        return 2
+    for folder in dirs:
+        print(relocation_summary(relocate_tree(folder, repo), folder), file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _quick_check(args.dir)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.relocate:
+        return _relocate(args.dirs, args.repo)
+    if len(args.dirs) != 1:
+        parser.error("a report is made for one DIR (several only with --relocate)")
+    folder = args.dirs[0]
+    problem = _quick_check(folder)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     from smfexp.reporting import NoResultsError, write_report
 
-    out = args.out if args.out is not None else args.dir / "report"
+    out = args.out if args.out is not None else folder / "report"
     try:
-        report = write_report(args.dir, out)
+        report = write_report(folder, out)
     except NoResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

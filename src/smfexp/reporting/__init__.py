@@ -1,8 +1,8 @@
 """Turn run/multirun directories into a gain-vs-forgetting comparison (tables, plots, W&B).
 
 ``write_report`` is what ``python -m smfexp.report`` and the notebook call; the submodules
-are usable on their own (``collect`` -> DataFrame, ``tables``, ``plots``, ``frontier``,
-``wandb_workspace``).
+are usable on their own (``collect`` -> DataFrame, ``answer``, ``tables``, ``plots``,
+``frontier``, ``stream``, ``scale``, ``relocate``, ``wandb_workspace``).
 """
 
 from __future__ import annotations
@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pandas as pd
 
+from smfexp.reporting.answer import FIGURE, answer_markdown, matched_figure
 from smfexp.reporting.collect import (
     NoResultsError,
     collect_runs,
     load_runs,
+    portable_runs,
+    report_path,
     stream_keys,
     summary_keys,
     training_keys,
 )
 from smfexp.reporting.frontier import (
+    choose_levels,
     frontier_figure,
     grid_table,
+    matched_learning,
     matched_markdown,
-    stream_figure,
-    stream_points,
-    stream_target_metric,
 )
 from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
 from smfexp.reporting.scale import (
@@ -42,6 +44,7 @@ from smfexp.reporting.scale import (
     scale_stream_figure,
 )
 from smfexp.reporting.selection import selection_markdown, selection_points
+from smfexp.reporting.stream import stream_figure, stream_points, stream_target_metric
 from smfexp.reporting.tables import markdown_report, summarize
 from smfexp.utils.io import atomic_write_text
 
@@ -79,10 +82,13 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     """Collect every run under ``root`` and write summary.md/csv, runs.csv and the PNGs
     (pareto, training curves, the learning-vs-forgetting frontier, curves along the stream).
 
-    Runs with the scale fields add, only then: scale.png (forgetting at matched learning vs
-    stream length N, from ``nested``), scale_stream.png (every method's learning and
-    forgetting along the stream, grid points labelled, earlier facts kept), memory_fill.png
-    (SMF rows written and their share of background reads) and their summary.md sections.
+    summary.md opens with the answer (SMF against the best baseline at matched learning,
+    one table, and matched.png), then the per-run tables. Runs with the scale fields add,
+    only then: scale.png (forgetting at matched learning vs stream length N, from
+    ``nested``), scale_stream.png (learning and forgetting along the stream, a row per
+    method, grid points labelled, earlier facts kept), memory_fill.png (SMF rows written and
+    their share of background reads) and their summary.md sections. Paths in the written
+    files are relative (runs.csv ``run_dir``: to ``out``), so a report can be committed.
     ``out`` defaults to ``<root>/report``; it is never scanned for runs itself.
     """
     root = Path(root)
@@ -91,7 +97,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     summary = summarize(runs)
     nested = nested_grid(runs)
     grid, grid_note = same_length_grid(grid_table(runs), nested)
-    markdown = markdown_report(runs, summary, title=f"Report for {root.resolve()}")
+    answer, answer_files = _answer(grid, grid_note, out)
+    markdown = markdown_report(runs, summary, title=f"Report for {report_path(root, out)}",
+                               lead=answer)
     matched = matched_markdown(grid, note=grid_note)
     if matched:
         markdown = markdown + "\n" + matched
@@ -100,7 +108,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     files = {
         "summary.md": atomic_write_text(out / "summary.md", markdown),
         "summary.csv": atomic_write_text(out / "summary.csv", summary.to_csv(index=False)),
-        "runs.csv": atomic_write_text(out / "runs.csv", runs.to_csv(index=False)),
+        "runs.csv": atomic_write_text(out / "runs.csv",
+                                      portable_runs(runs, root, out).to_csv(index=False)),
+        **answer_files,
         "pareto.png": save_png(pareto_figure(runs), out / "pareto.png"),
         "training_curves.png": save_png(training_curves_figure(runs),
                                         out / "training_curves.png"),
@@ -109,6 +119,19 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
         **scale_files,
     }
     return Report(runs=runs, summary=summary, markdown=markdown, files=files)
+
+
+def _answer(grid: pd.DataFrame, note: str, out: Path) -> tuple[str, dict[str, Path]]:
+    """The opening section and matched.png: SMF against the best baseline at the levels
+    :func:`choose_levels` picks; nothing when the runs hold no such pair."""
+    if grid.empty:
+        return "", {}
+    levels = choose_levels(grid)
+    table = matched_learning(grid, levels.values)
+    text = answer_markdown(table, grid, notes=[note, levels.note])
+    if not text:
+        return "", {}
+    return text, {FIGURE: save_png(matched_figure(table), out / FIGURE)}
 
 
 def _scale_report(runs: pd.DataFrame, nested: pd.DataFrame,

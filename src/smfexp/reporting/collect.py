@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -430,12 +431,58 @@ def _to_bool(value: Any) -> bool | None:
     return None
 
 
+def report_path(path: str | Path, out: str | Path) -> str:
+    """How a report names ``path``: relative to the current directory when below it (what
+    was typed, e.g. ``results/scale``), else relative to the report dir ``out``; never the
+    machine's absolute path."""
+    found = Path(path).resolve()
+    here = Path.cwd().resolve()
+    if found.is_relative_to(here):
+        return found.relative_to(here).as_posix() or "."
+    return Path(os.path.relpath(found, Path(out).resolve())).as_posix()
+
+
+def run_dir_path(run_dir: str | Path, out: str | Path) -> str:
+    """How runs.csv names a run dir: relative to the report dir ``out`` when the two share a
+    folder below ``/`` (so :func:`load_runs` finds the logs wherever they move together),
+    else as :func:`report_path` names it."""
+    found, base = Path(run_dir).resolve(), Path(out).resolve()
+    if os.path.commonpath([found, base]) != found.anchor:
+        return Path(os.path.relpath(found, base)).as_posix()
+    return report_path(found, base)
+
+
+def portable_runs(df: pd.DataFrame, root: str | Path, out: str | Path) -> pd.DataFrame:
+    """The runs as runs.csv stores them: ``run_dir`` by :func:`run_dir_path` and the results
+    root named relatively in the error messages; no absolute path of this machine."""
+    df = df.copy()
+    if "run_dir" in df:
+        df["run_dir"] = [run_dir_path(d, out) if isinstance(d, str) and Path(d).is_absolute()
+                         else d for d in df["run_dir"]]
+    if "error" in df:
+        where, name = str(Path(root).resolve()), report_path(root, out)
+        df["error"] = [e.replace(where, name) if isinstance(e, str) else e for e in df["error"]]
+    return df
+
+
+def _resolve_run_dir(value: Any, base: Path) -> Any:
+    """A runs.csv ``run_dir``: relative to the report dir (reports since they are portable),
+    else as written (absolute, or relative to the repository in scrubbed older reports)."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    beside = base / value
+    return str(beside.resolve()) if beside.exists() else value
+
+
 def load_runs(path: str | Path) -> pd.DataFrame:
     """Runs from a report dir (its runs.csv) or from a run/multirun dir (its results.json)."""
     path = Path(path)
     runs_csv = path / "runs.csv"
     if runs_csv.is_file():
-        return normalize_runs(pd.read_csv(runs_csv))
+        runs = normalize_runs(pd.read_csv(runs_csv))
+        if "run_dir" in runs:
+            runs["run_dir"] = [_resolve_run_dir(d, path) for d in runs["run_dir"]]
+        return runs
     return collect_runs(path, exclude=[path / "report"])
 
 

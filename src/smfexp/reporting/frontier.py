@@ -22,20 +22,18 @@ draw); matched numbers are interpolated per draw, then averaged with a 95% inter
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from smfexp.reporting.collect import (
-    NO_SELECTOR,
-    RESULTS,
     TARGET,
     ci_key,
     draw_id,
@@ -43,7 +41,16 @@ from smfexp.reporting.collect import (
     items_key,
     score_key,
 )
-from smfexp.reporting.plots import group_label, new_figure
+from smfexp.reporting.plots import (
+    MAX_LINES,
+    balanced_chunks,
+    empty_figure,
+    figure_legend,
+    line_label,
+    line_order,
+    new_figure,
+    point_labels,
+)
 from smfexp.reporting.stats import (
     UNRESOLVED_NOTE,
     MeanCI,
@@ -54,7 +61,7 @@ from smfexp.reporting.stats import (
     overlap_text,
     typical_probe_ci,
 )
-from smfexp.reporting.tables import METHOD_ORDER, SELECTOR_ORDER, items_note, md_table, rank
+from smfexp.reporting.tables import items_note, md_table
 
 # continuous metric per forgetting probe: (metric, higher is better)
 FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
@@ -185,15 +192,6 @@ def measure_rows(flat: Mapping[str, Any], target_metric: object) -> list[dict[st
             if (found := forgetting_of(flat, probe))]
 
 
-def line_label(method: str, selector: object) -> str:
-    return group_label(str(method), str(selector) if selector else NO_SELECTOR)
-
-
-def line_order(label: str) -> tuple:
-    method, _, selector = label.partition("/")
-    return rank(method, METHOD_ORDER), rank(selector or NO_SELECTOR, SELECTOR_ORDER), label
-
-
 def draw_column(grid: pd.DataFrame) -> str:
     """The column that tells replicates apart: ``draw`` (seed + fact draw), else ``seed``."""
     return "draw" if "draw" in grid else "seed"
@@ -321,7 +319,7 @@ def pair_levels(reach: float, standard: Sequence[float] = LEVELS,
     return tuple(round(step * k, 6) for k in range(1, math.floor(reach / step + 1e-9) + 1))
 
 
-def _pct(share: float) -> str:
+def pct(share: float) -> str:
     return f"{100 * share:.3g}%"
 
 
@@ -330,8 +328,8 @@ def _pair_text(pair: tuple[str, str], reach: Mapping[str, float],
     a, b = pair
     weaker = min(pair, key=lambda ln: (reach[ln], ln))
     name = a if a == b else f"{a} vs {b}"
-    at = ", ".join(_pct(v) for v in values) if values else "no level"
-    return f"{name} at {at} ({weaker} reaches {_pct(reach[weaker])} in its weakest draw)"
+    at = ", ".join(pct(v) for v in values) if values else "no level"
+    return f"{name} at {at} ({weaker} reaches {pct(reach[weaker])} in its weakest draw)"
 
 
 def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS,
@@ -347,61 +345,69 @@ def choose_levels(grid: pd.DataFrame, standard: Sequence[float] = LEVELS,
     note = "; ".join(_pair_text(p, reach, per_pair[p]) for p in
                      sorted(low, key=lambda p: (line_order(p[0]), line_order(p[1]))))
     if note:
-        note = f"Below {_pct(standard[0])} learned: {note}."
+        note = f"Below {pct(standard[0])} learned: {note}."
     return Levels(values or tuple(standard), note)
 
 
 # --------------------------------------------------------------------------- the table
-def _missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
     return value is None or bool(pd.isna(value))
 
 
-def _ci_of(at: pd.DataFrame, line: str) -> MeanCI:
+def level_ci(at: pd.DataFrame, line: str) -> MeanCI:
+    """``line``'s forgetting at one level (rows of :func:`matched_learning` by line)."""
     row = at.loc[line]
-    if _missing(row["forgetting"]):
+    if is_missing(row["forgetting"]):
         return MeanCI(math.nan, math.nan, 0)
     half = row["ci"]
-    return MeanCI(float(row["forgetting"]), math.nan if _missing(half) else float(half),
+    return MeanCI(float(row["forgetting"]), math.nan if is_missing(half) else float(half),
                   int(row["draws"]))
 
 
-def _probe_of(row: pd.Series) -> ProbeCI | None:
+def probe_ci_of(row: pd.Series) -> ProbeCI | None:
+    """The probe's own paired interval of a matched row; None for runs without one."""
     below, above = row.get("probe_below"), row.get("probe_above")
-    return None if _missing(below) or _missing(above) else ProbeCI(float(below), float(above))
+    if is_missing(below) or is_missing(above):
+        return None
+    return ProbeCI(float(below), float(above))
 
 
-def _cell(row: pd.Series) -> str:
-    if _missing(row["forgetting"]):
-        if _missing(row.get("best_learning")):
+def matched_cell(row: pd.Series, probe: bool = True) -> str:
+    """A matched row as ``+0.88% ± 1.6 (n=3; probe ± 0.4)``, or how far a short line got;
+    ``probe=False`` leaves the paired interval to a column of its own."""
+    if is_missing(row["forgetting"]):
+        if is_missing(row.get("best_learning")):
             return "not reached"
-        return (f"reaches at most {_pct(row['best_learning'])} "
+        return (f"reaches at most {pct(row['best_learning'])} "
                 f"(forgetting {row['best_forgetting']:+.2f}%)")
-    ci = MeanCI(float(row["forgetting"]), math.nan if _missing(row["ci"]) else float(row["ci"]),
-                int(row["draws"]))
+    half = math.nan if is_missing(row["ci"]) else float(row["ci"])
+    ci = MeanCI(float(row["forgetting"]), half, int(row["draws"]))
     return fmt_ci(ci, signed=True, digits=".2f", unit="%", of=int(row["of"]),
-                  probe=_probe_of(row))
+                  probe=probe_ci_of(row) if probe else None)
 
 
-def _ratio(mine: MeanCI, ref: MeanCI) -> str:
+def ratio_text(mine: MeanCI, ref: MeanCI) -> str:
+    """SMF's forgetting over the baseline's (``0.10x``); both values when the baseline's is
+    not positive, where a ratio says nothing."""
     return f"{mine.mean / ref.mean:.2f}x" if ref.mean > 0 else \
         f"{mine.mean:+.2f} vs {ref.mean:+.2f}"
 
 
-def _best_baseline(at: pd.DataFrame, baselines: Sequence[str]) -> tuple[str, MeanCI] | None:
+def best_baseline(at: pd.DataFrame, baselines: Sequence[str]) -> tuple[str, MeanCI] | None:
     """The baseline forgetting least among those some draw of which reaches the level."""
-    reached = [(b, ci) for b in baselines if b in at.index and (ci := _ci_of(at, b)).n > 0]
+    reached = [(b, ci) for b in baselines if b in at.index and (ci := level_ci(at, b)).n > 0]
     return min(reached, key=lambda kv: kv[1].mean) if reached else None
 
 
 def _versus(at: pd.DataFrame, line: str, baselines: Sequence[str]) -> list[str]:
     """``0.25x (full)`` and ``overlap`` / ``separate`` of ``line`` against the best baseline
     that reaches the level; ``-`` when either is missing."""
-    mine = _ci_of(at, line) if line in at.index else MeanCI(math.nan, math.nan, 0)
-    best = _best_baseline(at, baselines)
+    mine = level_ci(at, line) if line in at.index else MeanCI(math.nan, math.nan, 0)
+    best = best_baseline(at, baselines)
     if best is None or mine.n == 0:
         return ["-", "-"]
     name, ref = best
-    return [f"{_ratio(mine, ref)} ({name})", overlap_text(mine, ref)]
+    return [f"{ratio_text(mine, ref)} ({name})", overlap_text(mine, ref)]
 
 
 def comparison_table(block: pd.DataFrame, lead: str | None = None) -> str:
@@ -420,8 +426,8 @@ def comparison_table(block: pd.DataFrame, lead: str | None = None) -> str:
     for value, sub in groups:
         for level in sorted(sub["level"].unique()):
             at = sub[sub["level"] == level].set_index("line")
-            cells = [*([str(value)] if lead else []), _pct(level),
-                     *(_cell(at.loc[ln]) if ln in at.index else "not run" for ln in lines)]
+            cells = [*([str(value)] if lead else []), pct(level),
+                     *(matched_cell(at.loc[ln]) if ln in at.index else "not run" for ln in lines)]
             for ln in smf_lines:
                 cells += _versus(at, ln, baselines)
             rows.append(cells)
@@ -489,143 +495,95 @@ def matched_markdown(grid: pd.DataFrame, levels: Sequence[float] | None = None,
     return "\n".join(parts) + "\n"
 
 
+def point_keys(points: pd.DataFrame, lines: Sequence[str]) -> dict[tuple[str, str], str]:
+    """(line, point) -> its short key on the figure (``1``, ``2``, ... per line, by point)."""
+    return {(line, point): str(k) for line in lines
+            for k, point in enumerate(sorted(points.loc[points["line"] == line, "point"]
+                                             .astype(str).unique()), 1)}
+
+
+def key_legend(fig: Figure, keys: Mapping[tuple[str, str], str]) -> None:
+    """What each point's number stands for: its own overrides (those every point of its line
+    shares said once), outside the panels, under the lines' legend."""
+    entries = []
+    for line in dict.fromkeys(line for line, _ in keys):
+        points = [p for ln, p in keys if ln == line]
+        shared, labels = point_labels(points)
+        entries.append(f"{line}" + (f" ({shared})" if shared else "") + ":")
+        entries += [f"  {keys[(line, p)]}: {labels[p]}" for p in points]
+    handles = [Line2D([], [], ls="none") for _ in entries]
+    fig.legend(handles, entries, loc="outside right lower", fontsize=6, handlelength=0,
+               handletextpad=0, frameon=False, title="grid points", title_fontsize=7,
+               alignment="left")
+
+
+def _label_points(ax: Axes, mine: pd.DataFrame, color: str,
+                  keys: Mapping[tuple[str, str], str]) -> None:
+    """Each grid point's number beside its marker (kept out of the layout)."""
+    for r in mine.itertuples():
+        text = ax.annotate(keys[(str(r.line), str(r.point))], (100 * r.learning, r.forgetting),
+                           fontsize=6, color=color, xytext=(3, 3), textcoords="offset points",
+                           annotation_clip=True)
+        text.set_in_layout(False)
+
+
+def _frontier_panel(ax: Axes, block: pd.DataFrame, lines: Sequence[str],
+                    colors: Mapping[str, str], keys: Mapping[tuple[str, str], str]) -> None:
+    """One probe: every line's grid points (mean ± 95% CI over draws, numbered) and its
+    frontier from the base at the origin."""
+    for line in lines:
+        mine = block[block["line"] == line]
+        if mine.empty:
+            continue
+        ax.errorbar(100 * mine["learning"], mine["forgetting"],
+                    xerr=100 * mine["learning_ci"].fillna(0),
+                    yerr=mine["forgetting_ci"].fillna(0), fmt="o", ms=4, alpha=0.55,
+                    color=colors[line], elinewidth=0.8)
+        _label_points(ax, mine, colors[line], keys)
+        front = frontier(Point(r.learning, r.forgetting) for r in mine.itertuples())
+        if front[0] != Point(0.0, 0.0):  # a point learns more *and* forgets less than
+            front = [Point(0.0, 0.0), *front]  # the base: the line still starts there
+        ax.plot([100 * p.learning for p in front], [p.forgetting for p in front], "-",
+                color=colors[line], label=line, lw=1.6)
+    ax.scatter([0], [0], marker="*", s=90, color="black", zorder=5, label="base")
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.grid(alpha=0.25)
+
+
+def line_rows(lines: Sequence[str], limit: int = MAX_LINES) -> list[list[str]]:
+    """Lines split into panels of at most ``limit``: every panel keeps the baselines, so
+    each SMF line is seen next to them."""
+    baselines = [ln for ln in lines if ln in BASELINES]
+    others = [ln for ln in lines if ln not in BASELINES]
+    if len(lines) <= limit or not others:
+        return [list(lines)]
+    room = max(1, limit - len(baselines))
+    return [[*part, *baselines] for part in balanced_chunks(others, room)]
+
+
 def frontier_figure(grid: pd.DataFrame) -> Figure:
     """One panel per probe: x = learning (% of facts), y = forgetting; grid points (mean ±
-    95% CI over draws) and each method's frontier from the base at the origin."""
+    95% CI over draws, numbered, the numbers' overrides beside the panels) and each method's
+    frontier from the base at the origin; more than six lines: a row per six (the baselines
+    in each)."""
     points = mean_points(grid)
     probes = list(dict.fromkeys(points["probe"])) if not points.empty else []
-    fig = new_figure(4.6 * max(len(probes), 1), 3.8)
     if not probes:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no run measured learning and forgetting", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return empty_figure("no run measured learning and forgetting")
     lines = sorted(points["line"].unique(), key=line_order)
     colors = {ln: f"C{i % 10}" for i, ln in enumerate(lines)}
-    for i, probe in enumerate(probes, 1):
-        ax = fig.add_subplot(1, len(probes), i)
-        block = points[points["probe"] == probe]
-        for line in lines:
-            mine = block[block["line"] == line]
-            if mine.empty:
-                continue
-            ax.errorbar(100 * mine["learning"], mine["forgetting"],
-                        xerr=100 * mine["learning_ci"].fillna(0),
-                        yerr=mine["forgetting_ci"].fillna(0), fmt="o", ms=4, alpha=0.55,
-                        color=colors[line], elinewidth=0.8)
-            front = frontier(Point(r.learning, r.forgetting) for r in mine.itertuples())
-            if front[0] != Point(0.0, 0.0):  # a point learns more *and* forgets less than
-                front = [Point(0.0, 0.0), *front]  # the base: the line still starts there
-            ax.plot([100 * p.learning for p in front], [p.forgetting for p in front], "-",
-                    color=colors[line], label=line, lw=1.6)
-        ax.scatter([0], [0], marker="*", s=90, color="black", zorder=5, label="base")
-        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-        metric = FORGETTING_METRICS[probe][0]
-        ax.set_xlabel("facts learned beyond held-out (%)")
-        ax.set_ylabel(f"forgetting on {probe}: {metric} change (%)\n(↑ more forgetting)")
-        ax.set_title(probe)
-        if i == 1:
-            ax.legend(fontsize=8)
-    return fig
-
-
-# --------------------------------------------------------------------------- the stream
-def each_results(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(labels, results.json) of every ok run: labels = line, point, draw, run_dir."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    for index, run in ok.iterrows():
-        try:
-            results = json.loads((Path(run["run_dir"]) / RESULTS).read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(results, dict):
-            labels = {"line": line_label(run["method"], run.get("selector")),
-                      "point": grid_point(run.get("overrides")), "draw": run_draw(run),
-                      "run_dir": str(run["run_dir"]), "index": index}
-            metric = run.get("target_metric")
-            labels["target_metric"] = metric if isinstance(metric, str) else "exact_match"
-            yield labels, results
-
-
-def stream_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Long table of every run's stream points: line, point, seed, facts, probe, metric, value
-    (the ``stream/<probe>/<metric>`` values; row counts ``n`` left out, as in the logs)."""
-    rows = []
-    seeds = df["seed"] if "seed" in df else pd.Series(dtype=object)
-    for labels, results in each_results(df):
-        stream = results.get("stream")
-        for entry in (stream or {}).get("points", []) if isinstance(stream, dict) else []:
-            for probe, metrics in (entry.get("scores") or {}).items():
-                for metric, value in (metrics or {}).items():
-                    if metric != "n" and isinstance(value, int | float) \
-                            and not isinstance(value, bool):
-                        rows.append({"line": labels["line"], "point": labels["point"],
-                                     "seed": seeds.get(labels["index"]), "draw": labels["draw"],
-                                     "facts": entry.get("facts"),
-                                     "probe": probe, "metric": metric, "value": float(value)})
-    return pd.DataFrame(rows)
-
-
-def stream_mean(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and 95% CI half-width (``ci``) over draws of :func:`stream_points` per
-    (line, point, probe, metric, facts), by increasing facts; ``seeds`` says how many runs
-    reached that point."""
-    keys = ["line", "point", "probe", "metric", "facts"]
-    if long.empty:
-        return pd.DataFrame(columns=[*keys, "value", "std", "ci", "seeds"])
-    agg = long.groupby(keys, sort=False, dropna=False).agg(
-        value=("value", "mean"), std=("value", "std"), ci=("value", ci_half),
-        seeds=("value", "size"))
-    return agg.reset_index().sort_values(["line", "point", "probe", "metric", "facts"],
-                                         kind="stable", ignore_index=True)
-
-
-def stream_target_metric(df: pd.DataFrame, default: str = "exact_match") -> str:
-    """The runs' most common target metric (what the learning curve shows), else ``default``."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    metrics = ok.get("target_metric", pd.Series(dtype=object)).dropna().astype(str)
-    return str(metrics.mode().iloc[0]) if not metrics.empty else default
-
-
-def stream_figure(df: pd.DataFrame, target_metric: str | None = None) -> Figure:
-    """Facts learned (the target subset's score, by default in the runs' target metric) and
-    each probe's continuous metric against the facts the stream has reached; one line per
-    grid point (mean over draws, its 95% CI shaded), coloured by method."""
-    target_metric = target_metric or stream_target_metric(df)
-    long = stream_points(df)
-    panels: list[tuple[str, str]] = []
-    if not long.empty:
-        if ((long["probe"] == TARGET) & (long["metric"] == target_metric)).any():
-            panels.append((TARGET, target_metric))
-        for probe, (metric, _) in FORGETTING_METRICS.items():
-            if ((long["probe"] == probe) & (long["metric"] == metric)).any():
-                panels.append((probe, metric))
-    fig = new_figure(4.2 * max(len(panels), 1), 3.5)
-    if not panels:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no stream scores (set eval.every_n_facts)", ha="center",
-                va="center")
-        ax.set_axis_off()
-        return fig
-    lines = sorted(long["line"].unique(), key=line_order)
-    colors = {ln: f"C{i % 10}" for i, ln in enumerate(lines)}
-    for i, (probe, metric) in enumerate(panels, 1):
-        ax = fig.add_subplot(1, len(panels), i)
-        block = long[(long["probe"] == probe) & (long["metric"] == metric)]
-        means = stream_mean(block)
-        for line in lines:  # legend in method order, one entry per method
-            curves = means[means["line"] == line].groupby("point", sort=False)
-            for n, (_, curve) in enumerate(curves):
-                ax.plot(curve["facts"], curve["value"], "-", lw=1, alpha=0.8,
-                        color=colors[line], label=None if n else line)
-                spread = curve["ci"].fillna(0)
-                if (spread > 0).any():
-                    ax.fill_between(curve["facts"], curve["value"] - spread,
-                                    curve["value"] + spread, color=colors[line], alpha=0.15,
-                                    lw=0)
-        ax.set_xlabel("facts seen")
-        ax.set_ylabel(f"{'trained facts' if probe == TARGET else probe}: {metric}")
-        ax.set_title("learning" if probe == TARGET else f"forgetting: {probe}")
-        if i == 1:
-            ax.legend(fontsize=8)
+    rows = line_rows(lines)
+    keys = point_keys(points, lines)
+    fig = new_figure(4.6 * len(probes) + 2.4, max(3.8 * len(rows), 1.2 + 0.13 * len(keys)))
+    axes = fig.subplots(len(rows), len(probes), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, probe in enumerate(probes):
+            ax = axes[r][c]
+            _frontier_panel(ax, points[points["probe"] == probe], row, colors, keys)
+            metric = FORGETTING_METRICS[probe][0]
+            ax.set_xlabel("facts learned beyond held-out (%)")
+            ax.set_ylabel(f"forgetting on {probe}: {metric} change (%)\n(↑ more forgetting)")
+            ax.set_title(probe)
+    figure_legend(fig, axes.ravel())
+    key_legend(fig, keys)
     return fig

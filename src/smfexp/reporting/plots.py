@@ -1,21 +1,31 @@
-"""Matplotlib (Agg, no pyplot state) figures: the gain-vs-forgetting Pareto view and loss curves.
+"""Matplotlib (Agg, no pyplot state) figures and what they share: the gain-vs-forgetting
+Pareto view, training curves, and the faceted curve grid every along-the-run figure uses.
 
 Both axes of the Pareto view are signed so the ideal corner is the same for every probe:
 up = more target gain, right = more forgetting. The base model sits at the origin.
+
+A panel draws at most :data:`MAX_LINES` curves, since more cannot be told apart: a method with
+more grid points gets several rows (facets), each with its legend outside the axes, titled
+by the method and the overrides its points share, each curve labelled by its own overrides.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smfexp.reporting.collect import NO_SELECTOR, TARGET, load_training_log, score_key
+from smfexp.reporting.stats import ci_half
 from smfexp.reporting.tables import (
     CONTEXT_KEYS,
     METHOD_ORDER,
@@ -28,6 +38,8 @@ from smfexp.reporting.tables import (
 from smfexp.utils.io import atomic_file
 
 MARKERS = {NO_SELECTOR: "o", "tfidf": "^", "kl": "s", "random": "D", "all": "v"}
+MAX_LINES = 6  # curves per panel
+LEGEND_FONT = 7
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -46,6 +58,221 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 def group_label(method: str, selector: str, context: Sequence[str] = ()) -> str:
     name = method if selector in (NO_SELECTOR, "", None) else f"{method}/{selector}"
     return f"{name} [{', '.join(context)}]" if context else name
+
+
+def line_label(method: str, selector: object) -> str:
+    """A method line's name: ``smf/tfidf``, ``lora``."""
+    return group_label(str(method), str(selector) if selector else NO_SELECTOR)
+
+
+def line_order(label: str) -> tuple:
+    """Sort key of line names: SMF (by selector), LoRA, full, then unknown ones."""
+    method, _, selector = label.partition("/")
+    return rank(method, METHOD_ORDER), rank(selector or NO_SELECTOR, SELECTOR_ORDER), label
+
+
+def legend_outside(ax: Axes, title: str | None = None,
+                   handles: Sequence[Any] | None = None,
+                   labels: Sequence[str] | None = None) -> None:
+    """The legend to the right of ``ax``, never over the data (constrained layout makes
+    room for it); nothing when there is nothing labelled."""
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
+              fontsize=LEGEND_FONT, title=title, title_fontsize=LEGEND_FONT, frameon=False,
+              alignment="left")
+
+
+def _handles(axes: Iterable[Axes]) -> dict[str, Any]:
+    """label -> handle over ``axes``, every label once, in first-seen order."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    return seen
+
+
+def row_legend(axes: Sequence[Axes], title: str | None = None) -> None:
+    """One legend for a row of panels (every label once), outside its last panel."""
+    seen = _handles(axes)
+    legend_outside(axes[-1], title, list(seen.values()), list(seen))
+
+
+def figure_legend(fig: Figure, axes: Iterable[Axes], title: str | None = None) -> None:
+    """One legend for panels that share their lines, outside them on the right."""
+    seen = _handles(axes)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper",
+                   fontsize=LEGEND_FONT + 1, title=title, frameon=False)
+
+
+# --------------------------------------------------------------------------- facets
+@dataclass(frozen=True)
+class Facet:
+    """One row of a curve grid: a method line and at most :data:`MAX_LINES` of its grid
+    points, each with the label that tells it from the others."""
+
+    line: str
+    points: tuple[str, ...]
+    labels: Mapping[str, str]
+    title: str
+
+    def color(self, point: str) -> str:
+        return f"C{self.points.index(point) % 10}"
+
+
+def point_labels(points: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """The overrides every point shares (said once) and each point's own (its label)."""
+    tokens = {p: p.split() for p in points}
+    common = set.intersection(*(set(t) for t in tokens.values())) if len(points) > 1 else set()
+    shared = " ".join(t for t in tokens[points[0]] if t in common) if points else ""
+    return shared, {p: " ".join(t for t in tokens[p] if t not in common) or "defaults"
+                    for p in points}
+
+
+def balanced_chunks(items: Sequence[Any], limit: int = MAX_LINES) -> list[list[Any]]:
+    """``items`` in consecutive chunks of at most ``limit``, as even as possible."""
+    count = max(1, math.ceil(len(items) / limit))
+    size = math.ceil(len(items) / count) if items else 0
+    return [list(items[i:i + size]) for i in range(0, len(items), size)] if items else []
+
+
+def facets(points_by_line: Mapping[str, Iterable[str]], limit: int = MAX_LINES) -> list[Facet]:
+    """Rows of a curve grid: each line in :func:`line_order`, its points sorted and split into
+    rows of at most ``limit``."""
+    rows = []
+    for line in sorted(points_by_line, key=line_order):
+        points = sorted(set(points_by_line[line]))
+        shared, labels = point_labels(points)
+        parts = balanced_chunks(points, limit)
+        for i, part in enumerate(parts, 1):
+            title = line + (f" ({i} of {len(parts)})" if len(parts) > 1 else "")
+            if shared:
+                title += "\n" + "\n".join(textwrap.wrap(shared, 40))
+            rows.append(Facet(line, tuple(part), {p: labels[p] for p in part}, title))
+    return rows
+
+
+def facets_of(*longs: pd.DataFrame, limit: int = MAX_LINES) -> list[Facet]:
+    """:func:`facets` of the (line, point) pairs the long tables hold."""
+    found: dict[str, set[str]] = {}
+    for long in longs:
+        if not long.empty:
+            for line, point in long[["line", "point"]].drop_duplicates().itertuples(index=False):
+                found.setdefault(str(line), set()).add(str(point))
+    return facets(found, limit)
+
+
+# --------------------------------------------------------------------------- curve grids
+@dataclass(frozen=True)
+class Panel:
+    """One column of a curve grid: the ``probe`` / ``metric`` rows of the long tables."""
+
+    probe: str
+    metric: str
+    title: str
+    ylabel: str
+
+
+def curve_means(long: pd.DataFrame, keys: Sequence[str] = ("line", "point", "facts"),
+                ) -> pd.DataFrame:
+    """Mean and 95% CI half-width (``ci``) of ``value`` over draws per ``keys``, by ``keys``."""
+    if long.empty:
+        return pd.DataFrame(columns=[*keys, "value", "ci", "n"])
+    agg = long.groupby(list(keys), sort=False, dropna=False).agg(
+        value=("value", "mean"), ci=("value", ci_half), n=("value", "size"))
+    return agg.reset_index().sort_values(list(keys), kind="stable", ignore_index=True)
+
+
+def _select(long: pd.DataFrame, panel: Panel, line: str) -> pd.DataFrame:
+    if long.empty:
+        return long
+    return long[(long["probe"] == panel.probe) & (long["metric"] == panel.metric)
+                & (long["line"] == line)]
+
+
+def draw_curves(ax: Axes, curves: pd.DataFrame, marks: pd.DataFrame, facet: Facet,
+                band: bool = True) -> None:
+    """One labelled curve per grid point of ``facet`` (mean over draws, 95% CI shaded unless
+    ``band`` is off) and its marks (e.g. the nested N: mean ± CI squares), joined by a line
+    when it has no curve."""
+    curves, marks = curve_means(curves), curve_means(marks)
+    for point in facet.points:
+        color, label = facet.color(point), facet.labels[point]
+        curve = curves[curves["point"] == point] if not curves.empty else curves
+        if not curve.empty:
+            ax.plot(curve["facts"], curve["value"], "-", color=color, lw=1.3, label=label)
+            spread = curve["ci"].astype(float).fillna(0)
+            if band and (spread > 0).any():
+                ax.fill_between(curve["facts"].astype(float), curve["value"] - spread,
+                                curve["value"] + spread, color=color, alpha=0.12, lw=0)
+        dot = marks[marks["point"] == point] if not marks.empty else marks
+        if not dot.empty:
+            ax.errorbar(dot["facts"], dot["value"], yerr=dot["ci"].astype(float).fillna(0),
+                        fmt="s" if not curve.empty else "s-", lw=0.9, ms=4, capsize=2,
+                        color=color, label=None if not curve.empty else label)
+
+
+Extra = tuple[str, Callable[[Axes, Facet], None]]  # a last column: title, how to draw it
+
+
+def facet_axes(rows: int, columns: int, share_y: bool = True, width: float = 3.3,
+               height: float = 2.5) -> tuple[Figure, np.ndarray]:
+    """A rows x columns grid sharing each column's x (and y, so rows compare), with room
+    right for the legends."""
+    fig = new_figure(width * columns + 2.8, height * rows + 0.6)
+    axes = fig.subplots(rows, columns, squeeze=False, sharex="col",
+                        sharey="col" if share_y else False)
+    return fig, axes
+
+
+def curve_grid(curves: pd.DataFrame, marks: pd.DataFrame, panels: Sequence[Panel],
+               xlabel: str, extra: Sequence[Extra] = (), empty: str = "no curves",
+               band: bool = True, share_y: bool = True) -> Figure:
+    """Rows = :func:`facets_of` the curves and marks, columns = ``panels`` (then ``extra``);
+    each row's legend (titled by its facet) outside its last panel. ``band``: the 95% CI
+    over draws shaded; ``share_y``: one y scale per column."""
+    rows = facets_of(curves, marks)
+    if not rows or not (panels or extra):
+        return empty_figure(empty)
+    fig, axes = facet_axes(len(rows), len(panels) + len(extra), share_y)
+    for r, facet in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            draw_curves(ax, _select(curves, panel, facet.line), _select(marks, panel, facet.line),
+                        facet, band)
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+            ax.set_title(panel.title if r == 0 else "", fontsize=9)
+            ax.grid(alpha=0.25)
+        for c, (title, draw) in enumerate(extra, len(panels)):
+            draw(axes[r][c], facet)
+            axes[r][c].set_title(title if r == 0 else "", fontsize=9)
+            if r < len(rows) - 1:
+                axes[r][c].set_xlabel("")  # said once, under the last row
+            axes[r][c].grid(alpha=0.25)
+        row_legend(list(axes[r]), facet.title)
+    for ax in axes[-1][:len(panels)]:
+        ax.set_xlabel(xlabel)
+    return fig
+
+
+def open_markers(ax: Axes, x: Any, y: Any, color: str) -> None:
+    """Hollow markers over points that not every draw reaches (a mean of fewer draws)."""
+    ax.scatter(x, y, s=30, facecolors="white", edgecolors=color, linewidths=1.2, zorder=4)
+
+
+PARTIAL_NOTE = "open marker: not every draw reaches it"
+
+
+def empty_figure(text: str, width: float = 6.0, height: float = 3.0) -> Figure:
+    """A figure that says why it has nothing to draw."""
+    fig = new_figure(width, height)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
 
 
 def _varying_context(df: pd.DataFrame) -> list[str]:
@@ -136,12 +363,12 @@ def pareto_figure(df: pd.DataFrame) -> Figure:
             ax.errorbar(x[both].mean(), y[both].mean(),
                         xerr=np.nan_to_num(std(x[both])), yerr=np.nan_to_num(std(y[both])),
                         marker=MARKERS.get(selector, "P"), ms=8, capsize=3, ls="none",
-                        color=colors[label], label=f"{label} (n={int(both.sum())})")
+                        color=colors[label], label=f"{label} (n={len(grp)})")
         ax.set_title(col.probe)
         ax.set_xlabel(_axis_text(col, gain=False))
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+    figure_legend(fig, axes[:n])
     fig.suptitle("Target gain vs forgetting (mean ± std over seeds; base model at origin)")
     missing = [label for key, label in _labels(df, context).items() if key not in by_key]
     if missing:
@@ -149,43 +376,46 @@ def pareto_figure(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def training_curves_figure(df: pd.DataFrame, keys: Sequence[str] = ("train/loss", "train/lr"),
-                           ) -> Figure:
-    """Training curves from each run's Lightning CSV log, one colour per method/selector."""
-    logs = []
-    for _, run in df.iterrows():
+
+
+# --------------------------------------------------------------------------- training curves
+def _smooth(values: pd.Series, steps: int) -> pd.Series:
+    """Rolling mean over 2% of the run (a per-step loss is noise, its trend is the signal)."""
+    return values.rolling(max(1, round(steps / 50)), min_periods=1).mean()
+
+
+def training_points(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """line, point, draw, facts (the step), probe = metric = key, value: each ok run's logged
+    ``keys``, smoothed (every run when none is ok, so a failing sweep still shows them)."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    rows = []
+    for _, run in (ok if len(ok) else df).iterrows():
         run_dir = run.get("run_dir")
         log = load_training_log(run_dir) if isinstance(run_dir, str) and run_dir else None
-        if log is not None and "step" in log:
-            logs.append((run, log))
-    present = [k for k in keys if any(k in log and log[k].notna().any() for _, log in logs)]
-    fig = new_figure(5.5 * max(len(present), 1), 4.2)
-    axes = fig.subplots(1, max(len(present), 1), squeeze=False).ravel()
-    if not present:
-        axes[0].text(0.5, 0.5, "no Lightning CSV logs with train/* metrics\n"
-                     "(<run dir>/csv/version_*/metrics.csv)", ha="center", va="center",
-                     transform=axes[0].transAxes)
-        axes[0].set_axis_off()
-        return fig
-    context = _varying_context(df)
-    colors = group_colors(df)
-    for ax, key in zip(axes, present, strict=True):
-        seen: set[str] = set()
-        for run, log in logs:
-            if key not in log:
-                continue
-            curve = log[["step", key]].dropna()
+        if log is None or "step" not in log:
+            continue
+        for key in (k for k in keys if k in log):
+            curve = log[["step", key]].dropna().groupby("step", sort=True)[key].mean()
             if curve.empty:
                 continue
-            label = group_label(run["method"], run["selector"], [str(run[k]) for k in context])
-            failed = run.get("status") != "ok"
-            ax.plot(curve["step"], curve[key], color=colors[label], lw=1.2, alpha=0.8,
-                    ls="--" if failed else "-",
-                    label=None if label in seen else label)
-            seen.add(label)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(key)
-        ax.set_title(f"{key} (one line per run; dashed = not ok)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return fig
+            smooth = _smooth(curve, len(curve))
+            rows += [{"line": line_label(run["method"], run.get("selector")),
+                      "point": str(run.get("point") or "defaults"),
+                      "draw": str(run.get("draw") or run.get("run_id")), "facts": step,
+                      "probe": key, "metric": key, "value": float(v)}
+                     for step, v in smooth.items()]
+    return pd.DataFrame(rows, columns=["line", "point", "draw", "facts", "probe", "metric",
+                                       "value"])
+
+
+def training_curves_figure(df: pd.DataFrame, keys: Sequence[str] = ("train/loss", "train/lr"),
+                           ) -> Figure:
+    """Training curves from the runs' Lightning CSV logs: a row per method (and per six of
+    its grid points), a column per key; smoothed, mean over draws, each row on its own
+    scale (methods' learning rates differ by orders of magnitude)."""
+    long = training_points(df, keys)
+    present = [k for k in keys if not long.empty and (long["probe"] == k).any()]
+    panels = [Panel(k, k, f"{k} (smoothed, mean over draws)", k) for k in present]
+    return curve_grid(long, long.iloc[0:0], panels, "optimizer step",
+                      empty="no Lightning CSV logs with train/* metrics\n"
+                            "(<run dir>/csv/version_*/metrics.csv)", band=False, share_y=False)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from smfexp.reporting.collect import TARGET, flat_results
+from smfexp.reporting.collect import flat_results
 from smfexp.reporting.frontier import (
     FORGETTING_METRICS,
     INTERVAL_COLUMNS,
@@ -31,18 +33,27 @@ from smfexp.reporting.frontier import (
     Levels,
     choose_levels,
     comparison_table,
-    each_results,
-    line_order,
     line_reach,
     matched_learning,
     matched_notes,
     measure_rows,
     pair_levels,
     pair_reach,
-    stream_points,
 )
-from smfexp.reporting.plots import new_figure
-from smfexp.reporting.stats import MeanCI, ci_half, fmt_ci, mean_ci
+from smfexp.reporting.plots import (
+    PARTIAL_NOTE,
+    Facet,
+    Panel,
+    curve_grid,
+    curve_means,
+    empty_figure,
+    figure_legend,
+    line_order,
+    new_figure,
+    open_markers,
+)
+from smfexp.reporting.stats import MeanCI, fmt_ci, mean_ci
+from smfexp.reporting.stream import each_results, stream_panels, stream_points
 from smfexp.reporting.tables import md_table
 
 MEMORY_KEYS = {"rows_touched_share": "value rows written so far",
@@ -50,8 +61,6 @@ MEMORY_KEYS = {"rows_touched_share": "value rows written so far",
 # in the table only: not a share, and recorded by runs since 2026-12-03 alone
 READ_CHANGE = "background_read_change"
 MEMORY_TABLE_KEYS = (*MEMORY_KEYS, READ_CHANGE)
-_STYLES = ("-", "--", ":", "-.")
-_MARKERS = ("s", "^", "D", "v", "o")
 
 
 def _number(value: Any) -> float | None:
@@ -163,30 +172,22 @@ def scale_markdown(nested: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _colors(lines: Sequence[str]) -> dict[str, str]:
-    return {ln: f"C{i % 10}" for i, ln in enumerate(sorted(lines, key=line_order))}
-
-
-def _empty(fig: Figure, text: str) -> Figure:
-    ax = fig.add_subplot(1, 1, 1)
-    ax.text(0.5, 0.5, text, ha="center", va="center")
-    ax.set_axis_off()
-    return fig
-
-
 def scale_figure(nested: pd.DataFrame) -> Figure:
     """One panel per forgetting probe: x = N (log), y = forgetting at the matched level,
-    one line per method with 95% CI error bars over draws."""
+    one line per method with 95% CI error bars over draws; the legend outside."""
     probes = list(dict.fromkeys(nested["probe"])) if not nested.empty else []
-    fig = new_figure(4.4 * max(len(probes), 1), 3.7)
     if not probes:
-        return _empty(fig, "no nested results (results.json 'nested')")
+        return empty_figure("no nested results (results.json 'nested')")
+    fig = new_figure(4.4 * len(probes) + 1.4, 3.7)
     level = figure_level(nested)
     table = matched_vs_n(nested, [level])
-    colors = _colors(list(table["line"].unique()))
+    lines = sorted(table["line"].unique(), key=line_order)
+    colors = {ln: f"C{i % 10}" for i, ln in enumerate(lines)}
     ns = sorted(table["facts"].unique())
+    axes = []
     for i, probe in enumerate(probes, 1):
         ax = fig.add_subplot(1, len(probes), i)
+        axes.append(ax)
         for line, color in colors.items():
             mine = table[(table["probe"] == probe) & (table["line"] == line)
                          & table["forgetting"].notna()].sort_values("facts")
@@ -195,15 +196,18 @@ def scale_figure(nested: pd.DataFrame) -> Figure:
             ax.errorbar(mine["facts"], mine["forgetting"].astype(float),
                         yerr=mine["ci"].astype(float).fillna(0), fmt="o-", capsize=3,
                         color=color, label=line, lw=1.4, ms=4)
+            partial = (mine["draws"] < mine["of"]).to_numpy()
+            if partial.any():
+                open_markers(ax, mine["facts"][partial], mine["forgetting"][partial], color)
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.grid(alpha=0.25)
         ax.set_xlabel("facts in the stream (N)")
         ax.set_ylabel(f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)")
         ax.set_title(f"{probe} at {level:.0%} learned")
-        if i == 1:
-            ax.legend(fontsize=8)
+    figure_legend(fig, axes, title=f"mean ± 95% CI over draws\n{PARTIAL_NOTE}")
     return fig
 
 
@@ -225,104 +229,38 @@ def nested_scores(df: pd.DataFrame) -> pd.DataFrame:
                                        "value"])
 
 
-def _mean_ci(long: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Mean and 95% CI half-width of ``value`` over draws per ``keys``, sorted by facts."""
-    if long.empty:
-        return pd.DataFrame(columns=[*keys, "value", "ci", "n"])
-    agg = long.groupby(list(keys), sort=False, dropna=False).agg(
-        value=("value", "mean"), ci=("value", ci_half), n=("value", "size"))
-    return agg.reset_index().sort_values(list(keys), kind="stable", ignore_index=True)
-
-
-Style = tuple[str, str, str]  # colour, linestyle, marker
-
-
-def _curve_styles(long: pd.DataFrame) -> dict[tuple[str, str], Style]:
-    """(line, point) -> (colour, linestyle, marker): colour per method, dash and marker per
-    grid point, so every grid point of every method is told apart on one figure."""
-    colors = _colors(list(long["line"].unique()))
-    styles = {}
-    for line in colors:
-        points = sorted(long.loc[long["line"] == line, "point"].unique())
-        for j, point in enumerate(points):
-            styles[(line, point)] = (colors[line], _STYLES[j % len(_STYLES)],
-                                     _MARKERS[j % len(_MARKERS)])
-    return styles
-
-
-def _draw_curves(ax: Any, stream: pd.DataFrame, marks: pd.DataFrame,
-                 styles: dict[tuple[str, str], Style]) -> None:
-    """Stream curves (mean, CI band) and nested points (mean ± CI, joined by a thin line
-    when the run has no stream curve) per labelled grid point."""
-    keys = ["line", "point", "facts"]
-    curves, dots = _mean_ci(stream, keys), _mean_ci(marks, keys)
-    for (line, point), (color, style, marker) in styles.items():
-        label = f"{line} {point}"
-        curve = curves[(curves["line"] == line) & (curves["point"] == point)]
-        if not curve.empty:
-            ax.plot(curve["facts"], curve["value"], style, color=color, lw=1.2, label=label)
-            band = curve["ci"].astype(float).fillna(0)
-            ax.fill_between(curve["facts"].astype(float), curve["value"] - band,
-                            curve["value"] + band, color=color, alpha=0.12, lw=0)
-        dot = dots[(dots["line"] == line) & (dots["point"] == point)]
-        if not dot.empty:
-            ax.errorbar(dot["facts"], dot["value"], yerr=dot["ci"].astype(float).fillna(0),
-                        fmt=marker + ("" if not curve.empty else style), lw=0.8, ms=4,
-                        capsize=2, color=color, label=None if not curve.empty else label)
-
-
 def scale_stream_figure(df: pd.DataFrame, target_metric: str = "exact_match") -> Figure:
-    """Every method on one figure: learning (facts seen so far) and each forgetting probe
-    along the stream, one labelled curve per grid point (squares: the nested N), and, when
-    the runs have it, how much of each quarter's facts is kept at the end."""
+    """Learning (facts seen so far) and each forgetting probe along the stream: a row per
+    method (per six grid points), a labelled curve per grid point (squares: the nested N),
+    and, when the runs have it, how much of each quarter's facts is kept at the end."""
     stream, marks = stream_points(df), nested_scores(df)
-    both = pd.concat([x for x in (stream, marks) if not x.empty]) if not (
-        stream.empty and marks.empty) else pd.DataFrame()
-    panels = [(p, m) for p, m in [(TARGET, target_metric),
-                                  *((p, m) for p, (m, _) in FORGETTING_METRICS.items())]
-              if not both.empty and ((both["probe"] == p) & (both["metric"] == m)).any()]
+    panels = stream_panels(pd.concat([x for x in (stream, marks) if not x.empty] or [stream]),
+                           target_metric)
     earlier = earlier_facts(df)
-    count = len(panels) + (not earlier.empty)
-    fig = new_figure(4.3 * max(count, 1), 4.0)
-    if not count:
-        return _empty(fig, "no stream or nested scores")
-    styles = _curve_styles(pd.concat([x for x in (both, earlier) if not x.empty]))
-    for i, (probe, metric) in enumerate(panels, 1):
-        ax = fig.add_subplot(1, count, i)
-
-        def pick(long: pd.DataFrame, probe: str = probe, metric: str = metric) -> pd.DataFrame:
-            if long.empty:
-                return long
-            return long[(long["probe"] == probe) & (long["metric"] == metric)]
-
-        _draw_curves(ax, pick(stream), pick(marks), styles)
-        ax.set_xlabel("facts seen")
-        ax.set_ylabel(f"{'facts seen so far' if probe == TARGET else probe}: {metric}")
-        ax.set_title("learning" if probe == TARGET else f"forgetting: {probe}")
-        if i == 1:
-            ax.legend(fontsize=7)
-    if not earlier.empty:
-        _earlier_panel(fig.add_subplot(1, count, count), earlier, styles)
-    return fig
+    extra = [("earlier facts kept", partial(_earlier_panel, earlier))] if not earlier.empty \
+        else []
+    return curve_grid(stream, marks, panels, "facts seen", extra,
+                      empty="no stream or nested scores")
 
 
-def _earlier_panel(ax: Any, earlier: pd.DataFrame,
-                   styles: dict[tuple[str, str], Style]) -> None:
-    kept = _mean_ci(earlier.rename(columns={"kept": "value"}).dropna(subset=["value"]),
-                    ["line", "point", "quarter"])
-    for (line, point), (color, style, marker) in styles.items():
-        mine = kept[(kept["line"] == line) & (kept["point"] == point)]
-        if not mine.empty:
-            ax.errorbar(mine["quarter"], 100 * mine["value"],
-                        yerr=100 * mine["ci"].astype(float).fillna(0), fmt=marker + style,
-                        color=color, capsize=2, ms=4, label=f"{line} {point}")
+def _earlier_panel(earlier: pd.DataFrame, ax: Axes, facet: Facet) -> None:
+    """Share of each quarter's facts kept at the end (mean ± 95% CI over draws) per grid
+    point of ``facet``."""
+    mine = earlier[earlier["line"] == facet.line].rename(columns={"kept": "value"})
+    kept = curve_means(mine.dropna(subset=["value"]), ["line", "point", "quarter"])
+    for point in facet.points:
+        block = kept[kept["point"] == point]
+        if not block.empty:
+            ax.errorbar(block["quarter"], 100 * block["value"],
+                        yerr=100 * block["ci"].astype(float).fillna(0), fmt="o-",
+                        color=facet.color(point), capsize=2, ms=4, lw=1.0,
+                        label=facet.labels[point])
     quarters = sorted(earlier["quarter"].dropna().unique())
     ax.set_xticks(quarters, [str(q) for q in quarters])
     ax.set_xlim(min(quarters) - 0.5, max(quarters) + 0.5)
     ax.axhline(100, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("quarter of the stream")
-    ax.set_ylabel("exact match at the end / right after (%)")
-    ax.set_title("earlier facts kept")
+    ax.set_ylabel("exact match at the end / right after (%)", fontsize=8)
 
 
 # --------------------------------------------------------------------------- memory fill
@@ -349,23 +287,17 @@ def memory_points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def memory_figure(memory: pd.DataFrame) -> Figure:
-    """Share of value rows written and their share of background reads vs facts seen, one
-    curve per SMF grid point (mean over draws, 95% CI shaded)."""
-    fig = new_figure(9.5, 3.8)
-    if memory.empty:
-        return _empty(fig, "no memory diagnostics (SMF stream points' 'memory')")
-    styles = _curve_styles(memory)
-    for i, (key, title) in enumerate(MEMORY_KEYS.items(), 1):
-        ax = fig.add_subplot(1, 2, i)
-        block = memory[memory["key"] == key]
-        _draw_curves(ax, block.assign(value=100 * block["value"]),
-                     pd.DataFrame(columns=block.columns), styles)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("facts seen")
-        ax.set_ylabel(f"{key} (%)")
-        ax.set_title(title)
-        if i == 1:
-            ax.legend(fontsize=7)
+    """Share of value rows written and their share of background reads vs facts seen: a row
+    per SMF line (per six grid points), a labelled curve per grid point (mean over draws,
+    95% CI shaded)."""
+    shares = memory[memory["key"].isin(list(MEMORY_KEYS))]
+    long = shares.assign(probe=shares["key"], metric="%", value=100 * shares["value"])
+    panels = [Panel(key, "%", title, f"{key} (%)") for key, title in MEMORY_KEYS.items()]
+    fig = curve_grid(long, long.iloc[0:0], panels, "facts seen",
+                     empty="no memory diagnostics (SMF stream points' 'memory')")
+    for ax in fig.axes:
+        if ax.get_ylabel():
+            ax.set_ylim(0, 100)
     return fig
 
 
@@ -461,18 +393,6 @@ def earlier_markdown(earlier: pd.DataFrame) -> str:
             "learned and at the end of the stream; kept = end / right after per draw (none "
             "when nothing was learned), then mean ± 95% CI over draws (n). Also the last "
             "panel of `scale_stream.png`.\n\n")
-
-
-def has_scale_data(df: pd.DataFrame) -> dict[str, bool]:
-    """Which scale parts the runs can fill (old runs: none)."""
-    flags = {"nested": False, "memory": False, "earlier": False}
-    for _, results in each_results(df):
-        flags["nested"] |= bool(_nested(results))
-        flags["earlier"] |= isinstance(results.get("earlier_facts"), Mapping)
-        stream = results.get("stream") if isinstance(results.get("stream"), Mapping) else {}
-        flags["memory"] |= any(isinstance(p, Mapping) and isinstance(p.get("memory"), Mapping)
-                               for p in stream.get("points", []))
-    return flags
 
 
 __all__ = ["earlier_facts", "earlier_markdown", "memory_figure", "memory_markdown",

@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from smfexp.reporting.frontier import each_results, line_order
+from smfexp.reporting.plots import line_order
 from smfexp.reporting.stats import fmt_ci, mean_ci
+from smfexp.reporting.stream import each_results
 from smfexp.reporting.tables import md_table
 
 # diagnostic -> (what it means, shown as a percentage)

@@ -42,7 +42,6 @@ CONTEXT_KEYS = ("model", "data", "protocol")
 CI_NOTE = ("mean ± half-width of the 95% t-interval over draws (runs of one grid point with "
            "another `seed` / `data.facts_seed`), n = draws that logged the value; n=1: no "
            "interval.")
-GROUP_KEYS = (*CONTEXT_KEYS, "method", "selector", "point")
 METHOD_ORDER = ("base", "smf", "lora", "full")
 SELECTOR_ORDER = (NO_SELECTOR, "tfidf", "kl", "random", "all")
 BASE = "base"
@@ -246,14 +245,6 @@ def fmt(value: float, signed: bool = False) -> str:
     return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
-def fmt_mean_std(mean: float, sd: float, signed: bool = False) -> str:
-    if isinstance(mean, float) and math.isnan(mean):
-        return "–"
-    if isinstance(sd, float) and math.isnan(sd):
-        return fmt(mean, signed)
-    return f"{fmt(mean, signed)} ± {sd:.2g}"
-
-
 def _cell(row: pd.Series, key: str, signed: bool) -> str:
     if row["n_ok"] == 0:
         if row["n_failed"]:
@@ -370,13 +361,15 @@ def problem_runs(df: pd.DataFrame, limit: int = 160) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(df: pd.DataFrame, summary: pd.DataFrame, title: str) -> str:
-    """The whole summary.md: heading, both tables, failed-run list."""
+def markdown_report(df: pd.DataFrame, summary: pd.DataFrame, title: str, lead: str = "") -> str:
+    """The whole summary.md: heading, ``lead`` (the report's answer, said before any per-run
+    table), both tables, failed-run list."""
     columns = display_columns(df)
     models = sorted(df["model"].dropna().unique()) if "model" in df else []
     line = f"{len(df)} runs; model: {', '.join(f'`{m}`' for m in models)}\n" if models else ""
     notes = runs_items_note(df, [c.probe for c in columns])
-    parts = [f"## {title}\n", line, markdown_tables(summary, columns, notes)]
+    parts = [f"## {title}\n", line, *([lead] if lead else []),
+             markdown_tables(summary, columns, notes)]
     problems = problem_runs(df)
     if problems:
         parts.append(problems)
