@@ -111,7 +111,8 @@ def _settings(suite: Any, **kw: Any) -> Any:
 def _fact_results(s: Any, full: float, smf: float, smf_large: float,
                   extra_gb: float) -> dict[str, dict[str, Any]]:
     """Made-up child results for every planned fact-stream configuration."""
-    from cases import GiB, plan
+    from mdtable import GiB
+    from suite_plan import plan
 
     res: dict[str, dict[str, Any]] = {"idle": {"peak_rss": GiB // 2}}
     lo, hi = s.fact_keys[0], s.fact_keys[-1]
@@ -142,7 +143,8 @@ def _rows(section: str) -> dict[str, dict[str, str]]:
 
 
 def test_plan_lists_every_fact_configuration_once(suite: Any) -> None:
-    from cases import CHILDREN, plan
+    from cases import CHILDREN
+    from suite_plan import plan
 
     s = _settings(suite, argv=["--fact-keys", "512,1024", "--fact-phrasings", "4,8"])
     specs = plan(["facts"], s)

@@ -1,7 +1,7 @@
 """Corrupt cache entries are rebuilt with a warning: never used, never a crash.
 
 Every stage (retrofit checkpoint, background statistics, cached base scores, converted
-embedded model) goes through one cache (``smfexp.stages.cache``); each is damaged the ways
+embedded model) goes through one cache (``smfexp.utils.cache``); each is damaged the ways
 disks and people damage files: truncated, overwritten with garbage, bytes flipped behind an
 intact header, a file deleted, the config edited.
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from smfexp.models.loading import ModelSpec, load_model
-from smfexp.stages.cache import MANIFEST, WARNING, manifest_problem, write_manifest
+from smfexp.utils.cache import MANIFEST, WARNING, manifest_problem, write_manifest
 from smfexp.utils.io import cache_root
 
 SPEC = {"name": "tiny", "source": "tiny"}
@@ -396,7 +396,7 @@ def test_corrupt_conversion_fails_its_check(case, tmp_path):
 
 def test_large_files_are_checked_by_structure_not_rehashed(tmp_path, monkeypatch):
     """Weights above HASH_LIMIT are not hashed on every load; truncation is still caught."""
-    from smfexp.stages import cache as cache_module
+    from smfexp.utils import cache as cache_module
 
     directory = tmp_path / "conv"
     _fake_conversion(directory)
@@ -408,7 +408,7 @@ def test_large_files_are_checked_by_structure_not_rehashed(tmp_path, monkeypatch
 
 
 def test_generic_entries_are_built_once_and_rebuilt_when_damaged(tmp_path, monkeypatch, caplog):
-    from smfexp.stages.cache import load_or_build
+    from smfexp.utils.cache import load_or_build
 
     monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
     builds: list[int] = []
@@ -434,7 +434,7 @@ def test_generic_entries_are_built_once_and_rebuilt_when_damaged(tmp_path, monke
 def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
     """``embedded_model_dir`` converts again (here: a stand-in converter) after a failed check."""
     from smfexp.models import loading
-    from smfexp.stages.cache import entry_dir
+    from smfexp.utils.cache import entry_dir
 
     source = tmp_path / "pkg" / "model.gguf"
     source.parent.mkdir()
@@ -480,7 +480,7 @@ def test_corrupt_conversion_is_rebuilt(tmp_path, monkeypatch, caplog):
 def test_a_second_builder_keeps_the_entry_the_first_one_finished(tmp_path, monkeypatch):
     """Two DDP ranks build the same entry at once: the one finishing second must neither fail
     nor replace the complete entry under the first one's feet."""
-    from smfexp.stages.cache import load_or_build
+    from smfexp.utils.cache import load_or_build
 
     monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
 

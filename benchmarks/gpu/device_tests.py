@@ -8,8 +8,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from mdtable import table
+
 from .env import ROOT, TEST_DEVICE_ENV, Setup, child_env, run_child
-from .markdown import table
 from .plan import Budget, Plan
 from .sections import Section, skipped
 

@@ -1,5 +1,5 @@
-"""The results file: Markdown tables, number formats, the machine table, the whole page, and
-an atomic write (a reader never sees half a file)."""
+"""The results file: the machine table, the whole page, and an atomic write (a reader never
+sees half a file). Tables and number cells: ``benchmarks/mdtable.py``, shared with the suite."""
 
 from __future__ import annotations
 
@@ -9,34 +9,17 @@ import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
+from mdtable import GiB, table
 
 from .env import Setup, installed_version
 from .plan import Plan
 from .sections import Section
 
-GiB = 2**30
-
-
-def table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> list[str]:
-    """A Markdown table (``align`` like ``---|---:|``)."""
-    out = ["| " + " | ".join(head) + " |", "|" + align.strip("|") + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return [*out, ""]
-
-
-def fnum(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}g}"
-
 
 def fint(x: float | None) -> str:
     return "n/a" if x is None else f"{x:,.0f}"
-
-
-def fgib(x: float | None) -> str:
-    return "n/a" if x is None else f"{x / GiB:.2f}"
 
 
 def verdict(ok: bool | None) -> str:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mdtable import fnum, table
+
 from .env import ROOT, Setup, child_env, run_child
-from .markdown import fnum, table
 from .plan import METHODS, Budget, Plan
 from .sections import Section, skipped
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from mdtable import fgib, fnum, table
 
 from .device import free_device_memory, random_model, synchronize
-from .markdown import fgib, fint, fnum, table
+from .markdown import fint
 from .plan import (
     QWEN25,
     T_LARGE_VS_SMALL,

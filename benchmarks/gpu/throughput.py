@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from mdtable import fnum, table
 
 from .device import free_device_memory, random_model, timed
-from .markdown import fint, fnum, table
+from .markdown import fint
 from .plan import T_GENERATED_TOKENS_S, T_LOGLIK_TOKENS_S, Budget, Plan
 from .sections import Check, Section, skipped
 

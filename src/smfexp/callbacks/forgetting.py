@@ -50,6 +50,7 @@ from smfexp.tasks import (
     select_probe_rows,
 )
 from smfexp.utils.io import cache_root, stable_hash
+from smfexp.utils.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,10 @@ class ForgettingCallback(Callback):
     def scoring(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """The model to score (eval mode; blocks training leaves unchanged reused), and the
         reused blocks' new rows saved for later passes and runs afterwards."""
-        was_training = model.training
-        model.eval()
         try:
-            yield self.scoring_model(model)
+            with eval_mode(model):
+                yield self.scoring_model(model)
         finally:
-            model.train(was_training)
             if self._prefix is not None:
                 self._prefix.store.save()
 

@@ -23,6 +23,7 @@ from smfexp.data.sampling import evenly_spaced
 from smfexp.eval import EvalConfig
 from smfexp.tasks import evaluate_probes, load_probe_rows, score_probe
 from smfexp.utils.io import stable_hash
+from smfexp.utils.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,7 @@ class StreamProbeCallback(Callback):
             return
         t0 = time.perf_counter()
         model = pl_module.model
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             if not self.rows:
                 self.rows = self._rows()
             if step == 0 and self.cache_start is not None:
@@ -81,8 +80,6 @@ class StreamProbeCallback(Callback):
                 scores = self.cache_start(key, lambda: self._scores(model))
             else:
                 scores = self._scores(model)
-        finally:
-            model.train(was_training)
         self._last_facts = facts
         point = {"step": step, "facts": facts, "scores": scores,
                  "seconds": time.perf_counter() - t0}

@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from smfexp.data import sources
+from smfexp.data.benchmarks import nq_open, triviaqa
 from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
 from smfexp.data.modules import SFTDataModule, TargetSpec
 from smfexp.data.sampling import ResumableRandomSampler
-from smfexp.tasks import nq_open, triviaqa
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ DEFAULT_TEMPLATES: tuple[tuple[str, str], ...] = (
 def probe_prompt(source: str, row: dict[str, Any]) -> str:
     """The prompt the target's scorer uses (harness protocol): training must not see it."""
     if source == "nq_open":
-        return nq_open.DESCRIPTION + f"Q: {row['question']}?\nA:"
-    return triviaqa.prompt(row, "harness")
+        return nq_open.DESCRIPTION + nq_open.harness_prompt(row["question"])
+    return triviaqa.harness_prompt(row["question"])
 
 
 def _probe_prompts(source: str, fact: dict[str, Any]) -> set[str]:

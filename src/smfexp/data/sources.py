@@ -2,10 +2,11 @@
 
 Generic data IO only: locating the data (:func:`resolve_data_dir`, :data:`LOCAL_FILES`,
 :data:`HUB_IDS`), reading JSONL or a hub split, normalising rows, the background corpus and
-user question/answer files. Each benchmark's row normaliser and loader live in its task module
-(:mod:`smfexp.tasks`), built on these helpers; every loader returns canonical rows (plain
-dicts, one schema per dataset, documented on its normaliser) plus provenance, so DataModules
-and scorers never see the on-disk formats. Malformed rows are counted, reported with one
+user question/answer files. Each benchmark's row normaliser and loader, built on these
+helpers, lives in :mod:`smfexp.data.benchmarks` when a DataModule trains on it, else in its
+task module (:mod:`smfexp.tasks`); every loader returns canonical rows (plain dicts, one
+schema per dataset, documented on its normaliser) plus provenance, so DataModules and scorers
+never see the on-disk formats. Malformed rows are counted, reported with one
 example and skipped; too many (more than ``max_bad_fraction``) or none left is an error.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smfexp.utils.errors import DataUnavailableError, MalformedDataError
 from smfexp.utils.net import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,6 @@ LOCAL_FILES = {
     "wiki": "wiki/wiki_demo.txt",
     "lambada": "lambada/lambada_openai.jsonl",
 }
-
-
-class DataUnavailableError(RuntimeError):
-    """A dataset can be read neither from the data directory nor from the hub."""
-
-
-class MalformedDataError(ValueError):
-    """Too many rows of a dataset failed validation (or none were usable)."""
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from smfexp.utils.modes import eval_mode
+
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # lm_eval.models.utils
 DEFAULT_MAX_LENGTH = 2048  # lm_eval HFLM._DEFAULT_MAX_LENGTH
 
@@ -22,19 +24,15 @@ DEFAULT_MAX_LENGTH = 2048  # lm_eval HFLM._DEFAULT_MAX_LENGTH
 @contextlib.contextmanager
 def scoring_mode(model: torch.nn.Module, precision: str = "fp32") -> Iterator[None]:
     """eval() + inference_mode (+ bf16 autocast); the caller's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    try:
+    with eval_mode(model):
+        device = model_device(model)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             yield
-    finally:
-        model.train(was_training)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

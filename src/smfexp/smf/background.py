@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smfexp.utils.io import atomic_file, atomic_write_json
+from smfexp.utils.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -223,30 +224,25 @@ def compute_background_stats(
         total = min(total, -(-max_units // per_batch))  # the batches N sequences take
     run = forward or (lambda ids, mask: model(input_ids=ids, attention_mask=mask))
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for n_batch, batch in enumerate(_progress(dataloader, progress, total)):
-                if max_batches is not None and n_batch >= max_batches:
-                    break
-                if max_units is not None and n_units >= max_units:
-                    break
-                input_ids = batch["input_ids"].to(device)
-                mask = batch.get("attention_mask")
-                mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
-                if unit == "sequence" and max_units is not None:
-                    keep = min(input_ids.shape[0], max_units - n_units)
-                    input_ids, mask = input_ids[:keep], mask[:keep]
-                run(input_ids, mask)
-                for li, layer in enumerate(memory_layers):
-                    if layer.last_indices is None:
-                        raise RuntimeError(f"memory layer {li} did not record last_indices")
-                    r, d = count_units(layer.last_indices.to(count_device),
-                                       mask.to(count_device), n_slots[li], unit)
-                    reads[li] += r
-                    df[li] += d
-                n_units += input_ids.shape[0] if unit == "sequence" else 1
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for n_batch, batch in enumerate(_progress(dataloader, progress, total)):
+            if max_batches is not None and n_batch >= max_batches:
+                break
+            if max_units is not None and n_units >= max_units:
+                break
+            input_ids = batch["input_ids"].to(device)
+            mask = batch.get("attention_mask")
+            mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
+            if unit == "sequence" and max_units is not None:
+                keep = min(input_ids.shape[0], max_units - n_units)
+                input_ids, mask = input_ids[:keep], mask[:keep]
+            run(input_ids, mask)
+            for li, layer in enumerate(memory_layers):
+                if layer.last_indices is None:
+                    raise RuntimeError(f"memory layer {li} did not record last_indices")
+                r, d = count_units(layer.last_indices.to(count_device),
+                                   mask.to(count_device), n_slots[li], unit)
+                reads[li] += r
+                df[li] += d
+            n_units += input_ids.shape[0] if unit == "sequence" else 1
     return BackgroundStats(df, reads, n_units, {"unit": unit})

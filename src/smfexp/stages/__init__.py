@@ -1,2 +1,2 @@
-"""Stage 1, built once and cached (:func:`~smfexp.stages.cache.load_or_build`): the memory
+"""Stage 1, built once and cached (:func:`~smfexp.utils.cache.load_or_build`): the memory
 retrofit or calibration, background statistics, base scores. Methods declare which they need."""

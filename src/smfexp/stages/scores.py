@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smfexp.eval.paired import ProbeItems, items_from_json, items_to_json
-from smfexp.stages.cache import load_or_build
+from smfexp.utils.cache import load_or_build
 from smfexp.utils.io import atomic_write_json
 
 Scores = dict[str, dict[str, float]]

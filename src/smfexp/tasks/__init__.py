@@ -5,7 +5,10 @@ Each task module (:mod:`~smfexp.tasks.medmcqa`, :mod:`~smfexp.tasks.triviaqa`,
 :mod:`~smfexp.tasks.retention`) holds, for its benchmark: the row normaliser (the canonical row
 schema), ``load_rows(data_dir, ...)`` (on the generic IO of :mod:`smfexp.data.sources`), its
 split boundaries as module constants with the split functions, its prompts, its scorer and
-its ``PROBE = Probe(...)``. The scoring machinery they share is :mod:`smfexp.eval`.
+its ``PROBE = Probe(...)``. The rows of a benchmark a DataModule also trains on (MedMCQA,
+TriviaQA, NQ-open) are defined below, in :mod:`smfexp.data.benchmarks`, and imported here:
+the data layer imports no task. The scoring machinery they share is :mod:`smfexp.eval`
+(the open-answer QA scorer: :mod:`smfexp.eval.qa`).
 
 This package holds the registry (:data:`PROBES`) and the entry points the CLI and the
 forgetting callback call.

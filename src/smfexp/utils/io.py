@@ -79,62 +79,6 @@ def discard_directory(path: str | os.PathLike) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-MANIFEST = "manifest.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_manifest(directory: str | os.PathLike, key: Any) -> Path:
-    """Record the size and sha256 of every file of a cache entry, and a hash of its key.
-
-    Write it last inside :func:`atomic_directory`, so its presence means the entry is complete;
-    :func:`manifest_problem` checks it on load.
-    """
-    directory = Path(directory)
-    files = {
-        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    return atomic_write_json(directory / MANIFEST, {"key": stable_hash(key, 64), "files": files})
-
-
-def manifest_problem(directory: str | os.PathLike, key: Any) -> str | None:
-    """Why a cache entry fails its integrity check, or None if every file matches its manifest.
-
-    A missing manifest is reported as ``"no manifest"`` (entries written before manifests).
-    """
-    directory = Path(directory)
-    try:
-        meta = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "no manifest"
-    except (OSError, ValueError) as err:
-        return f"unreadable {MANIFEST} ({type(err).__name__})"
-    files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(files, dict) or not files:
-        return f"malformed {MANIFEST}"
-    if meta.get("key") != stable_hash(key, 64):
-        return "it was built for another config"
-    for rel, want in files.items():
-        path = directory / rel
-        if not isinstance(want, dict):
-            return f"malformed {MANIFEST} entry for {rel}"
-        if not path.is_file():
-            return f"{rel} is missing"
-        if path.stat().st_size != want.get("size"):
-            return f"{rel} has {path.stat().st_size} bytes, expected {want.get('size')}"
-        if file_sha256(path) != want.get("sha256"):
-            return f"{rel} does not match its checksum"
-    return None
-
-
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Short content hash of a JSON-serialisable object (cache keys)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -1,9 +1,10 @@
-"""The one cache every stage uses: a directory per entry, named by its key, with a manifest.
+"""The one cache of the project: a directory per entry, named by its key, with a manifest.
 
-A stage (the converted embedded model, the retrofit, the background statistics, the base
-scores) is a pure function of its key. :func:`load_or_build` returns the entry for a key,
-building it into a temporary directory that is renamed into place only when complete, so a
-half-written entry is never seen. The manifest, written last, holds the key and every file's
+It sits below every layer because models and stages both build entries. Each entry (the
+converted embedded model, the retrofit, the background statistics, the base scores) is a pure
+function of its key. :func:`load_or_build` returns the entry for a key, building it into a
+temporary directory that is renamed into place only when complete, so a half-written entry
+is never seen. The manifest, written last, holds the key and every file's
 size and sha256. On load, files up to ``HASH_LIMIT`` are hashed again; larger ones (model
 weights, 1M-slot value tables: seconds to hash) are checked by size and, for safetensors, by
 their header spanning the file. An entry that fails the check, or that its loader rejects,
