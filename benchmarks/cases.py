@@ -1,6 +1,7 @@
 """The measuring half of the benchmark suite: every configuration (case), the timers, the
-child process each one runs in, and the machine description. ``suite.py`` is the command line
-and the Markdown report, built on this module.
+child process each one runs in. ``suite_plan.py`` lists the configurations, ``machine.py``
+describes the machine, ``bench_report/`` writes the Markdown and ``suite.py`` is the command
+line that drives them.
 
 How it measures:
 
@@ -29,11 +30,9 @@ How it measures:
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -42,7 +41,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,65 +74,25 @@ from bench_facts import (
     instrument_smf,
     measure_floors,
     phase_medians,
-    plan_facts,
 )
 from bench_sparse_update import _available_gb, make_case, time_interleaved
 from dense_masked import DenseMaskedAdamW
+from mdtable import GiB
 from omegaconf import DictConfig, OmegaConf
+from suite_plan import Settings
 from torch.utils.data import DataLoader
 
 from smfexp.eval.reference import write_task
 from smfexp.memory import MemoryConfig, attach_memory, memory_layer_indices, memory_modules
 from smfexp.models.loading import ModelSpec, load_model
+from smfexp.run_config import Target
 from smfexp.runner import build_method
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.selectors import NEEDS_BACKGROUND
 from smfexp.smf.sparse_optim import RowSparseAdam, RowSparseSGD
-from smfexp.utils.precision import autocast_for, cpu_has_fast_bf16
+from smfexp.utils.precision import autocast_for
 
 CONF = ROOT / "conf"
-# facts: today's workload (issue 24); forward/train/scaling: the old shape (8 x 256-token
-# batches, 16K-slot retrofitted memory, issue 5); eval: the scorers
-SECTIONS = ("facts", "forward", "train", "scaling", "eval")
-SELECTORS = ("tfidf", "kl", "random", "all")
-PRECISIONS = ("32-true", "bf16-mixed")  # Lightning names; shown as fp32 / bf16
-SHORT = {"32-true": "fp32", "bf16-mixed": "bf16"}
-EVAL_PROBES = ("medmcqa", "triviaqa", "wikitext")
-EVAL_MODES = (("smfexp", "fp32"), ("smfexp", "bf16"), ("lm-eval", "fp32"))
-GiB = 2**30
-
-
-# =========================================================================== settings
-@dataclass
-class Settings:
-    """Everything a child needs; ``--quick`` and the full run differ only here."""
-
-    quick: bool
-    model: str
-    batch: int
-    seq: int
-    runs: int
-    warmup: int
-    small_keys: int
-    large_keys: int
-    update_dim: int
-    top_t: int
-    scaling_precision: str
-    eval_rows: dict[str, int] = field(default_factory=dict)
-    eval_batch_size: int = 16
-    eval_runs: int = 3
-    threads: int = 0
-    update_threads: int = 1
-    dense_large: bool = False
-    data_dir: str | None = None
-    timeout: float | None = None
-    # the fact-stream section: phrasings per step, n_keys of the empty memories (512**2 =
-    # 262K slots, 1024**2 = 1M), timed steps per configuration, rows per layer per step
-    fact_phrasings: tuple[int, ...] = (4, 8)
-    fact_keys: tuple[int, ...] = (512, 1024)
-    fact_runs: int = 10
-    fact_top_t: int = 1024
-    stream_results: str | None = None
 
 
 # =========================================================================== child helpers
@@ -335,7 +293,7 @@ def child_train(spec: dict[str, Any], s: Settings) -> dict[str, Any]:
             return {"skipped": reason, "tables_bytes": tables}
         extra["background_stats"] = attach_smf_memory(model, cfg, selector)
         out.update(tables_bytes=tables, layers=memory_layer_indices(model), slots=n_keys**2)
-    module = build_method(cfg, model, tok, **extra)
+    module = build_method(Target.from_node(cfg.method, "method"), model, tok, **extra)
     if spec.get("update") == "dense_masked":
         use_dense_masked_update(module)
     kwargs = trainer_kwargs(cfg, module, spec["precision"])
@@ -386,7 +344,7 @@ def fact_setup(spec: dict[str, Any], s: Settings) -> tuple[Any, list[Any], dict[
             return None, batches, {**out, "skipped": reason}
         extra["background_stats"] = attach_smf_memory(model, cfg, cfg.method.selector)
         out["layers"] = memory_layer_indices(model)
-    module = build_method(cfg, model, tok, **extra)
+    module = build_method(Target.from_node(cfg.method, "method"), model, tok, **extra)
     return module, batches, out
 
 
@@ -561,140 +519,3 @@ def progress_line(spec: dict[str, Any], r: dict[str, Any]) -> str:
         parts.append(f"{r.get('metric')} {r['value']:.4g}")
     parts.append(f"peak RSS {r['peak_rss'] / GiB:.2f} GiB")
     return ", ".join(parts)
-
-
-def plan(sections: list[str], s: Settings) -> list[dict[str, Any]]:
-    """Every configuration, in run order (each gets a unique ``id``)."""
-    specs: list[dict[str, Any]] = [{"section": "idle", "id": "idle", "label": "idle child"}]
-    if "facts" in sections:
-        specs += plan_facts(s)
-    if "forward" in sections:
-        for prec in PRECISIONS:
-            for memory in (False, True):
-                name = "retrofitted" if memory else "base"
-                specs.append(
-                    {
-                        "section": "forward",
-                        "id": f"forward/{name}/{SHORT[prec]}",
-                        "label": f"{name} {SHORT[prec]}",
-                        "memory": memory,
-                        "precision": prec,
-                    }
-                )
-    if "train" in sections:
-        for prec in PRECISIONS:
-            for method, selector in [
-                *(("smf", sel) for sel in SELECTORS),
-                ("lora", None),
-                ("full", None),
-            ]:
-                name = f"{method}/{selector}" if selector else method
-                specs.append(
-                    {
-                        "section": "train",
-                        "id": f"train/{name}/{SHORT[prec]}",
-                        "label": f"{name} {SHORT[prec]}",
-                        "method": method,
-                        "selector": selector,
-                        "precision": prec,
-                    }
-                )
-    if "scaling" in sections:
-        prec = s.scaling_precision
-        for update, opt in (("row_sparse", "sgd"), ("row_sparse", "adam"),
-                            ("row_sparse+ckpt", "sgd"), ("dense_masked", None)):
-            for keys in (s.small_keys, s.large_keys):
-                tag = f"{update}/{opt or 'adamw'}/{keys}"
-                specs.append(
-                    {
-                        "section": "scaling",
-                        "id": f"scaling/{tag}",
-                        "label": tag,
-                        "method": "smf",
-                        "selector": "tfidf",
-                        "precision": prec,
-                        "n_keys": keys,
-                        "update": update,
-                        "optimizer": opt,
-                    }
-                )
-        for opt in ("sgd", "adam", "dense"):
-            for keys in (s.small_keys, s.large_keys):
-                specs.append(
-                    {
-                        "section": "update",
-                        "id": f"update/{opt}/{keys}",
-                        "label": f"update {opt} {keys**2} rows",
-                        "optimizer": opt,
-                        "n_keys": keys,
-                        "n_rows": keys**2,
-                    }
-                )
-    if "eval" in sections:
-        for probe in EVAL_PROBES:
-            for scorer, prec in EVAL_MODES:
-                specs.append(
-                    {
-                        "section": "eval",
-                        "id": f"eval/{probe}/{scorer}/{prec}",
-                        "label": f"{probe} {scorer} {prec}",
-                        "probe": probe,
-                        "scorer": scorer,
-                        "precision": prec,
-                    }
-                )
-    return specs
-
-
-# =========================================================================== machine
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def mem_total_gb() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def version(pkg: str) -> str:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict[str, Any]:
-    flags = cpu_flags()
-    load = "n/a"
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},
-        "fast_bf16": cpu_has_fast_bf16(),
-        "mem_total_gb": mem_total_gb(),
-        "mem_available_gb": _available_gb(),
-        "loadavg": load,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {
-            p: version(p) for p in ("torch", "transformers", "lightning", "peft", "lm_eval")
-        },
-    }

@@ -36,7 +36,7 @@ def test_every_group_option_composes(group, option):
 def test_method_configs_are_exactly_constructor_arguments():
     import hydra
 
-    from smfexp.validate import constructor_args
+    from smfexp.run_config import constructor_args
 
     for method in _options("method"):
         cfg = _compose([f"method={method}"])

@@ -31,6 +31,7 @@ def _compose(config: str, overrides: list[str]) -> Any:
 def smf_run(tmp_path_factory, data_dir) -> Path:
     """A finished SMF smoke run with trained/ and its .hydra/config.yaml (as the CLI leaves
     it); its retrofit goes to the session's test cache (test_train.py's)."""
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
     from smfexp.utils.io import cache_root
 
@@ -45,7 +46,7 @@ def smf_run(tmp_path_factory, data_dir) -> Path:
                                  "eval.probes=[]", "data.eval_size=4", "eval.limit=2",
                                  f"paths.data_dir={data_dir}"])
         cfg.paths.output_dir = str(run)
-        train(cfg)
+        train(TrainConfig.from_hydra(cfg))
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     assert (run / "trained" / "memory" / "memory.safetensors").is_file()
@@ -124,12 +125,13 @@ def test_base_model_is_the_model_before_training(smf_run, data_dir, tmp_path):
     rows the run trained."""
     from smfexp.evaluate import inspect_checkpoint, load_base, load_for_eval
     from smfexp.memory import memory_blocks
+    from smfexp.run_config import EvaluateConfig
 
-    cfg = _eval_cfg(data_dir, "[wikitext]", f"checkpoint={smf_run}")
-    checkpoint = inspect_checkpoint(cfg)
+    run = EvaluateConfig.from_hydra(_eval_cfg(data_dir, "[wikitext]", f"checkpoint={smf_run}"))
+    checkpoint = inspect_checkpoint(run.checkpoint, run.model)
     assert checkpoint is not None and checkpoint.run_dir == smf_run
-    base, _ = load_base(cfg, checkpoint)
-    trained, _ = load_for_eval(cfg)
+    base, _ = load_base(run.model, checkpoint)
+    trained, _ = load_for_eval(run.model, run.checkpoint)
     changed = 0
     for b, t in zip(memory_blocks(base), memory_blocks(trained), strict=True):
         rows = (b.memory.values != t.memory.values).any(dim=1)

@@ -108,6 +108,7 @@ def test_facts_run_writes_gain_beyond_heldout(tmp_path, data_dir, monkeypatch):
     """A real (tiny-model) fact-learning run: results.json, CSV log and report agree."""
     from hydra import compose, initialize_config_dir
 
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
@@ -119,7 +120,7 @@ def test_facts_run_writes_gain_beyond_heldout(tmp_path, data_dir, monkeypatch):
             "trainer.precision=32-true", "eval.limit=4", "eval.probes=[triviaqa]",
             "eval.progress=false", f"paths.data_dir={data_dir}"])
     cfg.paths.output_dir = str(tmp_path / "run")
-    results = train(cfg)
+    results = train(TrainConfig.from_hydra(cfg))
     beyond = results["target_beyond_heldout"]
     assert beyond["probe"] == "triviaqa"
     for metric in ("exact_match", "answer_logprob"):

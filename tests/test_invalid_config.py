@@ -62,8 +62,8 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "memory.layers=[]"], "memory.layers"),
     (["method=smf", "+memory.n_key=8"], "memory.n_key is not a field of MemoryConfig; valid:"),
     (["+data.no_such_key=1"], "data.no_such_key is not an argument of MedMCQADataModule"),
-    (["+retrofit.stepz=1"], "retrofit.stepz is not a retrofit setting; valid:"),
-    (["+background.nn=1"], "background.nn is not a background setting; valid:"),
+    (["+retrofit.stepz=1"], "retrofit.stepz is not a field of RetrofitConfig; valid:"),
+    (["+background.nn=1"], "background.nn is not a field of BackgroundConfig; valid:"),
     (["method=smf", "retrofit.steps=-1"], "retrofit.steps"),
     (["method=smf", "retrofit.lr=-1"], "retrofit.lr"),
     (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
@@ -88,11 +88,12 @@ def no_model_load(monkeypatch):
     ("overrides", "message"), TRAIN_CASES, ids=[f"{' '.join(o)}:{m}" for o, m in TRAIN_CASES]
 )
 def test_train_rejects_before_loading(overrides, message, tmp_path, data_dir, no_model_load):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(tmp_path, data_dir, overrides)
     with pytest.raises((ValueError, DataUnavailableError)) as err:
-        train(cfg)
+        train(TrainConfig.from_hydra(cfg))
     text = str(err.value)
     assert message in text and "\n" not in text
     assert not (tmp_path / "results.json").exists()
@@ -100,6 +101,7 @@ def test_train_rejects_before_loading(overrides, message, tmp_path, data_dir, no
 
 def test_valid_config_reaches_the_tripwire(tmp_path, data_dir, no_model_load):
     """Guards the harness: a config that passes validation does try to load the model."""
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(
@@ -108,18 +110,19 @@ def test_valid_config_reaches_the_tripwire(tmp_path, data_dir, no_model_load):
         ["method=smf", "memory.layers=[1,3]", "memory.n_keys=16", "memory.knn=16"],
     )
     with pytest.raises(AssertionError, match="model was loaded"):
-        train(cfg)
+        train(TrainConfig.from_hydra(cfg))
 
 
 def test_missing_data_dir_without_hub(tmp_path, data_dir, monkeypatch, no_model_load):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(tmp_path, data_dir, ["paths.data_dir=null"])
     monkeypatch.delenv("SMFEXP_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./data here
-    monkeypatch.setattr("smfexp.validate.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("smfexp.run_config.hub_reachable", lambda *a, **k: False)
     with pytest.raises(DataUnavailableError, match=r"paths\.data_dir") as err:
-        train(cfg)
+        train(TrainConfig.from_hydra(cfg))
     assert "\n" not in str(err.value)
 
 
@@ -139,13 +142,14 @@ UNKNOWN_KEYS = [
                          ids=[k for _, k, _ in UNKNOWN_KEYS])
 def test_unknown_group_key_is_one_line_listing_valid_keys(overrides, key, offered, data_dir):
     """Any method: a typo in a class-backed group is named with what it could have been."""
-    from smfexp.validate import validate_train_config
+    from smfexp.run_config import TrainConfig
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train",
                       overrides=["model=tiny", f"paths.data_dir={data_dir}", *overrides])
+        cfg.paths.output_dir = "out"
     with pytest.raises(ValueError) as err:
-        validate_train_config(cfg)
+        TrainConfig.from_hydra(cfg)
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"{key} is not")
     valid = text.split("valid: ")[1].split(", ")
@@ -153,16 +157,23 @@ def test_unknown_group_key_is_one_line_listing_valid_keys(overrides, key, offere
 
 
 def test_shipped_configs_use_only_known_keys(data_dir):
-    """Every option of every class-backed group, experiments and searches included."""
-    from smfexp.validate import TRAIN_GROUPS, check_group_keys
+    """Every option of every group, experiments and searches included, reads as its typed
+    config (model included)."""
+    from smfexp.run_config import EvaluateConfig, RetrofitRunConfig, TrainConfig
 
-    groups = [*TRAIN_GROUPS, "method", "experiment", "hparams_search"]
+    groups = ["model", "data", "memory", "retrofit", "background", "eval", "method",
+              "experiment", "hparams_search"]
     options = [f"{g}={p.stem}" for g in groups for p in sorted((CONF / g).glob("*.yaml"))]
+    fixed = [f"paths.data_dir={data_dir}", "paths.output_dir=out"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in options:
-            check_group_keys(compose(config_name="train", overrides=[option]), TRAIN_GROUPS)
-        check_group_keys(compose(config_name="retrofit"), ("memory", "retrofit"))
-        check_group_keys(compose(config_name="evaluate"), ("eval",))
+            model = [] if option.startswith("model=") else ["model=tiny"]
+            TrainConfig.from_hydra(compose(config_name="train",
+                                           overrides=[option, *model, *fixed]))
+        RetrofitRunConfig.from_hydra(compose(config_name="retrofit", overrides=[
+            "model=tiny", f"paths.data_dir={data_dir}", "paths.output_dir=out"]))
+        EvaluateConfig.from_hydra(compose(config_name="evaluate", overrides=[
+            "model=tiny", f"eval.data_dir={data_dir}"]))
 
 
 def _compose(config_name: str, overrides: list[str]):
@@ -178,16 +189,16 @@ def _compose(config_name: str, overrides: list[str]):
         (["retrofit.steps=-1"], "retrofit.steps"),
         (["retrofit.max_length=-1"], "retrofit.max_length"),
         (["retrofit.parts=[nope]"], "retrofit.parts"),
-        (["+retrofit.stepz=3"], "retrofit.stepz is not a retrofit setting"),
+        (["+retrofit.stepz=3"], "retrofit.stepz is not a field of RetrofitConfig"),
         (["+memory.nkeys=8"], "memory.nkeys is not a field of MemoryConfig"),
         (["paths.data_dir=/nonexistent/smfexp-data"], "paths.data_dir"),
     ],
 )
 def test_retrofit_rejects_before_loading(overrides, message):
-    from smfexp.validate import validate_retrofit_config
+    from smfexp.run_config import RetrofitRunConfig
 
     with pytest.raises((ValueError, DataUnavailableError), match=message.replace(".", r"\.")):
-        validate_retrofit_config(_compose("retrofit", overrides))
+        RetrofitRunConfig.from_hydra(_compose("retrofit", [*overrides, "paths.output_dir=out"]))
 
 
 @pytest.mark.parametrize(

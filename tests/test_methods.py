@@ -81,7 +81,7 @@ def test_full_trains_every_param(tiny_model, tokenizer, tmp_path):
 
 
 def test_invalid_lr_is_rejected(tiny_model, tokenizer):
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match=r"method\.lr must be a number > 0"):
         FullFinetune(tiny_model, tokenizer, lr=0.0)
 
 

@@ -31,6 +31,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -44,7 +45,7 @@ def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
             "eval.stream_probes=[retention]", "eval.nested_at=[2,4,8]",
             "eval.earlier_facts=true", f"paths.data_dir={data_dir}", *TINY])
     cfg.paths.output_dir = str(tmp_path / "run")
-    results = train(cfg)
+    results = train(TrainConfig.from_hydra(cfg))
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     nested = on_disk["nested"]
     assert sorted(nested, key=int) == ["2", "4", "8"]

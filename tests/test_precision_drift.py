@@ -71,6 +71,7 @@ def _lora_losses(precision: str, data_dir: Path) -> list[float]:
     import lightning as L
     from hydra import compose, initialize_config_dir
 
+    from smfexp.run_config import Target
     from smfexp.runner import build_method
 
     overrides = [
@@ -87,7 +88,7 @@ def _lora_losses(precision: str, data_dir: Path) -> list[float]:
     datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tok, _convert_="all")
     datamodule.setup("fit")
     L.seed_everything(0)
-    module = build_method(cfg, model, tok)
+    module = build_method(Target.from_node(cfg.method, "method"), model, tok)
 
     losses: list[float] = []
 

@@ -115,8 +115,8 @@ def test_kill_and_sigterm_resume_match_uninterrupted_run(method, tmp_path, data_
     code, err = _finish(_cli(method, runs, "after_kill", data_dir, cache, "resume=auto"))
     assert code == 0, err
     _assert_same_run(runs / "after_kill", runs / "reference")
-    assert json.loads((runs / "after_kill" / "results.json").read_text())["resumed_from"] == str(
-        ckpt)
+    resumed = json.loads((runs / "after_kill" / "results.json").read_text())["resumed_from"]
+    assert (runs / "after_kill" / resumed).resolve() == ckpt.resolve()  # relative to the run
 
     # SIGTERM: a checkpoint after the current step, exit 128+15, results.json "interrupted"
     proc = _cli(method, runs, "terminated", data_dir, cache)
@@ -126,8 +126,9 @@ def test_kill_and_sigterm_resume_match_uninterrupted_run(method, tmp_path, data_
     assert code == 128 + signal.SIGTERM, err
     assert "resume=auto" in err and "Traceback" not in err
     status = json.loads((runs / "terminated" / "results.json").read_text())
-    assert status["status"] == "interrupted" and Path(status["checkpoint"]).is_file()
-    assert torch.load(status["checkpoint"], weights_only=True)["global_step"] < MAX_STEPS
+    kept = runs / "terminated" / status["checkpoint"]  # relative to the run dir
+    assert status["status"] == "interrupted" and kept.is_file()
+    assert torch.load(kept, weights_only=True)["global_step"] < MAX_STEPS
     code, err = _finish(_cli(method, runs, "after_term", data_dir, cache,
                              f"resume={runs / 'terminated'}"))
     assert code == 0, err
@@ -136,22 +137,24 @@ def test_kill_and_sigterm_resume_match_uninterrupted_run(method, tmp_path, data_
 
 def test_checkpoint_holds_only_what_trains(tmp_path, data_dir):
     """A LoRA checkpoint is the adapter + optimizer state, not the frozen backbone."""
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(tmp_path, data_dir, ["method=lora", "checkpoint_every_n_steps=1",
                                              "keep_checkpoints=true"])
-    train(cfg)
+    train(TrainConfig.from_hydra(cfg))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
     assert saved["smfexp_method"] == "lora" and saved["global_step"] == 2
 
 
 def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(tmp_path, data_dir, [f"resume={tmp_path / 'nowhere'}"])
     with pytest.raises(FileNotFoundError, match="resume=auto"):
-        train(cfg)
+        train(TrainConfig.from_hydra(cfg))
 
 
 @pytest.mark.parametrize("method", ["lora", "smf"])
@@ -159,6 +162,7 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
         method, tmp_path, data_dir, monkeypatch):
     import smfexp.runner as runner
     from smfexp.errors import NonFiniteError, record_failure, user_error_message
+    from smfexp.run_config import TrainConfig
 
     real_build = runner.build_method
     poison_at = 5  # training micro-batch 5 = optimizer step 3 (grad_accum 2)
@@ -180,12 +184,12 @@ def test_nan_stops_the_run_names_the_step_and_keeps_the_last_checkpoint(
     cfg = compose_train(tmp_path, data_dir, [*METHOD_ARGS[method], "trainer.max_steps=6",
                                              "checkpoint_every_n_steps=2"])
     with pytest.raises(NonFiniteError, match="step 3") as info:
-        runner.train(cfg)
+        runner.train(TrainConfig.from_hydra(cfg))
     record_failure(cfg, info.value, user_error_message(info.value))  # what smfexp.train does
     status = json.loads((tmp_path / "results.json").read_text())
     assert status["status"] == "failed" and "non-finite training loss" in status["error"]
     assert "after" not in status  # never a number
-    kept = torch.load(status["checkpoint"], weights_only=True)
+    kept = torch.load(tmp_path / status["checkpoint"], weights_only=True)
     assert kept["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
@@ -210,11 +214,11 @@ def test_resume_auto_picks_the_newest_unfinished_run_with_this_config(tmp_path, 
     old = run("old", key, "interrupted", 1_000)
     run("finished", key, "ok", 3_000)  # keep_checkpoints=true: done, nothing to resume
     run("other_config", "0123abcd", None, 4_000)
-    assert find_resume_checkpoint(cfg) == old
+    runs = tmp_path / "runs"
+    assert find_resume_checkpoint("auto", runs, key) == old
     newer = run("killed", key, None, 2_000)
-    assert find_resume_checkpoint(cfg) == newer
-    cfg.resume = None
-    assert find_resume_checkpoint(cfg) is None
+    assert find_resume_checkpoint("auto", runs, key) == newer
+    assert find_resume_checkpoint(None, runs, key) is None
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -19,12 +19,13 @@ CONF = ROOT / "conf"
 @pytest.mark.parametrize("method", ["smf", "lora", "full"])
 @pytest.mark.parametrize("data", ["medmcqa", "triviaqa_facts", "facts"])
 def test_smoke_validates_with_every_data_option(data, method, data_dir):
-    from smfexp.validate import validate_train_config
+    from smfexp.run_config import TrainConfig
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            "experiment=smoke", f"method={method}", f"data={data}", f"paths.data_dir={data_dir}"])
-    validate_train_config(cfg)
+            "experiment=smoke", f"method={method}", f"data={data}", f"paths.data_dir={data_dir}",
+            "paths.output_dir=out"])
+    TrainConfig.from_hydra(cfg)
     assert cfg.model.source == "tiny" and cfg.trainer.max_steps == 2
 
 

@@ -64,23 +64,25 @@ def _check_common(results: dict, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_baseline_run_writes_complete_results(method, tmp_path, data_dir):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     cfg = compose_train(tmp_path, data_dir, [f"method={method}"])
-    results = train(cfg)
+    results = train(TrainConfig.from_hydra(cfg))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["method"] == method and on_disk["after"] == results["after"]
     _check_common(on_disk, method)
     assert on_disk["selector"] is None
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()
-    assert Path(on_disk["trained_artifact"]).is_dir()
+    assert (tmp_path / on_disk["trained_artifact"]).is_dir()  # relative to the run dir
 
 
 def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     overrides = ["method=smf", "selector=kl", "method.top_t=8", *TINY_MEMORY, *TINY_RETROFIT]
-    first = train(compose_train(tmp_path / "a", data_dir, overrides))
+    first = train(TrainConfig.from_hydra(compose_train(tmp_path / "a", data_dir, overrides)))
     _check_common(first, "smf")
     assert first["selector"] == "kl"
     smf = first["smf"]
@@ -92,13 +94,14 @@ def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     assert first["retrofit"]["heldout_loss"]["retrofitted"] > 0
     cached = sorted(Path(first["retrofit"]["checkpoint"]).iterdir())
     stamps = {f.name: f.stat().st_mtime_ns for f in cached}
-    second = train(compose_train(tmp_path / "b", data_dir, overrides))
+    second = train(TrainConfig.from_hydra(compose_train(tmp_path / "b", data_dir, overrides)))
     assert second["retrofit"]["checkpoint"] == first["retrofit"]["checkpoint"]
     assert {f.name: f.stat().st_mtime_ns for f in cached} == stamps  # reused, not rebuilt
     assert second["after"]["target"] == first["after"]["target"]  # same seed, same result
 
 
 def test_invalid_values_fail_before_loading(tmp_path, data_dir):
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     for override, message in [("method.lr=0", "method.lr"),
@@ -106,7 +109,7 @@ def test_invalid_values_fail_before_loading(tmp_path, data_dir):
                               ("memory.knn=999", "knn")]:
         cfg = compose_train(tmp_path, data_dir, ["method=smf", override])
         with pytest.raises(ValueError, match=message):
-            train(cfg)
+            train(TrainConfig.from_hydra(cfg))
     assert not (tmp_path / "results.json").exists()
 
 

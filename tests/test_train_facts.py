@@ -16,6 +16,7 @@ TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim
 
 
 def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dict:
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -26,7 +27,7 @@ def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dic
             "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
             "eval.progress=false", f"paths.data_dir={data_dir}", *overrides])
     cfg.paths.output_dir = str(tmp_path / name)
-    results = train(cfg)
+    results = train(TrainConfig.from_hydra(cfg))
     on_disk = json.loads((tmp_path / name / "results.json").read_text())
     assert on_disk["status"] == "ok"
     return results

@@ -17,6 +17,7 @@ checkpoint the global RNG streams that dropout and the random selector draw from
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
 
 from smfexp.errors import RunInterrupted
+from smfexp.utils.configs import plain
 from smfexp.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,21 @@ _NOT_IN_KEY = ("resume", "ckpt_path", "paths", "logger", "callbacks", "checkpoin
                "keep_checkpoints", "skip_finished")
 
 
-def run_key(cfg: DictConfig) -> str:
-    """Identity of a run's computation: two runs with the same key take the same steps."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+# groups whose class is named for readers (``_target_``): the class is not what is computed
+_TYPED_GROUPS = ("model", "memory", "retrofit", "background", "eval")
+
+
+def run_key(cfg: Any) -> str:
+    """Identity of a run's computation: two runs with the same key take the same steps.
+    ``cfg``: the composed config (a node, or its resolved plain mapping)."""
+    container = copy.deepcopy(plain(cfg))
     assert isinstance(container, dict)
     for group in ("data", "eval"):  # where the data sits is not what is computed
         if isinstance(container.get(group), dict):
             container[group].pop("data_dir", None)
+    for group in _TYPED_GROUPS:
+        if isinstance(container.get(group), dict):
+            container[group].pop("_target_", None)
     data = container.get("data")
     if isinstance(data, dict) and (data.get("lr_horizon") in (None, data.get("n_facts"))
                                    or data.get("schedule") == "constant"):
@@ -58,18 +67,17 @@ def run_key(cfg: DictConfig) -> str:
     return stable_hash({k: v for k, v in container.items() if k not in _NOT_IN_KEY})
 
 
-def find_resume_checkpoint(cfg: DictConfig) -> Path | None:
+def find_resume_checkpoint(resume: str | None, runs_root: Path, key: str) -> Path | None:
     """The checkpoint ``resume=`` (or ``ckpt_path=``) points at; None = start fresh.
 
-    ``auto`` picks the newest ``checkpoints/last.ckpt`` under ``paths.runs_root`` written by a
-    run with this run's key; a run directory or a ``.ckpt`` file can also be given.
+    ``auto`` picks the newest ``checkpoints/last.ckpt`` under ``runs_root`` written by a run
+    with this run ``key``; a run directory or a ``.ckpt`` file can also be given.
     """
-    value = cfg.get("resume") or cfg.get("ckpt_path")
+    value = resume
     if not value:
         return None
     if str(value) == "auto":
-        root = Path(cfg.paths.runs_root)
-        key = run_key(cfg)
+        root = Path(runs_root)
         found = [
             p for p in root.glob(f"**/{CHECKPOINT_DIR}/{LAST}")
             if _read_key(p.parent) == key

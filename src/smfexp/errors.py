@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smfexp.data.sources import DataUnavailableError, MalformedDataError
+from smfexp.utils.errors import DataUnavailableError, MalformedDataError, ModelUnavailableError
+from smfexp.utils.io import atomic_write_json
 
 if TYPE_CHECKING:  # the methods import NonFiniteError; they must not need Hydra's config lib
     from omegaconf import DictConfig
-from smfexp.models.loading import ModelUnavailableError
-from smfexp.utils.io import atomic_write_json
 
 log = logging.getLogger("smfexp")
 
@@ -78,9 +77,9 @@ def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> 
         "selector": cfg.method.get("selector"),
         "seed": cfg.get("seed"),
         "model": cfg.model.get("name"),
-        "output_dir": str(out),
-        # the last good checkpoint: the same command with resume=auto continues from it
-        "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
+        # the last good checkpoint (relative to the run dir): the same command with
+        # resume=auto continues from it
+        "checkpoint": str(checkpoint.relative_to(out)) if checkpoint.is_file() else None,
     })
 
 

@@ -20,6 +20,7 @@ fails before any model loads. A probe that fails while scoring is recorded as ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
@@ -42,9 +43,9 @@ from smfexp.eval.config import EvalConfig
 from smfexp.eval.encode import resolve_max_length
 from smfexp.eval.paired import paired_changes
 from smfexp.models.loading import ModelSpec, load_model
+from smfexp.run_config import EvaluateConfig
 from smfexp.tasks import load_probe_data, primary_metric, score_probe_samples, select_probe_rows
 from smfexp.utils.io import atomic_write_json
-from smfexp.validate import validate_evaluate_config
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _start_memory(directory: Path) -> str | None:
     return start
 
 
-def _check_run_model(run_dir: Path, model_cfg: Any) -> None:
+def _check_run_model(run_dir: Path, spec: ModelSpec) -> None:
     """The base model must be the one the run trained: else before/after compare nothing."""
     try:
         trained_on = ModelSpec.from_config(OmegaConf.load(run_dir / RUN_CONFIG).model)
@@ -125,7 +126,6 @@ def _check_run_model(run_dir: Path, model_cfg: Any) -> None:
         log.warning("could not read %s (%s); the model is not checked", run_dir / RUN_CONFIG,
                     err)
         return
-    spec = ModelSpec.from_config(model_cfg)
     for name in MODEL_IDENTITY:
         if name == "path" and spec.source == "local":
             continue
@@ -137,11 +137,10 @@ def _check_run_model(run_dir: Path, model_cfg: Any) -> None:
                 f"(model={trained_on.name}, model.{name}={theirs})")
 
 
-def inspect_checkpoint(cfg: DictConfig) -> Checkpoint | None:
-    """Resolve ``cfg.checkpoint`` without loading a model; raise one line if it cannot run."""
+def inspect_checkpoint(given: str | None, spec: ModelSpec) -> Checkpoint | None:
+    """Resolve ``checkpoint=`` without loading a model; raise one line if it cannot run."""
     from smfexp.models.trained import _artifact
 
-    given = cfg.get("checkpoint")
     if not given:
         return None
     path = Path(str(given)).expanduser()
@@ -150,29 +149,29 @@ def inspect_checkpoint(cfg: DictConfig) -> Checkpoint | None:
     start = _start_memory(directory) if kind == "memory" else None
     run_dir = _run_dir(path)
     if (run_dir / RUN_CONFIG).is_file():
-        _check_run_model(run_dir, cfg.model)
+        _check_run_model(run_dir, spec)
     else:
         run_dir = None
     return Checkpoint(str(given), kind, directory, start, run_dir)
 
 
 # --------------------------------------------------------------------------- models
-def load_for_eval(cfg: DictConfig) -> tuple[Any, Any]:
-    """The model of ``cfg.model``, with ``cfg.checkpoint`` (a run's trained artifact) applied."""
-    model, tokenizer = load_model(cfg.model)
-    if cfg.get("checkpoint"):
+def load_for_eval(spec: ModelSpec, checkpoint: str | None) -> tuple[Any, Any]:
+    """The model of ``spec``, with ``checkpoint`` (a run's trained artifact) applied."""
+    model, tokenizer = load_model(spec)
+    if checkpoint:
         from smfexp.models.trained import load_trained
 
-        model, _ = load_trained(model, cfg.checkpoint)
+        model, _ = load_trained(model, checkpoint)
     return model, tokenizer
 
 
-def load_base(cfg: DictConfig, checkpoint: Checkpoint) -> tuple[Any, Any]:
+def load_base(spec: ModelSpec, checkpoint: Checkpoint) -> tuple[Any, Any]:
     """The model the checkpoint's run started from: a separate copy, so neither the adapter
     nor the trained rows can leak into the before scores."""
     from smfexp.memory import load_memory, memory_blocks
 
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(spec)
     if checkpoint.start_memory == "zero":  # the trained rows on zero: zero them all again
         load_memory(model, checkpoint.directory)
         with torch.no_grad():
@@ -278,29 +277,30 @@ def format_comparison(results: dict[str, dict[str, Any]], protocol: str) -> str:
     return "\n".join(lines)
 
 
-def describe(cfg: DictConfig, ecfg: EvalConfig, checkpoint: Checkpoint | None, model: Any,
+def describe(run: EvaluateConfig, checkpoint: Checkpoint | None, model: Any,
              tokenizer: Any, data: dict[str, Rows]) -> dict[str, Any]:
     """``_meta``: what was scored, how, and against what."""
     return {
         "status": "running",  # ok | failed once every probe is done
         "failed": [],
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "checkpoint": cfg.get("checkpoint"),
+        "model": dataclasses.asdict(run.model),
+        "checkpoint": run.checkpoint,
         "checkpoint_kind": checkpoint.kind if checkpoint else None,
         "checkpoint_artifact": str(checkpoint.directory) if checkpoint else None,
         "run_dir": str(checkpoint.run_dir) if checkpoint and checkpoint.run_dir else None,
-        "base_model": checkpoint.base_model(str(cfg.model.name)) if checkpoint else None,
-        "protocol": ecfg.protocol,
-        "limit": ecfg.limit,
-        "chat_template": ecfg.chat_template,
-        "precision": ecfg.precision,
-        "batch_size": ecfg.batch_size,
-        "max_length": resolve_max_length(model, tokenizer, ecfg.max_length),
+        "base_model": checkpoint.base_model(run.model.name) if checkpoint else None,
+        "protocol": run.eval.protocol,
+        "limit": run.eval.limit,
+        "chat_template": run.eval.chat_template,
+        "precision": run.eval.precision,
+        "batch_size": run.eval.batch_size,
+        "max_length": resolve_max_length(model, tokenizer, run.eval.max_length),
         "data_source": {p: rows.source for p, rows in data.items()},
-        "primary_metric": {p: list(primary_metric(p, ecfg.protocol)) for p in ecfg.probes},
+        "primary_metric": {p: list(primary_metric(p, run.eval.protocol))
+                           for p in run.eval.probes},
         "seconds": {},
         "wall_time_s": None,
-        "eval_config": ecfg.to_dict(),
+        "eval_config": run.eval.to_dict(),
         "versions": {
             "smfexp": __version__,
             "torch": torch.__version__,
@@ -322,19 +322,24 @@ def failure_message(out: dict[str, Any], path: Path) -> str | None:
 # --------------------------------------------------------------------------- entry point
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Score every probe (base vs checkpoint with ``checkpoint``), rewriting
-    ``output_dir / cfg.output`` after each; return its content."""
-    ecfg = validate_evaluate_config(cfg).resolved()  # one-line errors before any model loads
-    checkpoint = inspect_checkpoint(cfg)
+    ``output_dir / output`` after each; return its content."""
+    return evaluate(EvaluateConfig.from_hydra(cfg), output_dir)  # one-line errors first
+
+
+def evaluate(run: EvaluateConfig, output_dir: Path) -> dict[str, Any]:
+    """:func:`run` on the checked config."""
+    ecfg = run.eval
+    checkpoint = inspect_checkpoint(run.checkpoint, run.model)
     t_start = time.perf_counter()
     data = {p: load_probe_data(p, ecfg) for p in ecfg.probes}  # missing data: before any load
     if checkpoint is None:
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(run.model)
         trained = None
     else:
-        model, tokenizer = load_base(cfg, checkpoint)
-        trained, _ = load_for_eval(cfg)
-    meta = describe(cfg, ecfg, checkpoint, model, tokenizer, data)
-    path = output_dir / str(cfg.output)
+        model, tokenizer = load_base(run.model, checkpoint)
+        trained, _ = load_for_eval(run.model, run.checkpoint)
+    meta = describe(run, checkpoint, model, tokenizer, data)
+    path = output_dir / run.output
     results: dict[str, dict[str, Any]] = {}
     for probe in ecfg.probes:
         rows = data[probe].rows
@@ -365,7 +370,7 @@ def cli(cfg: DictConfig, output_dir: Path) -> int:
 
     with friendly_errors():
         out = run(cfg, output_dir)
-    message = failure_message(out, output_dir / str(cfg.output))
+    message = failure_message(out, output_dir / str(cfg.get("output")))
     if message is None:
         return 0
     print(f"error: {message}", file=sys.stderr)

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
 
 from smfexp.utils.net import reachable, wandb_url
 
@@ -64,14 +63,14 @@ def _wandb_logger(conf: dict[str, Any], run_meta: dict[str, Any]) -> WandbLogger
     )
 
 
-def build_loggers(cfg: DictConfig, run_meta: dict[str, Any]) -> list[Logger]:
-    """Loggers named in ``cfg.logger`` (``csv``, ``wandb``)."""
+def build_loggers(settings: dict[str, dict[str, Any]],
+                  run_meta: dict[str, Any]) -> list[Logger]:
+    """The loggers of the ``logger`` group (``csv``, ``wandb``: their settings by name)."""
     loggers: list[Logger] = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for name, node in settings.items():
         if node is None:
             continue
-        conf = OmegaConf.to_container(node, resolve=True)
-        assert isinstance(conf, dict)
+        conf = dict(node)
         if name == "csv":
             loggers.append(CSVLogger(**conf))
         elif name == "wandb":

@@ -16,15 +16,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def main(cfg: DictConfig) -> None:
     from smfexp.errors import friendly_errors
     from smfexp.models.loading import load_model
+    from smfexp.run_config import RetrofitRunConfig
     from smfexp.stages.retrofit import ensure_retrofit
-    from smfexp.validate import validate_retrofit_config
 
     with friendly_errors():
-        validate_retrofit_config(cfg)  # one-line errors before the model loads
-        model, tokenizer = load_model(cfg.model)
-        directory, report = ensure_retrofit(
-            model, tokenizer, cfg.model, cfg.memory, cfg.retrofit, data_dir=cfg.paths.data_dir
-        )
+        run = RetrofitRunConfig.from_hydra(cfg)  # one-line errors before the model loads
+        model, tokenizer = load_model(run.model)
+        directory, report = ensure_retrofit(model, tokenizer, run.model, run.memory,
+                                            run.retrofit, data_dir=run.data_dir)
     losses = report["heldout_loss"]
     print(f"retrofit checkpoint: {directory}", file=sys.stderr)
     print(json.dumps({"heldout_loss": losses, "seconds": round(report["seconds"], 1)}, indent=2))

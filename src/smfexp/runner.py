@@ -1,12 +1,15 @@
-"""Build one experiment from a composed config and run it: the body of ``smfexp.train``.
+"""Build one experiment from its config and run it: the body of ``smfexp.train``.
 
-Order matters for the user: cheap config checks first (a typo fails in a second, before any
-model loads), then model, data, method, Trainer, before/after scoring, results.json.
+Order matters for the user: the config is read and checked once (:mod:`smfexp.run_config`: a
+typo fails in a second, before any model loads), then model, data, method, Trainer,
+before/after scoring, results.json - each built from its typed piece of the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -18,7 +21,6 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from omegaconf import DictConfig, OmegaConf
 
 from smfexp.callbacks.forgetting import ForgettingCallback
 from smfexp.callbacks.nested import NestedStreamCallback
@@ -29,28 +31,27 @@ from smfexp.checkpointing import (
     find_resume_checkpoint,
     finished_results,
     periodic_checkpoint,
-    run_key,
 )
 from smfexp.eval import EvalConfig
 from smfexp.loggers import build_loggers, finish_loggers
 from smfexp.methods.base import FinetuneModule
 from smfexp.models.loading import load_model
 from smfexp.objective import objective
+from smfexp.run_config import Target, TrainConfig
 from smfexp.utils.io import atomic_write_json, stable_hash
 from smfexp.utils.precision import resolve_precision
-from smfexp.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
-def build_method(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any,
+
+def build_method(method: Target, model: torch.nn.Module, tokenizer: Any,
                  **extra: Any) -> FinetuneModule:
-    """The LightningModule of ``cfg.method``: its config is exactly its constructor arguments;
-    ``extra`` are what its stages built (e.g. background statistics), not configs."""
-    build = hydra.utils.instantiate(cfg.method, _partial_=True, _convert_="all")
-    return build(model=model, tokenizer=tokenizer, **extra)
+    """The LightningModule of the ``method`` group: its config is exactly its constructor
+    arguments; ``extra`` are what its stages built (e.g. background statistics)."""
+    return method.build(model=model, tokenizer=tokenizer, **extra)
 
 
-def run_metadata(cfg: DictConfig, module: FinetuneModule) -> dict[str, Any]:
+def run_metadata(run: TrainConfig, module: FinetuneModule) -> dict[str, Any]:
     """Name, group (the sweep) and tags of a job, for experiment trackers."""
     method, selector = module.method_name, getattr(module, "selector", None)
     group = None
@@ -63,12 +64,11 @@ def run_metadata(cfg: DictConfig, module: FinetuneModule) -> dict[str, Any]:
             group = Path(hc.sweep.dir).name
     except ValueError:  # not inside a Hydra app (tests, notebooks)
         pass
-    data_name = cfg.data.get("name")
-    tags = [t for t in (method, selector, data_name, cfg.model.name) if t]
-    name = "-".join(str(t) for t in (method, selector, f"s{cfg.seed}") if t)
+    data_name = run.data.kwargs.get("name")
+    tags = [t for t in (method, selector, data_name, run.model.name) if t]
+    name = "-".join(str(t) for t in (method, selector, f"s{run.seed}") if t)
     config = {"method": method, "selector": selector, "data": data_name,
-              "model": cfg.model.name, "seed": cfg.seed,
-              "config": OmegaConf.to_container(cfg, resolve=False)}
+              "model": run.model.name, "seed": run.seed, "config": run.resolved}
     return {"group": group, "tags": tags, "name": name, "config": config}
 
 
@@ -88,12 +88,9 @@ def summary_metrics(results: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(progress_bar: str) -> list[L.Callback]:
     """Lightning's tqdm bar (the one progress-bar library of the project), or none."""
-    kind = cfg.callbacks.get("progress_bar", "tqdm")
-    if kind not in ("tqdm", "none"):
-        raise ValueError(f"callbacks.progress_bar={kind!r}; valid: tqdm, none")
-    return [TQDMProgressBar()] if kind == "tqdm" else []
+    return [TQDMProgressBar()] if progress_bar == "tqdm" else []
 
 
 def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
@@ -112,6 +109,12 @@ def build_stream_callback(eval_cfg: EvalConfig, datamodule: Any, tokenizer: Any,
                                getattr(datamodule, "steps_per_fact", 1), precision,
                                probe_rows=lambda: forgetting.probe_rows,
                                cache_start=forgetting.cached_start_scores)
+
+
+def relative_to(path: Path, run_dir: Path) -> str:
+    """``path`` as results.json records it: relative to the run dir (the file's own folder),
+    so results stay true when the run dir moves to another machine or checkout."""
+    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
 
 
 def _after_scores(errors: dict[str, str], step: str, run: Callable[[], Any]) -> Any:
@@ -140,30 +143,30 @@ def build_nested_callback(eval_cfg: EvalConfig, datamodule: Any,
                                 eval_cfg.nested_at, eval_cfg.earlier_facts)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment; returns (and writes) the results.json content."""
+def train(run: TrainConfig) -> dict[str, Any]:
+    """Run one experiment from its checked config (``TrainConfig.from_hydra``, at the entry
+    point); returns (and writes) the results.json content."""
     t_start = time.perf_counter()
-    output_dir = Path(cfg.paths.output_dir)
-    validate_train_config(cfg)  # one-line errors before anything heavy
-    key = run_key(cfg)
-    done = finished_results(output_dir, key) if cfg.get("skip_finished", False) else None
+    output_dir = run.paths.output_dir
+    done = finished_results(output_dir, run.key) if run.skip_finished else None
     if done is not None:
         log.info("%s already holds this run's results (skip_finished=true)", output_dir)
         return done
-    resume_from = find_resume_checkpoint(cfg)
-    eval_cfg = EvalConfig.from_config(cfg.eval).resolved(str(cfg.trainer.get("accelerator")))
-    L.seed_everything(cfg.seed, workers=True)
+    resume_from = find_resume_checkpoint(run.resume, run.paths.runs_root, run.key)
+    accelerator = str(run.trainer.get("accelerator"))
+    eval_cfg = run.eval.resolved(accelerator)
+    L.seed_everything(run.seed, workers=True)
 
     t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(run.model)
     load_seconds = time.perf_counter() - t0
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
+    datamodule = run.data.build(tokenizer=tokenizer)
     datamodule.setup("fit")
-    prepared = hydra.utils.get_class(cfg.method._target_).prepare(cfg, model, tokenizer)
-    module = build_method(cfg, model, tokenizer, **prepared.kwargs)
+    prepared = run.method.cls.prepare(run.stages, model, tokenizer)
+    module = build_method(run.method, model, tokenizer, **prepared.kwargs)
 
     score_key = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": dataclasses.asdict(run.model),
         # what is scored, not where the data sits or how it is shown
         "eval": {k: v for k, v in eval_cfg.to_dict().items() if k not in ("progress", "data_dir")},
         "target": [datamodule.target.probe, stable_hash(datamodule.target.rows)],
@@ -173,27 +176,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         score_key["variants"] = stable_hash(datamodule.target.variants)
     forgetting = ForgettingCallback(eval_cfg, datamodule.target, tokenizer,
                                     cache_key=score_key, stage_key=prepared.stage)
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(trainer_kwargs, dict)
+    trainer_kwargs = dict(run.trainer)
     trainer_kwargs.update(module.trainer_settings())  # accumulation and clipping: the method's
-    if isinstance(trainer_kwargs.get("strategy"), dict):
+    if isinstance(trainer_kwargs.get("strategy"), dict):  # a Lightning strategy's _target_
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
-                                                    str(trainer_kwargs.get("accelerator")))
-    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, key)
-    periodic = periodic_checkpoint(output_dir / CHECKPOINT_DIR,
-                                   int(cfg.get("checkpoint_every_n_steps", 0) or 0))
-    stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting,
-                                   str(trainer_kwargs.get("accelerator")))
+                                                    accelerator)
+    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, run.key)
+    periodic = periodic_checkpoint(output_dir / CHECKPOINT_DIR, run.checkpoint_every_n_steps)
+    stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting, accelerator)
     nested = build_nested_callback(eval_cfg, datamodule, forgetting)
     callbacks = [forgetting, *([stream] if stream else []), *([nested] if nested else []),
                  checkpointer,
-                 *([periodic] if periodic else []), *build_callbacks(cfg)]
+                 *([periodic] if periodic else []), *build_callbacks(run.progress_bar)]
     trainer_kwargs["enable_checkpointing"] = periodic is not None  # else Lightning adds its own
-    enable_bar = cfg.callbacks.get("progress_bar", "tqdm") != "none"
-    loggers = build_loggers(cfg, run_metadata(cfg, module))
+    loggers = build_loggers(run.loggers, run_metadata(run, module))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
-                        default_root_dir=str(output_dir), enable_progress_bar=enable_bar)
+                        default_root_dir=str(output_dir),
+                        enable_progress_bar=run.progress_bar != "none")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # our sampler re-enters the epoch at the checkpointed batch (SFTDataModule.state_dict)
@@ -210,8 +210,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "ok",
         "method": module.method_name,
         "selector": getattr(module, "selector", None),
-        "seed": cfg.seed,
-        "model": cfg.model.name,
+        "seed": run.seed,
+        "model": run.model.name,
         "data": datamodule.info,
         "protocol": eval_cfg.protocol,
         "precision": str(trainer.precision),
@@ -230,9 +230,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "trained_artifact": None,
         "retrofit": None,
         **prepared.results,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "run_key": key,
-        "output_dir": str(output_dir),
+        "resumed_from": relative_to(resume_from, output_dir) if resume_from else None,
+        "run_key": run.key,
     }
     # The scores are what the run was for: they reach results.json first, and a step after
     # them that fails (a summary number, saving, a logger) is recorded beside them.
@@ -240,12 +239,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _after_scores(errors, "extra_results",
                   lambda: results.update(getattr(module, "extra_results", dict)()))
     results["objective"] = _after_scores(
-        errors, "objective", lambda: objective(results, cfg.get("forgetting_penalty", 1.0)))
+        errors, "objective", lambda: objective(results, run.forgetting_penalty))
     atomic_write_json(output_dir / "results.json", results)
-    if cfg.get("save_trained", True):
+    if run.save_trained:
         results["trained_artifact"] = _after_scores(
-            errors, "save_trained", lambda: str(module.save_trained(output_dir / "trained")))
-    if not cfg.get("keep_checkpoints", False) and "save_trained" not in errors:
+            errors, "save_trained",
+            lambda: relative_to(module.save_trained(output_dir / "trained"), output_dir))
+    if not run.keep_checkpoints and "save_trained" not in errors:
         shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # what was trained stays
     _after_scores(errors, "loggers",
                   lambda: finish_loggers(loggers, summary_metrics(results), results))

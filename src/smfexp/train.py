@@ -36,12 +36,13 @@ def main(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from smfexp.errors import RunInterrupted, record_failure, user_error_message
+    from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
     print(OmegaConf.to_yaml(cfg, resolve=False), file=sys.stderr)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERT)
     try:
-        results = train(cfg)
+        results = train(TrainConfig.from_hydra(cfg))  # the config, read once: typos fail here
     except Exception as err:
         message = user_error_message(err)
         record_failure(cfg, err, message)

@@ -1,14 +1,15 @@
 """One LightningDataModule per benchmark, all on the same source layer and collator.
 
 A DataModule owns *which rows* a run trains on and which rows measure the target metric,
-taking each benchmark's loader and split boundaries from its task module (``smfexp.tasks``);
-the scorers there own *how* they are scored.
+taking each benchmark's loader and split boundaries from :mod:`smfexp.data.benchmarks`; the
+scorers (``smfexp.tasks``, a layer above) own *how* they are scored.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,17 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from smfexp.data import sources
-from smfexp.data.collate import PadCollator, TokenizedExample, fit_length, tokenize_pair
+from smfexp.data.benchmarks import medmcqa
+from smfexp.data.collate import (
+    LOSS_ON,
+    OVERLONG,
+    PadCollator,
+    TokenizedExample,
+    fit_length,
+    tokenize_pair,
+)
 from smfexp.data.sampling import ResumableRandomSampler
-from smfexp.tasks import medmcqa
+from smfexp.utils.configs import require_int, require_number
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +79,9 @@ class SFTDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.name = name or self.name
-        if batch_size <= 0 or max_length <= 0:
-            raise ValueError("data.batch_size and data.max_length must be positive")
+        SFTDataModule.check_arguments({"batch_size": batch_size, "max_length": max_length,
+                                       "loss_on": loss_on, "overlong": overlong,
+                                       "max_bad_fraction": max_bad_fraction, "epochs": epochs})
         self.tokenizer = tokenizer
         self.data_dir_cfg = data_dir
         self.batch_size = batch_size
@@ -100,6 +110,24 @@ class SFTDataModule(LightningDataModule):
         self._prepared = False
         self._resume_position: tuple[int, int] | None = None
         self.sampler: ResumableRandomSampler | None = None
+
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible arguments (those in ``args``): the run config
+        calls it before any model loads, the constructor on what it gets."""
+        for key in ("batch_size", "max_length"):
+            if key in args:
+                require_int(args[key], f"data.{key}")
+        if "epochs" in args:
+            require_int(args["epochs"], "data.epochs", minimum=0)
+        for key, valid in (("loss_on", LOSS_ON), ("overlong", OVERLONG)):
+            if key in args and args[key] not in valid:
+                raise ValueError(f"data.{key}={args[key]!r} is not valid; choose one of "
+                                 f"{list(valid)}")
+        fraction = args.get("max_bad_fraction")
+        if fraction is not None and not 0 <= require_number(fraction, "data.max_bad_fraction",
+                                                            allow_zero=True) <= 1:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1] (got {fraction})")
 
     # -- subclasses -------------------------------------------------------------------
     def load_splits(self, data_dir: Any) -> tuple[list[dict], TargetSpec, dict[str, Any]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smfexp.utils.configs import from_node
 from smfexp.utils.precision import resolve_precision
 
 PROTOCOLS = ("harness", "paper")
@@ -80,6 +80,12 @@ class EvalConfig:
             self.stream_probes = [self.stream_probes]
         if self.stream_probes is not None:
             self.stream_probes = [str(p) for p in self.stream_probes]
+        if self.nested_at is not None:
+            self.nested_at = list(self.nested_at)
+        self.limits = {str(k): v for k, v in (self.limits or {}).items()}
+        self.stream_limits = {str(k): v for k, v in (self.stream_limits or {}).items()}
+        if self.data_dir is not None:
+            self.data_dir = str(self.data_dir)
         self.validate()
 
     def validate(self) -> None:
@@ -139,32 +145,8 @@ class EvalConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> EvalConfig:
-        """Build from an OmegaConf node or a mapping; unknown keys are an error."""
-        if isinstance(cfg, EvalConfig):
-            return dataclasses.replace(cfg)
-        if cfg is None:
-            return cls()
-        if not isinstance(cfg, Mapping) and not hasattr(cfg, "items"):
-            raise ValueError(f"eval config must be a mapping, got {type(cfg).__name__}")
-        data = {str(k): cfg[k] for k in cfg if not str(k).startswith("_")}
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"unknown eval config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        if data.get("nested_at") is not None:
-            data["nested_at"] = list(data["nested_at"])
-        for key in ("probes", "stream_probes"):
-            if data.get(key) is not None and not isinstance(data[key], str):
-                data[key] = list(data[key])
-        for key in ("limits", "stream_limits"):
-            if data.get(key) is not None:
-                data[key] = {str(k): data[key][k] for k in data[key]}
-            else:
-                data.pop(key, None)
-        if data.get("data_dir") is not None:
-            data["data_dir"] = str(data["data_dir"])
-        return cls(**data)
+        """Build from a mapping or config node; an unknown key is a one-line error."""
+        return from_node(cls, cfg, "eval")
 
     def resolved(self, accelerator: str = "auto") -> EvalConfig:
         """A copy with ``auto`` precisions made concrete for this device (bf16 where its

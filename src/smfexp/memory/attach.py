@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from smfexp.memory.pkm import QUERY_NORMS, VALUE_INITS, ProductKeyMemory
+from smfexp.utils.configs import from_node
 
 MODES = ("additive", "replacement")
 _CONFIG_ATTR = "_smf_memory_config"
@@ -46,25 +47,18 @@ class MemoryConfig:
     query_norm: str = "batch"  # none | layer | batch (see ProductKeyMemory)
     value_init: str = "normal"  # normal | zero (an empty memory: the model is the base model)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.query_norm, bool):  # checkpoints from before "batch" existed
+            self.query_norm = "layer" if self.query_norm else "none"
+        if isinstance(self.layers, int | float):
+            self.layers = [self.layers]
+        self.layers = list(self.layers)
+        self.check()
+
     @classmethod
     def from_config(cls, cfg: Any) -> MemoryConfig:
-        """Build from a dict or OmegaConf node; unknown keys are an error (typos are silent)."""
-        if isinstance(cfg, MemoryConfig):
-            return dataclasses.replace(cfg)
-        if not isinstance(cfg, Mapping) and not hasattr(cfg, "items"):
-            raise ValueError(f"memory config must be a mapping, got {type(cfg).__name__}")
-        data = {str(k): cfg[k] for k in cfg if not str(k).startswith("_")}
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"unknown memory config key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        if isinstance(data.get("query_norm"), bool):  # checkpoints before "batch" existed
-            data["query_norm"] = "layer" if data["query_norm"] else "none"
-        if "layers" in data:
-            layers = data["layers"]
-            data["layers"] = [layers] if isinstance(layers, int | float) else list(layers)
-        return cls(**data)
+        """Build from a dict or config node; an unknown key is a one-line error."""
+        return from_node(cls, cfg, "memory")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,8 +89,8 @@ class MemoryConfig:
             raise ValueError(f"memory.layers {self.layers} map to duplicate blocks {out}")
         return sorted(out)
 
-    def validate(self, n_layers: int) -> list[int]:
-        """Raise ValueError (one line) for impossible values; return the resolved layers."""
+    def check(self) -> None:
+        """Raise ValueError (one line) for impossible values (run at construction)."""
         for name in ("n_keys", "heads", "knn", "k_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -123,6 +117,10 @@ class MemoryConfig:
             )
         if not self.layers:
             raise ValueError("memory.layers is empty")
+
+    def validate(self, n_layers: int) -> list[int]:
+        """The resolved layers of a model with ``n_layers`` blocks (one-line errors)."""
+        self.check()
         return self.resolve_layers(n_layers)
 
 

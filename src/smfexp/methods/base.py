@@ -16,7 +16,23 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from smfexp.memory import MemoryConfig
+from smfexp.models.loading import ModelSpec
+from smfexp.stages.background import BackgroundConfig
+from smfexp.stages.retrofit import RetrofitConfig
 from smfexp.training.module import CausalLMModule
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a method's stages are built from: the model, its memory, stage 1's budget, the
+    background statistics' settings and where the data is."""
+
+    model: ModelSpec
+    memory: MemoryConfig
+    retrofit: RetrofitConfig
+    background: BackgroundConfig
+    data_dir: str | None
 
 
 @dataclass
@@ -37,10 +53,10 @@ class FinetuneModule(CausalLMModule):
 
     # -- what a method decides --------------------------------------------------------
     @classmethod
-    def prepare(cls, cfg: Any, model: PreTrainedModel,
+    def prepare(cls, stages: StageInputs, model: PreTrainedModel,
                 tokenizer: PreTrainedTokenizerBase) -> Prepared:
         """The stages this method needs before it can be built, run (or loaded from the
-        cache) on ``model``; ``cfg`` is the composed run config. None for LoRA / full."""
+        cache) on ``model``. None for LoRA / full."""
         return Prepared()
 
     def trainer_settings(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from smfexp.methods.base import FinetuneModule
+from smfexp.utils.configs import require_int
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,16 @@ def resolve_target_modules(model: nn.Module, requested: Sequence[str]) -> list[s
 class LoRAFinetune(FinetuneModule):
     method_name = "lora"
 
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible arguments, before any model loads."""
+        super().check_arguments(args)
+        if "rank" in args:
+            require_int(args["rank"], "method.rank")
+
     def __init__(self, *args: Any, rank: int = 16, alpha: int = 32, dropout: float = 0.05,
                  target_modules: Sequence[str] = DEFAULT_TARGETS, **kwargs: Any) -> None:
-        if rank <= 0:
-            raise ValueError(f"method.rank must be > 0 (got {rank})")
+        self.check_arguments({"rank": rank})
         self.requested_targets = list(target_modules)
         self.lora_config = LoraConfig(
             r=rank, lora_alpha=alpha, lora_dropout=dropout,

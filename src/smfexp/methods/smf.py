@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
-from smfexp.methods.base import FinetuneModule, Prepared
+from smfexp.methods.base import FinetuneModule, Prepared, StageInputs
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.diagnostics import (
@@ -42,6 +43,7 @@ from smfexp.smf.sparse_optim import (
     selected_grad_rows,
 )
 from smfexp.training.loss import causal_lm_loss, loss_bearing_mask
+from smfexp.utils.configs import require_int, require_number
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +135,9 @@ class SparseMemoryFinetune(FinetuneModule):
         """``background_stats`` and ``base_checkpoint`` (the retrofit this run starts from)
         are what :meth:`prepare` built; the other keyword arguments are
         :class:`FinetuneModule`'s."""
-        if selector not in SELECTORS:
-            raise ValueError(f"selector={selector!r}; valid: {', '.join(SELECTORS)}")
-        if top_t <= 0:
-            raise ValueError(f"method.top_t must be > 0 (got {top_t})")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"method.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if count_tokens not in COUNT_TOKENS:
-            raise ValueError(f"method.count_tokens={count_tokens!r}; valid: "
-                             f"{', '.join(COUNT_TOKENS)}")
-        if lr_unit not in LR_UNITS:
-            raise ValueError(f"method.lr_unit={lr_unit!r}; valid: {', '.join(LR_UNITS)}")
-        if lr_unit != "raw" and optimizer != "sgd":
-            raise ValueError(f"method.lr_unit={lr_unit} needs method.optimizer=sgd (Adam's step "
-                             f"is normalised per element already)")
-        if not written_weight > 0:
-            raise ValueError(f"method.written_weight must be > 0 (got {written_weight})")
+        self.check_arguments({"selector": selector, "top_t": top_t, "optimizer": optimizer,
+                              "count_tokens": count_tokens, "lr_unit": lr_unit,
+                              "written_weight": written_weight, "gate_lr": gate_lr})
         if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -156,8 +145,6 @@ class SparseMemoryFinetune(FinetuneModule):
         self.optimizer_name = optimizer
         self.momentum = momentum
         self.train_gate = train_gate
-        if gate_lr is not None and gate_lr <= 0:
-            raise ValueError(f"method.gate_lr must be > 0 or null (got {gate_lr})")
         self.gate_lr = gate_lr
         self.count_tokens = count_tokens
         self.lr_unit = lr_unit
@@ -183,24 +170,38 @@ class SparseMemoryFinetune(FinetuneModule):
         self._unit = 0  # the fact (or, for batches mixing facts, the step) being trained
         self._answer_positions: Tensor | None = None
 
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible arguments, before any model loads."""
+        super().check_arguments(args)
+        for key, valid in (("selector", SELECTORS), ("optimizer", OPTIMIZERS),
+                           ("count_tokens", COUNT_TOKENS), ("lr_unit", LR_UNITS)):
+            if key in args and args[key] not in valid:
+                raise ValueError(f"method.{key}={args[key]!r}; valid: {', '.join(valid)}")
+        if "top_t" in args:
+            require_int(args["top_t"], "method.top_t")
+        if args.get("lr_unit", "raw") != "raw" and args.get("optimizer", "sgd") != "sgd":
+            raise ValueError(f"method.lr_unit={args['lr_unit']} needs method.optimizer=sgd "
+                             f"(Adam's step is normalised per element already)")
+        if "written_weight" in args:
+            require_number(args["written_weight"], "method.written_weight")
+        if args.get("gate_lr") is not None:
+            require_number(args["gate_lr"], "method.gate_lr")
+
     # -- stage 1 and what trains -------------------------------------------------------
     @classmethod
-    def prepare(cls, cfg: Any, model: Any, tokenizer: Any) -> Prepared:
+    def prepare(cls, stages: StageInputs, model: Any, tokenizer: Any) -> Prepared:
         """Retrofit (or load) the memories into ``model``, then the background statistics
         of its slots; both cached, so every job of a sweep after the first starts in seconds."""
-        from omegaconf import OmegaConf
-
         from smfexp.stages.background import background_statistics
         from smfexp.stages.retrofit import ensure_retrofit
 
-        directory, report = ensure_retrofit(model, tokenizer, cfg.model, cfg.memory,
-                                            cfg.retrofit, data_dir=cfg.paths.data_dir)
-        settings = OmegaConf.to_container(cfg.background, resolve=True)
-        assert isinstance(settings, dict)
+        directory, report = ensure_retrofit(model, tokenizer, stages.model, stages.memory,
+                                            stages.retrofit, data_dir=stages.data_dir)
         # every SMF run gets the statistics: tfidf / kl select with them, and the selection
         # diagnostics (how much background text reads the updated rows) need them for any
-        stats = background_statistics(model, tokenizer, directory.name, settings,
-                                      cfg.paths.data_dir)
+        stats = background_statistics(model, tokenizer, directory.name, stages.background,
+                                      stages.data_dir)
         return Prepared(
             kwargs={"background_stats": stats, "base_checkpoint": str(directory)},
             results={"retrofit": {"checkpoint": str(directory),

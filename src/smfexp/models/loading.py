@@ -27,16 +27,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from smfexp.stages.cache import load_or_build
+from smfexp.utils.cache import entry_dir, load_or_build
+from smfexp.utils.configs import from_node
+from smfexp.utils.errors import ModelUnavailableError
 from smfexp.utils.net import hub_reachable
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "hub", "local", "tiny")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The requested model cannot be loaded here; the message says how to provide it."""
 
 
 @dataclass
@@ -54,17 +52,18 @@ class ModelSpec:
     tokenizer_from: dict[str, Any] | None = None  # tiny: which spec provides the tokenizer
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"model.source={self.source!r} is not one of {', '.join(SOURCES)}")
+        self.tiny = dict(self.tiny or {})
+        if self.tokenizer_from is not None:
+            self.tokenizer_from = dict(self.tokenizer_from)
+
     @classmethod
     def from_config(cls, cfg: Any) -> ModelSpec:
-        data = dict(cfg) if not hasattr(cfg, "items") else {k: cfg[k] for k in cfg}
-        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("tiny", "tokenizer_from"):
-            if data.get(key) is not None:
-                data[key] = {k: data[key][k] for k in data[key]}
-        spec = cls(**data)
-        if spec.source not in SOURCES:
-            raise ValueError(f"model.source={spec.source!r} is not one of {', '.join(SOURCES)}")
-        return spec
+        """Build from a mapping or config node; an unknown key (``model.revison``) is a
+        one-line error, not a setting silently dropped."""
+        return from_node(cls, cfg, "model")
 
 
 # --------------------------------------------------------------------------- embedded GGUF
@@ -126,6 +125,27 @@ def _hub_unavailable(spec: ModelSpec) -> ModelUnavailableError:
         f"download it elsewhere (`hf download {spec.path} --local-dir DIR`), copy DIR here and "
         f"pass `model.source=local model.path=DIR`."
     )
+
+
+def model_depth(spec: ModelSpec) -> int | None:
+    """Number of decoder blocks, when it is known without loading weights (the tiny model's
+    settings, a converted embedded model's or a local folder's config.json)."""
+    if spec.source == "tiny":
+        return int(spec.tiny.get("num_hidden_layers", 4))
+    if spec.source == "embedded":
+        try:
+            gguf = _embedded_gguf(spec)
+        except Exception:
+            return None
+        config = entry_dir("models", embedded_key(gguf), spec.name) / "config.json"
+    elif spec.source == "local" and spec.path:
+        config = Path(spec.path).expanduser() / "config.json"
+    else:
+        return None
+    try:
+        return int(json.loads(config.read_text())["num_hidden_layers"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _from_hub(spec: ModelSpec, loader: Any, **kwargs: Any) -> Any:

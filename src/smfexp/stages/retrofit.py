@@ -4,20 +4,21 @@ per (model, memory, corpus, budget, seed); every job of a sweep reuses the cache
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from smfexp.data.modules import BackgroundDataModule
+from smfexp.data.sources import BACKGROUND_PARTS
 from smfexp.memory import MemoryConfig, attach_memory, freeze_backbone, load_memory, save_memory
 from smfexp.memory.attach import (
     detach_memory,
@@ -26,14 +27,60 @@ from smfexp.memory.attach import (
     memory_modules,
     set_sparse_values,
 )
-from smfexp.stages.cache import load_or_build
+from smfexp.models.loading import ModelSpec
+from smfexp.stages.background import background_data, check_parts
 from smfexp.training.module import CausalLMModule
+from smfexp.utils.cache import load_or_build
+from smfexp.utils.configs import from_node, require_int, require_number
 from smfexp.utils.io import atomic_write_json
+from smfexp.utils.modes import eval_mode
 from smfexp.utils.precision import autocast_for, resolve_precision
 
 log = logging.getLogger(__name__)
 
 REPORT = "retrofit.json"
+# what changes the retrofitted weights (the cache key); calibration_batches only without steps
+KEY_FIELDS = ("steps", "lr", "batch_size", "grad_accum", "max_length", "warmup_steps",
+              "weight_decay", "parts", "max_docs", "heldout_docs", "seed", "precision")
+
+
+@dataclass
+class RetrofitConfig:
+    """Stage 1's budget. Mirrors ``conf/retrofit/*.yaml``: ``steps`` optimizer steps of
+    ``batch_size`` x ``max_length`` background tokens, or with ``steps=0`` only the query
+    statistics from ``calibration_batches`` batches (an empty memory trains nothing here)."""
+
+    steps: int = 120
+    lr: float = 1.0e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    parts: list[str] = field(default_factory=lambda: list(BACKGROUND_PARTS))
+    max_docs: int | None = None
+    heldout_docs: int = 200
+    heldout_batches: int = 8  # batches the held-out background loss is measured on
+    calibration_batches: int = 8
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "grad_accum", "heldout_batches",
+                     "calibration_batches"):
+            require_int(getattr(self, name), f"retrofit.{name}")
+        for name in ("steps", "warmup_steps", "heldout_docs"):
+            require_int(getattr(self, name), f"retrofit.{name}", minimum=0)
+        if self.max_docs is not None:
+            require_int(self.max_docs, "retrofit.max_docs")
+        require_number(self.lr, "retrofit.lr")
+        require_number(self.weight_decay, "retrofit.weight_decay", allow_zero=True)
+        self.parts = check_parts(list(self.parts), "retrofit")
+        self.precision = str(self.precision)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RetrofitConfig:
+        return from_node(cls, cfg, "retrofit")
 
 
 class RetrofitModule(CausalLMModule):
@@ -62,19 +109,17 @@ class RetrofitModule(CausalLMModule):
 def mean_loss(model: torch.nn.Module, loader: DataLoader, max_batches: int | None = None,
               precision: str = "32-true") -> float:
     """Token-weighted mean causal-LM loss over (at most ``max_batches`` of) a loader."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        with autocast_for(precision, device):
-            total += float(model(**batch).loss) * n
-        tokens += n
-    model.train(was_training)
+    with eval_mode(model):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            with autocast_for(precision, device):
+                total += float(model(**batch).loss) * n
+            tokens += n
     return total / max(tokens, 1)
 
 
@@ -99,62 +144,36 @@ def calibrate_query_norms(model: torch.nn.Module, loader: DataLoader,
     for m in memories:
         m.start_calibration()
     handles = [m.register_forward_pre_hook(hook) for m in memories]
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     run = forward_through_memories(model)
     tokens = 0
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            mask = batch["attention_mask"].to(device)
-            current["mask"] = mask
-            run(batch["input_ids"].to(device), mask)
-            tokens += int(mask.sum())
+        with eval_mode(model):
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                mask = batch["attention_mask"].to(device)
+                current["mask"] = mask
+                run(batch["input_ids"].to(device), mask)
+                tokens += int(mask.sum())
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return tokens
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        out = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(out, dict)
-        return out
-    return dict(cfg)
-
-
-def retrofit_key(model_cfg: Any, memory: MemoryConfig, retro: dict[str, Any]) -> dict[str, Any]:
+def retrofit_key(model: ModelSpec, memory: MemoryConfig, retro: RetrofitConfig) -> dict[str, Any]:
     """Everything that changes the retrofitted weights (not where outputs go, not progress)."""
-    model = _plain(model_cfg)
-    budget = {
-        k: retro[k]
-        for k in (
-            "steps",
-            "lr",
-            "batch_size",
-            "grad_accum",
-            "max_length",
-            "warmup_steps",
-            "weight_decay",
-            "parts",
-            "max_docs",
-            "heldout_docs",
-            "seed",
-            "precision",
-        )
-        if k in retro
-    }
-    if retro.get("steps") == 0:  # no training: the calibration pass is the whole stage
-        budget["calibration_batches"] = retro.get("calibration_batches", 8)
+    settings = dataclasses.asdict(retro)
+    budget = {k: settings[k] for k in KEY_FIELDS}
+    if retro.steps == 0:  # no training: the calibration pass is the whole stage
+        budget["calibration_batches"] = retro.calibration_batches
     described = memory.to_dict()
     if described.get("value_init") == "normal":  # the default: keys of older caches stay valid
         del described["value_init"]
+    spec = dataclasses.asdict(model)
     return {
-        "model": {k: model.get(k) for k in ("name", "source", "path", "revision", "tiny", "seed")},
+        "model": {k: spec[k] for k in ("name", "source", "path", "revision", "tiny", "seed")},
         "memory": described,
         "retrofit": budget,
     }
@@ -163,20 +182,22 @@ def retrofit_key(model_cfg: Any, memory: MemoryConfig, retro: dict[str, Any]) ->
 def ensure_retrofit(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    model_cfg: Any,
-    memory_cfg: Any,
-    retrofit_cfg: Any,
+    spec: ModelSpec,
+    memory: MemoryConfig,
+    retro: RetrofitConfig,
     data_dir: str | None = None,
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Leave ``model`` with retrofitted memories; train them only if no cached copy exists.
 
     Returns the checkpoint directory and its report (held-out background loss before/after).
+    The settings may be given as their typed configs or as config nodes.
     """
-    memory = MemoryConfig.from_config(_plain(memory_cfg))
-    retro = _plain(retrofit_cfg)
+    spec = ModelSpec.from_config(spec)
+    memory = MemoryConfig.from_config(memory)
+    retro = RetrofitConfig.from_config(retro)
     memory.validate(model.config.num_hidden_layers)
-    key = retrofit_key(model_cfg, memory, retro)
+    key = retrofit_key(spec, memory, retro)
 
     def load(directory: Path) -> dict[str, Any]:
         load_memory(model, directory)
@@ -199,7 +220,7 @@ def _train_retrofit(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     memory: MemoryConfig,
-    retro: dict[str, Any],
+    retro: RetrofitConfig,
     key: dict[str, Any],
     directory: Path,
     data_dir: str | None,
@@ -208,24 +229,16 @@ def _train_retrofit(
     """Train (or calibrate) the memories of ``model`` and write them + the report into
     ``directory`` (the cache's temporary entry)."""
     t0 = time.perf_counter()
-    L.seed_everything(retro.get("seed", 0), workers=True)
-    data = BackgroundDataModule(
-        tokenizer,
-        data_dir=data_dir,
-        batch_size=retro["batch_size"],
-        max_length=retro["max_length"],
-        parts=retro.get("parts"),
-        max_docs=retro.get("max_docs"),
-        heldout_docs=retro.get("heldout_docs", 200),
-        shuffle_seed=retro.get("seed", 0),
-    )
-    data.setup()
-    heldout_batches = retro.get("heldout_batches", 8)
-    precision = resolve_precision(retro.get("precision", "auto"))
+    L.seed_everything(retro.seed, workers=True)
+    data = background_data(tokenizer, data_dir, batch_size=retro.batch_size,
+                           max_length=retro.max_length, parts=retro.parts, seed=retro.seed,
+                           heldout_docs=retro.heldout_docs, max_docs=retro.max_docs)
+    heldout_batches = retro.heldout_batches
+    precision = resolve_precision(retro.precision)
     empty = memory.value_init == "zero"
     # an empty memory that does not train adds exactly 0: the three held-out losses would all
     # be the base model's, measured at the cost of a minute of forward passes on a CPU
-    measure = not (empty and retro["steps"] == 0)
+    measure = not (empty and retro.steps == 0)
     base_loss = (mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
                  if measure else None)
     if memory_config(model) is not None:
@@ -234,19 +247,19 @@ def _train_retrofit(
         model,
         tokenizer,
         memory=memory,
-        lr=retro["lr"],
-        weight_decay=retro.get("weight_decay", 0.0),
-        warmup_steps=retro.get("warmup_steps", 0),
+        lr=retro.lr,
+        weight_decay=retro.weight_decay,
+        warmup_steps=retro.warmup_steps,
         schedule="cosine",
     )
     # an empty memory adds exactly 0: the attached model *is* the base model
     attached_loss = base_loss if empty else mean_loss(model, data.heldout_dataloader(),
                                                       heldout_batches, precision)
     steps = 0
-    if retro["steps"] > 0:
+    if retro.steps > 0:
         trainer = L.Trainer(
-            max_steps=retro["steps"],
-            accumulate_grad_batches=retro.get("grad_accum", 1),
+            max_steps=retro.steps,
+            accumulate_grad_batches=retro.grad_accum,
             gradient_clip_val=1.0,
             logger=False,
             enable_checkpointing=False,
@@ -258,14 +271,14 @@ def _train_retrofit(
             max_epochs=-1,
             callbacks=[TQDMProgressBar()] if progress else [],
         )
-        log.info("retrofitting memories (%d steps); cached afterwards at %s", retro["steps"],
+        log.info("retrofitting memories (%d steps); cached afterwards at %s", retro.steps,
                  directory)
         trainer.fit(module, train_dataloaders=data.train_dataloader())
         steps = trainer.global_step
         after_loss = mean_loss(model, data.heldout_dataloader(), heldout_batches, precision)
     else:  # no training: only the query normalisers' statistics, from background text
         tokens = calibrate_query_norms(model, data.train_dataloader(),
-                                       retro.get("calibration_batches", 8))
+                                       retro.calibration_batches)
         log.info("memory query statistics calibrated on %d background tokens (retrofit.steps=0)",
                  tokens)
         after_loss = attached_loss if empty else mean_loss(

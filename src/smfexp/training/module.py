@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from smfexp.errors import NonFiniteError
 from smfexp.training.loss import FrozenWeightCasts, causal_lm_loss
+from smfexp.utils.configs import require_int, require_number
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,8 @@ class CausalLMModule(LightningModule):
     ) -> None:
         super().__init__()
         self.strict_loading = False  # checkpoints hold only what trains (on_save_checkpoint)
-        if lr <= 0:
-            raise ValueError(f"method.lr must be > 0 (got {lr})")
-        if grad_accum < 1:
-            raise ValueError(f"method.grad_accum must be >= 1 (got {grad_accum})")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"method.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+        CausalLMModule.check_arguments({"lr": lr, "grad_accum": grad_accum,
+                                        "warmup_steps": warmup_steps, "schedule": schedule})
         self.model = model
         self.tokenizer = tokenizer
         self.lr = lr
@@ -72,6 +70,20 @@ class CausalLMModule(LightningModule):
         log.info("%s: %s trainable of %s parameters (%.3f%%)", self.method_name,
                  f"{self.trainable_params:,}", f"{self.total_params:,}",
                  100 * self.trainable_params / self.total_params)
+
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible constructor arguments (those present in ``args``):
+        the run config calls it before any model loads, the constructor on what it gets."""
+        if "lr" in args:
+            require_number(args["lr"], "method.lr")
+        if "grad_accum" in args:
+            require_int(args["grad_accum"], "method.grad_accum")
+        if "warmup_steps" in args:
+            require_int(args["warmup_steps"], "method.warmup_steps", minimum=0)
+        if "schedule" in args and args["schedule"] not in SCHEDULES:
+            raise ValueError(f"method.schedule={args['schedule']!r}; valid: "
+                             f"{', '.join(SCHEDULES)}")
 
     # -- what a subclass decides ------------------------------------------------------
     def prepare_model(self) -> None:
