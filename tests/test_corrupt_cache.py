@@ -269,18 +269,23 @@ def scorer(data_dir, tmp_path, monkeypatch):
     eval_cfg = EvalConfig(probes=["gsm8k"], limit=2, progress=False, data_dir=str(data_dir))
     callback = ForgettingCallback(eval_cfg, target, tok, cache_key={"test": "corrupt-cache"})
     calls: list[int] = []
-    score = callback.score
+    score = callback.score_own
 
-    def counted(m):
+    def counted(m, *args):
         calls.append(1)
-        return score(m)
+        return score(m, *args)
 
-    callback.score = counted
+    callback.score_own = counted  # the draw's own part of the starting scores (the target)
     return callback, model, calls
 
 
+OWN_KEY = {"test": "corrupt-cache", "stage": "stage", "items": True, "part": "own"}
+
+
 def _scores_file() -> Path:
-    (path,) = (cache_root() / "scores").glob("*/scores.json")
+    """The cached entry of the target's starting scores (the probes' is a separate one)."""
+    (path,) = [p for p in (cache_root() / "scores").glob("*/scores.json")
+               if "target" in json.loads(p.read_text())]
     return path
 
 
@@ -301,7 +306,7 @@ def _wrong_types(path: Path) -> None:
     cached["target"] = "high"
     path.write_text(json.dumps(cached))
     # the key the scorer fixture caches under: a matching manifest, only the types are wrong
-    write_manifest(path.parent, {"test": "corrupt-cache", "stage": "stage"})
+    write_manifest(path.parent, OWN_KEY)
 
 
 SCORE_CORRUPTIONS: dict[str, Callable[[Path], None]] = {
@@ -496,3 +501,26 @@ def test_a_second_builder_keeps_the_entry_the_first_one_finished(tmp_path, monke
 
     value, entry = load_or_build("demo", {"k": 1}, build_by(0), load)
     assert value == {"rank": 1} and [p.name for p in entry.parent.iterdir()] == [entry.name]
+
+
+def test_probe_scores_are_shared_by_every_fact_draw(data_dir, tmp_path, monkeypatch):
+    """Two draws (other target facts) score the forgetting probes of the base model once."""
+    from smfexp.callbacks.forgetting import ForgettingCallback
+    from smfexp.data.modules import TargetSpec
+    from smfexp.eval import EvalConfig
+    from smfexp.tasks import medmcqa
+
+    _use_cache(monkeypatch, tmp_path / "cache")
+    model, tok = load_model(ModelSpec(**SPEC))
+    rows = medmcqa.load_rows(data_dir, "validation").rows
+    eval_cfg = EvalConfig(probes=["gsm8k"], limit=2, progress=False, data_dir=str(data_dir))
+    scored: list[str] = []
+    for draw, facts in (("a", rows[:2]), ("b", rows[2:4])):
+        callback = ForgettingCallback(eval_cfg, TargetSpec("medmcqa", facts), tok,
+                                      cache_key={"test": "shared", "target": draw})
+        probes = callback.score_probes
+        callback.score_probes = lambda m, probes=probes, draw=draw: (scored.append(draw),
+                                                                     probes(m))[1]
+        start = callback._cached_scores(model, None)
+        assert set(start.scores) == {"target", "gsm8k"}
+    assert scored == ["a"]  # draw b read draw a's probe scores

@@ -129,6 +129,18 @@ def gain_beyond_heldout(delta: dict[str, dict[str, float]], probe: str) -> dict[
     return {m: target[m] - other[m] for m in target if m in other}
 
 
+DRAW_KEYS = ("target", "target_subset", "variants")  # cache key entries naming the fact draw
+
+
+def _scored(results: dict[str, Any]) -> Scored:
+    return Scored({p: r.metrics for p, r in results.items()},
+                  {p: r.items for p, r in results.items() if r.items})
+
+
+def _merged(first: Scored, second: Scored) -> Scored:
+    return Scored({**first.scores, **second.scores}, {**first.items, **second.items})
+
+
 class ForgettingCallback(Callback):
     """Runs the same scorers at fit start and fit end and records before/after/delta."""
 
@@ -178,10 +190,10 @@ class ForgettingCallback(Callback):
                                      self.tokenizer, rows, self.eval_cfg)
         return Scored({TARGET: result.metrics}, {TARGET: result.items})
 
-    def score_point(self, model: torch.nn.Module, target_rows: list[dict[str, Any]],
-                    diagnostics: bool = False) -> Scored:
-        """The target on ``target_rows``, the held-out questions and every probe (with the
-        target's other variants, e.g. its seen prompt, when ``diagnostics``)."""
+    def score_own(self, model: torch.nn.Module, target_rows: list[dict[str, Any]],
+                  diagnostics: bool = False) -> Scored:
+        """The target on ``target_rows`` and its held-out questions (with its other variants,
+        e.g. its seen prompt, when ``diagnostics``): what depends on the fact draw."""
         with self.scoring(model) as scoring:
             results = {TARGET: score_probe_samples(self.target.probe, scoring, self.tokenizer,
                                                    target_rows, self.eval_cfg)}
@@ -193,11 +205,19 @@ class ForgettingCallback(Callback):
                                                         self.tokenizer,
                                                         evenly_spaced(variant, limit),
                                                         self.eval_cfg)
-            self.prepare_rows(model)
-            results.update(evaluate_probe_results(scoring, self.tokenizer, self.eval_cfg,
+        return _scored(results)
+
+    def score_probes(self, model: torch.nn.Module) -> Scored:
+        """Every forgetting probe: the same rows for every draw and method."""
+        self.prepare_rows(model)
+        with self.scoring(model) as scoring:
+            return _scored(evaluate_probe_results(scoring, self.tokenizer, self.eval_cfg,
                                                   self.probe_rows))
-        return Scored({p: r.metrics for p, r in results.items()},
-                      {p: r.items for p, r in results.items() if r.items})
+
+    def score_point(self, model: torch.nn.Module, target_rows: list[dict[str, Any]],
+                    diagnostics: bool = False) -> Scored:
+        """The target on ``target_rows``, the held-out questions and every probe."""
+        return _merged(self.score_own(model, target_rows, diagnostics), self.score_probes(model))
 
     def score(self, model: torch.nn.Module) -> Scored:
         """The full before/after scoring: ``eval.limit`` facts spread over the stream."""
@@ -260,7 +280,7 @@ class ForgettingCallback(Callback):
 
         if self.cache_key is None:
             return select()
-        return cached_rows({**self.cache_key, "stage": self.stage_key, "select": probe}, select)
+        return cached_rows({**self.probes_key, "stage": self.stage_key, "select": probe}, select)
 
     def _log(self, trainer: Trainer, prefix: str, scores: dict[str, dict[str, float]]) -> None:
         flat = {
@@ -272,11 +292,21 @@ class ForgettingCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
 
+    @property
+    def probes_key(self) -> dict[str, Any]:
+        """The cache key without the fact draw: what every draw's probes share."""
+        return {k: v for k, v in (self.cache_key or {}).items() if k not in DRAW_KEYS}
+
     def _cached_scores(self, model: torch.nn.Module, stage: str | None) -> Scored:
+        """The starting scores, cached in two parts: the draw's own (target, held-out
+        questions) and the probes', which every draw and method of the model shares."""
         if self.cache_key is None:
             return self.score(model)
-        return cached_scored({**self.cache_key, "stage": stage, "items": True},
-                             lambda: self.score(model))
+        own = cached_scored({**self.cache_key, "stage": stage, "items": True, "part": "own"},
+                            lambda: self.score_own(model, self.target_subset(), True))
+        probes = cached_scored({**self.probes_key, "stage": stage, "part": "probes"},
+                               lambda: self.score_probes(model))
+        return _merged(own, probes)
 
     def cached_start(self, key: dict[str, Any], score: Callable[[], Scored]) -> Scored:
         """``score()`` of the model before training, cached under ``key`` beside the before
