@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mdtable import table
@@ -15,6 +16,8 @@ from .facts import fact_sections
 from .old_shape import forward, memory, scaling, train
 from .results import Results
 
+# one end-of-run scoring pass, written by benchmarks/bench_scoring.py and carried along
+SCORING = Path(__file__).resolve().parents[1] / "results" / "scoring.md"
 # each section of ``--only`` and what it writes (scaling: its peak memory section too)
 BUILDERS: dict[str, tuple[Callable[[Results], list[str]], ...]] = {
     "facts": (fact_sections,),
@@ -101,6 +104,8 @@ def render(
         if sec in sections:
             for build in BUILDERS[sec]:
                 lines += build(rep)
+    if SCORING.is_file():  # measured on its own (a scoring pass takes minutes, not seconds)
+        lines += [SCORING.read_text(encoding="utf-8").rstrip(), ""]
     if failures or skipped:
         lines += ["## Failed or skipped configurations", ""]
         for k, r in failures:
