@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,29 +44,27 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
-    """``file: module`` for each import of a ``forbidden`` module under ``package``."""
+def _within(name: str, modules: tuple[str, ...]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def imports_where(package: str, keep: Callable[[str], bool]) -> list[str]:
+    """``file: module`` for each import under ``package`` that ``keep`` selects."""
     root = SRC / package
     files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
-    return [
-        f"{path.relative_to(SRC)}: {name}"
-        for path in files
-        for name in sorted(imported_modules(path))
-        if any(name == f or name.startswith(f + ".") for f in forbidden)
-    ]
+    return [f"{path.relative_to(SRC)}: {name}" for path in files
+            for name in sorted(imported_modules(path)) if keep(name)]
+
+
+def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    """``file: module`` for each import of a ``forbidden`` module under ``package``."""
+    return imports_where(package, lambda name: _within(name, forbidden))
 
 
 def smfexp_imports_outside(package: str, allowed: tuple[str, ...]) -> list[str]:
     """``file: module`` for each smfexp module ``package`` imports that is not ``allowed``."""
-    root = SRC / package
-    files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
-    return [
-        f"{path.relative_to(SRC)}: {name}"
-        for path in files
-        for name in sorted(imported_modules(path))
-        if (name == "smfexp" or name.startswith("smfexp."))
-        and not any(name == a or name.startswith(a + ".") for a in allowed)
-    ]
+    return imports_where(package, lambda name: _within(name, ("smfexp",))
+                         and not _within(name, allowed))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from report_runs import write_job
 
 from smfexp.reporting import collect_runs, load_runs, write_report
 from smfexp.reporting.answer import ANSWER_TITLE, matched_figure
@@ -32,21 +33,7 @@ from smfexp.reporting.scale import (
 )
 from smfexp.reporting.stream import stream_figure
 
-CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
 WIKI_HALF = 0.4  # each run's own paired interval of its WikiText change, in %
-
-
-def _job(run_dir: Path, method: str, lr: str, facts_seed: int) -> None:
-    hydra = run_dir / ".hydra"
-    hydra.mkdir(parents=True)
-    overrides = [f"method={method}", f"method.lr={lr}", "seed=0",
-                 f"data.facts_seed={facts_seed}", *(["selector=tfidf"] * (method == "smf"))]
-    (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (hydra / "config.yaml").write_text(
-        f"seed: 0\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
-        f"  lr: {lr}\n" + ("  selector: tfidf\n" if method == "smf" else "")
-        + f"data:\n  facts_seed: {facts_seed}\nmodel:\n  name: tiny\n"
-        "eval:\n  protocol: harness\n")
 
 
 def _state(learned: float, wiki: float, paired: bool) -> dict[str, Any]:
@@ -68,7 +55,7 @@ def _state(learned: float, wiki: float, paired: bool) -> dict[str, Any]:
 
 def _write(run_dir: Path, method: str, lr: str, draw: int, learned: float, wiki: float,
            paired: bool = True, **extra: Any) -> None:
-    _job(run_dir, method, lr, draw)
+    write_job(run_dir, method, lr, draw)
     res = {"status": "ok", "method": method, "selector": "tfidf" if method == "smf" else None,
            "seed": 0, "model": "tiny", "protocol": "harness",
            "data": {"name": "facts", "facts_seed": draw}, "target_probe": "facts",

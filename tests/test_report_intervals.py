@@ -10,29 +10,16 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from report_runs import write_job
 
 from smfexp.reporting import collect_runs, write_report
 from smfexp.reporting.frontier import grid_table, matched_learning
 from smfexp.reporting.scale import matched_vs_n, nested_grid, scale_levels
 
-CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
 ITEMS = {"wikitext": 40, "retention": 64, "target": 256}
 WIKI_HALF = 0.4  # paired half-width of WikiText's word-ppl change, in %
 RET_BELOW, RET_ABOVE = 0.3, 0.1  # retention log-prob change: [rel - 0.3, rel + 0.1] in %
 LEARN_HALF = 0.05
-
-
-def _job(run_dir: Path, method: str, lr: str, facts_seed: int) -> None:
-    hydra = run_dir / ".hydra"
-    hydra.mkdir(parents=True)
-    overrides = [f"method={method}", f"method.lr={lr}", "seed=0",
-                 f"data.facts_seed={facts_seed}", *(["selector=tfidf"] * (method == "smf"))]
-    (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (hydra / "config.yaml").write_text(
-        f"seed: 0\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
-        f"  lr: {lr}\n" + ("  selector: tfidf\n" if method == "smf" else "")
-        + f"data:\n  facts_seed: {facts_seed}\nmodel:\n  name: tiny\n"
-        "eval:\n  protocol: harness\n")
 
 
 def _state(learned: float, wiki: float, retention: float, paired: bool,
@@ -72,7 +59,7 @@ def _write(run_dir: Path, method: str, lr: str, facts_seed: int,
            states: dict[int, tuple[float, float, float]], paired: bool,
            wiki_half: float = WIKI_HALF) -> None:
     """A run whose top level is its last N; ``nested`` holds every N when several."""
-    _job(run_dir, method, lr, facts_seed)
+    write_job(run_dir, method, lr, facts_seed)
     scored = {n: _state(*v, paired=paired, wiki_half=wiki_half) for n, v in states.items()}
     res = {"status": "ok", "method": method, "selector": "tfidf" if method == "smf" else None,
            "seed": 0, "model": "tiny", "protocol": "harness",
