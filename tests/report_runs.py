@@ -7,15 +7,15 @@ from pathlib import Path
 CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
 
 
-def write_job(run_dir: Path, method: str, lr: str, facts_seed: int) -> None:
+def write_job(run_dir: Path, method: str, lr: str, facts_seed: int, seed: int = 0) -> None:
     """``.hydra/overrides.yaml`` and ``config.yaml`` of one job of a method's lr grid."""
     hydra = run_dir / ".hydra"
     hydra.mkdir(parents=True)
-    overrides = [f"method={method}", f"method.lr={lr}", "seed=0",
+    overrides = [f"method={method}", f"method.lr={lr}", f"seed={seed}",
                  f"data.facts_seed={facts_seed}", *(["selector=tfidf"] * (method == "smf"))]
     (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (hydra / "config.yaml").write_text(
-        f"seed: 0\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
+        f"seed: {seed}\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
         f"  lr: {lr}\n" + ("  selector: tfidf\n" if method == "smf" else "")
         + f"data:\n  facts_seed: {facts_seed}\nmodel:\n  name: tiny\n"
         "eval:\n  protocol: harness\n")

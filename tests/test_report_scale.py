@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from report_runs import write_job
 
 from smfexp.reporting import collect_runs, write_report
 from smfexp.reporting.frontier import choose_levels, grid_table, matched_learning
@@ -30,7 +31,6 @@ from smfexp.reporting.selection import selection_points
 from smfexp.reporting.stats import MeanCI, mean_ci, overlap, t_quantile
 
 T2 = 4.302652729911275  # t_{0.975, 2}: 3 draws
-CLASSES = {"smf": "SparseMemoryFinetune", "lora": "LoRAFinetune", "full": "FullFinetune"}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -70,19 +70,6 @@ def test_overlap_needs_two_intervals():
 
 
 # --------------------------------------------------------------------------- fake runs
-def _job(run_dir: Path, method: str, lr: str, facts_seed: int, seed: int = 0) -> None:
-    hydra = run_dir / ".hydra"
-    hydra.mkdir(parents=True)
-    overrides = [f"method={method}", f"method.lr={lr}", f"seed={seed}",
-                 f"data.facts_seed={facts_seed}", *(["selector=tfidf"] * (method == "smf"))]
-    (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (hydra / "config.yaml").write_text(
-        f"seed: {seed}\nmethod:\n  _target_: smfexp.methods.{method}.{CLASSES[method]}\n"
-        f"  lr: {lr}\n" + ("  selector: tfidf\n" if method == "smf" else "")
-        + f"data:\n  facts_seed: {facts_seed}\nmodel:\n  name: tiny\n"
-        "eval:\n  protocol: harness\n")
-
-
 def _state(facts: int, learned: float, forgetting: float) -> dict[str, Any]:
     """A mini results.json: target learned beyond held-out, WikiText ppl +forgetting %."""
     before = {"target": {"exact_match": 0.0}, "wikitext": {"word_perplexity": 20.0}}
@@ -99,7 +86,7 @@ def _state(facts: int, learned: float, forgetting: float) -> dict[str, Any]:
 def _write(run_dir: Path, method: str, lr: str, facts_seed: int,
            states: dict[int, tuple[float, float]], **extra: Any) -> None:
     """One run: top level = its last N, ``nested`` = every N when more than one is given."""
-    _job(run_dir, method, lr, facts_seed)
+    write_job(run_dir, method, lr, facts_seed)
     last = _state(max(states), *states[max(states)])
     res = {"status": "ok", "method": method, "selector": "tfidf" if method == "smf" else None,
            "seed": 0, "model": "tiny", "protocol": "harness", "data": {"name": "facts"},
@@ -124,7 +111,7 @@ def hard_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hard") / "multirun"
     for num, ((method, lr), (x, y)) in enumerate(HARD.items()):
         _write(root / str(num), method, lr, 0, {32: (x, y)})
-    _job(root / "9", "smf", "4", 0)  # running: no results.json yet
+    write_job(root / "9", "smf", "4", 0)  # running: no results.json yet
     return root
 
 
