@@ -118,9 +118,10 @@ def test_frontier_sweeps_share_one_directory_and_report_matched_learning(tmp_pat
         assert results["status"] == "ok" and results["data"]["batching"] == "per_fact"
         assert [p["facts"] for p in results["stream"]["points"]] == [0, 2, 4]
         assert set(results["stream"]["points"][0]["scores"]) == {"target", "wikitext"}
-    # every run starts from the base model (LoRA's B = 0, SMF's memory is empty): one cached
-    # entry of before-scores and one of the stream's first point serve all four runs
-    assert len(list((tmp_path / "cache" / "scores").iterdir())) == 2
+    # every run starts from the base model (LoRA's B = 0, SMF's memory is empty): the draw's own
+    # before-scores, the probes' before-scores and the stream's first point are cached once each
+    # and serve all four runs
+    assert len(list((tmp_path / "cache" / "scores").iterdir())) == 3
     report = subprocess.run([sys.executable, "-m", "smfexp.report", str(sweep)], cwd=ROOT,
                             env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
