@@ -59,6 +59,9 @@ def _check_common(results: dict, method: str) -> None:
         assert set(results[section]) == {"target", "gsm8k"}, section  # medmcqa == target
     assert results["target_metric"] == "acc"
     assert results["trainable_params"] > 0 and results["wall_seconds"]["total"] > 0
+    wall = results["wall_seconds"]  # scoring's share of the run is a budget users check
+    assert 0 < wall["scoring"] < wall["fit_with_eval"]
+    assert wall["scoring"] >= sum(results["eval_seconds"].values())
     assert results["precision"] == "32-true"
 
 

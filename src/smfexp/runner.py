@@ -143,6 +143,16 @@ def build_nested_callback(eval_cfg: EvalConfig, datamodule: Any,
                                 eval_cfg.nested_at, eval_cfg.earlier_facts)
 
 
+def scoring_seconds(results: dict[str, Any]) -> float:
+    """Seconds this process spent scoring: the before and after passes, the stream's points
+    and the nested points (the share of a run's wall time that scoring takes is a budget)."""
+    passes = list((results.get("eval_seconds") or {}).values())
+    passes += [p.get("seconds") for p in (results.get("stream") or {}).get("points", [])]
+    passes += [n.get("seconds") for n in (results.get("nested") or {}).values()
+               if isinstance(n, dict)]
+    return float(sum(s for s in passes if isinstance(s, int | float)))
+
+
 def train(run: TrainConfig) -> dict[str, Any]:
     """Run one experiment from its checked config (``TrainConfig.from_hydra``, at the entry
     point); returns (and writes) the results.json content."""
@@ -233,6 +243,7 @@ def train(run: TrainConfig) -> dict[str, Any]:
         "resumed_from": relative_to(resume_from, output_dir) if resume_from else None,
         "run_key": run.key,
     }
+    results["wall_seconds"]["scoring"] = scoring_seconds(results)
     # The scores are what the run was for: they reach results.json first, and a step after
     # them that fails (a summary number, saving, a logger) is recorded beside them.
     errors: dict[str, str] = {}
