@@ -35,6 +35,7 @@ from smfexp.smf.diagnostics import (
     read_weighted_norm,
     weight_on_rows,
 )
+from smfexp.smf.row_bound import RowStarts, bound_rows
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
 from smfexp.smf.sparse_optim import (
     RowSparseAdam,
@@ -42,13 +43,16 @@ from smfexp.smf.sparse_optim import (
     clip_grad_norm_,
     selected_grad_rows,
 )
+from smfexp.smf.write_load import WriteLoad
 from smfexp.training.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.utils.configs import require_int, require_number
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam")
-COUNT_TOKENS = ("attention", "loss")
+# attention: every real token; loss: the positions that predict the answer; fact: the
+# positions that carry the fact - the last prompt token and the answer tokens themselves
+COUNT_TOKENS = ("attention", "loss", "fact")
 # raw: plain SGD (Lin et al.), the step is lr x gradient. row_rms: the step of a layer's
 # selected rows has RMS lr x v_dim^-1/2 (the RMS of a freshly initialised value row) whatever
 # the gradient's size - which scales with the gate, the read weights and the loss - so one lr
@@ -100,6 +104,22 @@ def _build_selected_grad(values: torch.nn.Parameter, sink: ValueGradSink | None,
         check_invariants=False)
 
 
+def fact_token_mask(labels: Tensor) -> Tensor:
+    """The positions that carry the fact: the answer tokens (labelled) and the last prompt
+    token (the position just before the first of them), where the answer is recalled."""
+    answer = labels != -100
+    return answer | loss_bearing_mask(labels)
+
+
+def count_mask(batch: dict[str, Tensor], count_tokens: str) -> Tensor:
+    """Which tokens' reads count towards the selection (``method.count_tokens``)."""
+    if count_tokens == "attention":
+        return batch["attention_mask"]
+    if count_tokens == "loss":
+        return loss_bearing_mask(batch["labels"])
+    return fact_token_mask(batch["labels"])
+
+
 def normalise_row_step(values: torch.nn.Parameter, scale: float) -> None:
     """Rescale ``values.grad`` (the selected rows) to RMS ``scale`` per element (row_rms)."""
     grad = values.grad
@@ -109,6 +129,12 @@ def normalise_row_step(values: torch.nn.Parameter, scale: float) -> None:
     rms = block.double().pow(2).mean().sqrt()
     if rms > 0:
         block.mul_((scale / rms).to(block.dtype))
+
+
+def _mean_of(layers: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over layers (None if any layer lacks it)."""
+    values = [layer[key] for layer in layers]
+    return None if not values or None in values else sum(values) / len(values)
 
 
 class SparseMemoryFinetune(FinetuneModule):
@@ -128,6 +154,7 @@ class SparseMemoryFinetune(FinetuneModule):
         lr_unit: str = "raw",
         selector_seed: int = 0,
         written_weight: float = 1.0,
+        row_max_change: float | None = None,
         background_stats: BackgroundStats | None = None,
         base_checkpoint: str | None = None,
         **kwargs: Any,
@@ -137,7 +164,8 @@ class SparseMemoryFinetune(FinetuneModule):
         :class:`FinetuneModule`'s."""
         self.check_arguments({"selector": selector, "top_t": top_t, "optimizer": optimizer,
                               "count_tokens": count_tokens, "lr_unit": lr_unit,
-                              "written_weight": written_weight, "gate_lr": gate_lr})
+                              "written_weight": written_weight, "gate_lr": gate_lr,
+                              "row_max_change": row_max_change})
         if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -150,6 +178,7 @@ class SparseMemoryFinetune(FinetuneModule):
         self.lr_unit = lr_unit
         self.selector_seed = selector_seed
         self.written_weight = written_weight
+        self.row_max_change = row_max_change
         self.background = background_stats
         # the memory checkpoint finetuning starts from: a saved run stores only the rows it
         # changed and takes the others from here
@@ -161,7 +190,14 @@ class SparseMemoryFinetune(FinetuneModule):
         # rows ever updated, per layer (bool per slot: 1 byte/slot, e.g. 1 MB for 1M slots)
         self.touched = [torch.zeros(m.n_slots, dtype=torch.bool) for m in self.memories]
         # an empty start (zero values): a row's value is then its whole change
-        self.started_empty = all(not bool(m.values.detach().any()) for m in self.memories)
+        zero = [not bool(m.values.detach().any()) for m in self.memories]
+        self.started_empty = all(zero)
+        self.write_load = WriteLoad([m.n_slots for m in self.memories])
+        # row_max_change: the starting values of written rows (none kept when it is off)
+        self.row_starts = ([RowStarts(m.n_slots, m.v_dim, z)
+                            for m, z in zip(self.memories, zero, strict=True)]
+                           if row_max_change is not None else None)
+        self.rows_bounded = [0] * len(self.memories)  # row writes scaled back, per layer
         self.generator: torch.Generator | None = None
         self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
         self.diagnostics = SelectionDiagnostics(
@@ -187,6 +223,8 @@ class SparseMemoryFinetune(FinetuneModule):
             require_number(args["written_weight"], "method.written_weight")
         if args.get("gate_lr") is not None:
             require_number(args["gate_lr"], "method.gate_lr")
+        if args.get("row_max_change") is not None:
+            require_number(args["row_max_change"], "method.row_max_change")
 
     # -- stage 1 and what trains -------------------------------------------------------
     @classmethod
@@ -279,6 +317,8 @@ class SparseMemoryFinetune(FinetuneModule):
         device = self.memories[0].values.device
         self.counter.to(device)
         self.touched = [t.to(device) for t in self.touched]
+        if self.row_starts is not None:
+            self.row_starts = [r.to(device) for r in self.row_starts]
         if self.background is not None:
             self.background = self.background.to(device)
             self.diagnostics.reads = list(self.background.reads)
@@ -288,7 +328,20 @@ class SparseMemoryFinetune(FinetuneModule):
             self.touched = [t.to(device) for t in self._restored["touched"]]
             if "diagnostics" in self._restored:
                 self.diagnostics.load_state_dict(self._restored["diagnostics"])
+            self._restore_levers(self._restored, device)
             self._restored = None
+
+    def _restore_levers(self, saved: dict[str, Any], device: torch.device) -> None:
+        """Write load and the row bound's state from a checkpoint's ``smf`` entry."""
+        self.write_load.load_state_dict(saved.get("write_load"), device)
+        self.rows_bounded = list(saved.get("rows_bounded", self.rows_bounded))
+        if self.row_starts is None:
+            return
+        if "row_starts" not in saved:
+            raise ValueError("method.row_max_change is set but the checkpoint holds no "
+                             "starting values of the written rows (resume it without)")
+        for starts, state in zip(self.row_starts, saved["row_starts"], strict=True):
+            starts.load_state_dict(state)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients were checked in ``_sparse_step`` (they are sparse)."""
@@ -298,7 +351,11 @@ class SparseMemoryFinetune(FinetuneModule):
         assert self.generator is not None
         checkpoint["smf"] = {"generator": self.generator.get_state(),
                              "touched": [t.cpu() for t in self.touched],
-                             "diagnostics": self.diagnostics.state_dict()}
+                             "diagnostics": self.diagnostics.state_dict(),
+                             "write_load": self.write_load.state_dict(),
+                             "rows_bounded": list(self.rows_bounded)}
+        if self.row_starts is not None:
+            checkpoint["smf"]["row_starts"] = [r.state_dict() for r in self.row_starts]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -309,8 +366,7 @@ class SparseMemoryFinetune(FinetuneModule):
         loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
         self.manual_backward(loss / self.grad_accum)
-        mask = (batch["attention_mask"] if self.count_tokens == "attention"
-                else loss_bearing_mask(batch["labels"]))
+        mask = count_mask(batch, self.count_tokens)
         for layer, memory in enumerate(self.memories):
             self.counter.add(layer, memory.last_indices, mask)
         facts = batch.get("fact_index")
@@ -331,6 +387,8 @@ class SparseMemoryFinetune(FinetuneModule):
         raw = raw if isinstance(raw, list) else [raw]
         self.counter.all_reduce()
         stats: dict[str, float] = self.diagnostics.step(self._unit)
+        self.write_load.step(self._unit)
+        written = []
         for layer, memory in enumerate(self.memories):
             counts = self.counter.counts(layer)
             bg = self.background.layer(layer) if self.background is not None else None
@@ -341,6 +399,10 @@ class SparseMemoryFinetune(FinetuneModule):
                 _all_reduce_rows(memory.values, chosen.indices)
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
             self.touched[layer][chosen.indices] = True
+            self.write_load.add(layer, chosen.indices)
+            if self.row_starts is not None:  # before the step: where the rows started
+                self.row_starts[layer].remember(memory.values, chosen.indices)
+            written.append(chosen.indices)
             answer_weight = weight_on_rows(memory.last_indices, memory.last_weights,
                                            self._answer_positions, chosen.indices)
             self.diagnostics.add(layer, chosen.indices, answer_weight)
@@ -349,6 +411,7 @@ class SparseMemoryFinetune(FinetuneModule):
             stats[f"smf/L{layer}/rows_read"] = float((counts > 0).sum())
             stats[f"smf/L{layer}/rows_selected"] = float(chosen.indices.numel())
             stats[f"smf/L{layer}/touched_frac"] = float(self.touched[layer].float().mean())
+            stats[f"smf/L{layer}/write_load"] = self.write_load.writes[layer] / memory.n_slots
             stats[f"smf/L{layer}/score_max"] = score["max"]
             stats[f"smf/L{layer}/score_mean"] = score["mean"]
         self.counter.reset()
@@ -364,6 +427,8 @@ class SparseMemoryFinetune(FinetuneModule):
         values_opt.step()  # the wrapped step counts as the trainer's global step
         for opt in raw[1:]:  # gate optimizer: unwrapped so one SMF step = one global step
             opt.step()
+        if self.row_starts is not None:
+            stats.update(self._bound_rows(written))
         for opt in raw:
             opt.zero_grad(set_to_none=True)
         schedulers = self.lr_schedulers()
@@ -376,14 +441,28 @@ class SparseMemoryFinetune(FinetuneModule):
                     stats[f"smf/L{layer}/gate"] = float(block.gate)
         self.log_dict(stats, on_step=True, on_epoch=False)
 
+    def _bound_rows(self, written: list[Tensor]) -> dict[str, float]:
+        """Scale the rows this step wrote back within ``row_max_change`` of their start."""
+        assert self.row_starts is not None and self.row_max_change is not None
+        stats = {}
+        for layer, (memory, rows) in enumerate(zip(self.memories, written, strict=True)):
+            start = self.row_starts[layer].of(rows, memory.values)
+            n = bound_rows(memory.values, rows, start,
+                           self.row_max_change * memory.v_dim ** -0.5)
+            self.rows_bounded[layer] += n
+            stats[f"smf/L{layer}/rows_bounded"] = float(n)
+        return stats
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The lr is logged by ``_sparse_step`` (one value per optimizer step)."""
 
-    def memory_fill(self) -> dict[str, float | None]:
+    def memory_fill(self) -> dict[str, Any]:
         """How full the memory is, averaged over layers: the share of value rows written so
-        far, the share of background reads that land on them, and (memories that started
-        empty) the mean norm of the value a background read lands on - how much general
-        text sees changed, which the share of rows alone does not say."""
+        far, the write load (distinct (fact, row) writes per slot, which keeps growing after
+        rows touched saturates) beside its nominal value, the share of background reads that
+        land on the written rows, and (memories that started empty) the mean norm of the
+        value a background read lands on - how much general text sees changed, which the
+        share of rows alone does not say. Per layer: ``write_load_per_layer``."""
         rows = [float(t.float().mean()) for t in self.touched]
         reads = self.diagnostics.reads
         shares = ([read_share(r, t.nonzero().squeeze(1)) for r, t in
@@ -391,9 +470,19 @@ class SparseMemoryFinetune(FinetuneModule):
         change = ([read_weighted_norm(r, m.values) for r, m in
                    zip(reads, self.memories, strict=True)]
                   if reads is not None and self.started_empty else None)
+        load = self.write_load_summary()
         return {"rows_touched_share": sum(rows) / len(rows),
+                "write_load": _mean_of(load, "write_load"),
+                "write_load_nominal": _mean_of(load, "write_load_nominal"),
+                "write_load_per_layer": [layer["write_load"] for layer in load],
                 "touched_background_share": sum(shares) / len(shares) if shares else None,
                 "background_read_change": sum(change) / len(change) if change else None}
+
+    def write_load_summary(self) -> list[dict[str, Any]]:
+        """Per layer: write load, nominal write load (none for ``selector=all``, which
+        ignores ``top_t``), distinct writes and rows touched."""
+        top_t = None if self.selector == "all" else self.top_t
+        return self.write_load.summary(top_t, self.touched)
 
     # -- outputs -------------------------------------------------------------------------
     def save_trained(self, directory: Path) -> Path:
@@ -433,7 +522,13 @@ class SparseMemoryFinetune(FinetuneModule):
                 "count_tokens": self.count_tokens,
                 "lr_unit": self.lr_unit,
                 "written_weight": self.written_weight,
+                "row_max_change": self.row_max_change,
+                "rows_bounded_per_layer": (list(self.rows_bounded)
+                                           if self.row_max_change is not None else None),
                 "updated_rows_per_layer": rows,
+                # distinct (fact, row) writes / slots per layer, beside top_t x facts / slots
+                "write_load": self.write_load_summary(),
+                "write_units": self.write_load.units,
                 "slots_per_layer": [m.n_slots for m in self.memories],
                 "bytes_changed": sum(r * b for r, b in zip(rows, row_bytes, strict=True)),
                 "background_batches": self.background.n_batches if self.background else None,

@@ -60,7 +60,10 @@ MEMORY_KEYS = {"rows_touched_share": "value rows written so far",
                "touched_background_share": "their share of background reads"}
 # in the table only: not a share, and recorded by runs since 2026-12-03 alone
 READ_CHANGE = "background_read_change"
-MEMORY_TABLE_KEYS = (*MEMORY_KEYS, READ_CHANGE)
+# distinct (fact, row) writes / slots and its nominal top_t x facts / slots: not shares, in
+# the table only, beside rows touched (which saturates while the load keeps growing)
+WRITE_LOAD = ("write_load", "write_load_nominal")
+MEMORY_TABLE_KEYS = ("rows_touched_share", *WRITE_LOAD, "touched_background_share", READ_CHANGE)
 
 
 def _number(value: Any) -> float | None:
@@ -316,13 +319,16 @@ def memory_markdown(memory: pd.DataFrame, at: Sequence[int] = ()) -> str:
             values = memory[(memory["key"] == key) & (memory["line"] == line)
                             & (memory["point"] == point) & (memory["facts"] == facts)]["value"]
             share = key in MEMORY_KEYS
-            cells.append(fmt_ci(mean_ci(100 * values if share else values), digits=".1f",
+            digits = ".2f" if key in WRITE_LOAD else ".1f"
+            cells.append(fmt_ci(mean_ci(100 * values if share else values), digits=digits,
                                 unit="%" if share else ""))
         rows.append(cells)
     table = md_table(["method", "point", "facts", *MEMORY_TABLE_KEYS], rows)
     return ("### Memory fill along the stream\n\n"
             f"{table}\n\n"
-            "`rows_touched_share`: share of SMF's value rows written so far; "
+            "`rows_touched_share`: share of SMF's value rows written so far; `write_load`: "
+            "distinct (fact, row) writes per slot, mean over layers, beside its nominal "
+            "`write_load_nominal` = top_t x facts / slots (– where a run predates it); "
             "`touched_background_share`: the share of background-text reads that land on "
             "them; `background_read_change`: sum over slots of the slot's share of background "
             "reads x its value's norm (memories that start empty; – where a run predates it). "
