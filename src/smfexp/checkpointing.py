@@ -49,6 +49,24 @@ _NOT_IN_KEY = ("resume", "ckpt_path", "paths", "logger", "callbacks", "checkpoin
 _TYPED_GROUPS = ("model", "memory", "retrofit", "background", "eval")
 
 
+def _drop_off_levers(method: dict[str, Any]) -> None:
+    """Leave out method keys that change no step as set (a lever at its off value, and the
+    settings only it reads), so runs keyed before the levers existed keep their keys."""
+    if method.get("row_max_change", "on") is None:
+        method.pop("row_max_change")
+    for key in ("l2_to_base", "ewc"):
+        if method.get(key, 1) == 0:
+            method.pop(key)
+    if "ewc" not in method:
+        method.pop("ewc_batches", None)
+    if method.get("replay_k", 1) == 0:
+        method.pop("replay_k")
+        method.pop("replay_weight", None)
+        if "ewc" not in method:  # the Fisher reads the replay's corpus settings
+            for key in ("replay_length", "replay_source", "replay_seed"):
+                method.pop(key, None)
+
+
 def run_key(cfg: Any) -> str:
     """Identity of a run's computation: two runs with the same key take the same steps.
     ``cfg``: the composed config (a node, or its resolved plain mapping)."""
@@ -60,6 +78,8 @@ def run_key(cfg: Any) -> str:
     for group in _TYPED_GROUPS:
         if isinstance(container.get(group), dict):
             container[group].pop("_target_", None)
+    if isinstance(container.get("method"), dict):
+        _drop_off_levers(container["method"])
     data = container.get("data")
     if isinstance(data, dict) and (data.get("lr_horizon") in (None, data.get("n_facts"))
                                    or data.get("schedule") == "constant"):
