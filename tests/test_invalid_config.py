@@ -69,6 +69,15 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "retrofit.parts=[wiki,nope]"], "retrofit.parts"),
     (["method=smf", "background.batch_size=0"], "background.batch_size"),
     (["method=smf", "background.unit=document"], "background.unit"),
+    (["method=full", "method.replay_k=-1"], "method.replay_k"),
+    (["method=lora", "method.replay_k=2", "method.replay_source=[wiki,nope]"],
+     "method.replay_source"),
+    (["method=smf", "method.replay_weight=-1"], "method.replay_weight"),
+    (["method=full", "method.ewc=-1"], "method.ewc"),
+    (["method=full", "method.ewc_batches=0"], "method.ewc_batches"),
+    (["method=lora", "+method.ewc=1"], "method.ewc is not an argument of LoRAFinetune"),
+    (["method=smf", "method.row_max_change=0"], "method.row_max_change"),
+    (["method=smf", "method.count_tokens=subject"], "method.count_tokens"),
 ]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from smfexp.data import sources
@@ -346,21 +347,24 @@ class FactsDataModule(SFTDataModule):
                      **self.budget}
         self._prepared = True
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         assert self.stream is not None, "call setup() first"
         per_fact = self.batching == "per_fact"
         dataset: Dataset = self.stream if per_fact else MixedFacts(self.stream)
         self.sampler = ResumableRandomSampler(len(dataset), self.shuffle_seed, shuffle=not per_fact)
         batch_size = self.phrasings_per_step
-        if self._resume_position is not None:
-            epoch, batches = self._resume_position
+        position = self.take_resume_position()
+        if position is not None:
+            epoch, batches = position
             self.sampler.start_at(epoch, batches * (1 if per_fact else batch_size))
-            self._resume_position = None
         if per_fact:
-            return DataLoader(dataset, batch_size=None, sampler=self.sampler,
-                              num_workers=self.num_workers)
-        return DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
-                          collate_fn=_MixedCollator(self.collator), num_workers=self.num_workers)
+            loader = DataLoader(dataset, batch_size=None, sampler=self.sampler,
+                                num_workers=self.num_workers)
+        else:
+            loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                                collate_fn=_MixedCollator(self.collator),
+                                num_workers=self.num_workers)
+        return self.with_replay(loader, position)  # one fact per step, its replay beside it
 
     def facts_seen(self, steps: int) -> int:
         """Facts the stream has reached after ``steps`` optimizer steps (mixed: equivalent)."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -28,6 +29,7 @@ from smfexp.data.collate import (
     fit_length,
     tokenize_pair,
 )
+from smfexp.data.replay import ReplaySpec, ReplayStream, with_replay
 from smfexp.data.sampling import ResumableRandomSampler
 from smfexp.utils.configs import require_int, require_number
 
@@ -110,6 +112,7 @@ class SFTDataModule(LightningDataModule):
         self._prepared = False
         self._resume_position: tuple[int, int] | None = None
         self.sampler: ResumableRandomSampler | None = None
+        self.replay: ReplayStream | None = None  # background sequences beside each batch
 
     @classmethod
     def check_arguments(cls, args: Mapping[str, Any]) -> None:
@@ -175,20 +178,52 @@ class SFTDataModule(LightningDataModule):
         }
         self._prepared = True
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         self.sampler = ResumableRandomSampler(len(self.train_examples), self.shuffle_seed)
-        if self._resume_position is not None:
-            epoch, batches = self._resume_position
+        position = self.take_resume_position()
+        if position is not None:
+            epoch, batches = position
             self.sampler.start_at(epoch, batches * self.batch_size)
-            self._resume_position = None
-        return DataLoader(
+        return self.with_replay(DataLoader(
             self.train_examples,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             sampler=self.sampler,
             generator=torch.Generator().manual_seed(self.shuffle_seed),  # not the global RNG
             collate_fn=self.collator,
             num_workers=self.num_workers,
-        )
+        ), position)
+
+    # -- replay: background sequences in every step (a method asks for them) ----------
+    def background_blocks(self, parts: Sequence[str], length: int,
+                          seed: int) -> tuple[list[TokenizedExample], str]:
+        """The background corpus ``parts`` in ``length``-token blocks, documents shuffled by
+        ``seed`` (the corpus a method replays or takes its Fisher on), and its source."""
+        corpus = BackgroundDataModule(self.tokenizer, data_dir=self.data_dir_cfg,
+                                      max_length=length, parts=list(parts), heldout_docs=0,
+                                      shuffle_seed=seed, max_bad_fraction=self.max_bad_fraction)
+        corpus.setup()
+        return corpus.train_examples, corpus.info["source"]
+
+    def attach_replay(self, spec: ReplaySpec) -> None:
+        """Give every training batch ``spec.k`` background sequences (the method's replay,
+        e.g. ``method.replay_k``): ``train_dataloader`` then yields ``{"train": batch,
+        "replay": sequences}``. The corpus is read and cut into blocks here, once."""
+        blocks, source = self.background_blocks(spec.parts, spec.length, spec.seed)
+        self.replay = ReplayStream(blocks, spec.k, spec.seed, self.collator)
+        self.info["replay"] = {"k": spec.k, "length": spec.length, "parts": list(spec.parts),
+                               "seed": spec.seed, "source": source, "blocks": len(blocks)}
+
+    def take_resume_position(self) -> tuple[int, int] | None:
+        """(epoch, batches done) a resumed run re-enters at, once; None = from the start."""
+        position, self._resume_position = self._resume_position, None
+        return position
+
+    def with_replay(self, loader: DataLoader,
+                    position: tuple[int, int] | None) -> DataLoader | CombinedLoader:
+        """``loader`` itself without replay, else each batch with its replayed sequences."""
+        if self.replay is None:
+            return loader
+        return with_replay(loader, self.replay, position, self.num_workers)
 
     # -- resume: where in the data a checkpoint was taken ------------------------------
     def state_dict(self) -> dict[str, Any]:

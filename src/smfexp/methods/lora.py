@@ -1,4 +1,5 @@
-"""LoRA through peft: low-rank adapters on the attention and MLP projections."""
+"""LoRA through peft: low-rank adapters on the attention and MLP projections (replay of
+background text beside each batch: ``method.replay_k``, :class:`ReplayFinetune`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from smfexp.methods.base import FinetuneModule
+from smfexp.methods.replay import ReplayFinetune
 from smfexp.utils.configs import require_int
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def resolve_target_modules(model: nn.Module, requested: Sequence[str]) -> list[s
     return resolved
 
 
-class LoRAFinetune(FinetuneModule):
+class LoRAFinetune(ReplayFinetune):
     method_name = "lora"
 
     @classmethod

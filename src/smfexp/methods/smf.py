@@ -9,7 +9,9 @@ One optimizer step, readable top to bottom (``training_step``):
    gradient of just those rows, clip, and let the row-sparse optimizer change exactly those
    rows - every other row stays bit-identical.
 Manual optimization keeps that order explicit (Lightning's automatic loop would select per
-micro-batch or hide it in hooks).
+micro-batch or hide it in hooks). Background-preserving updates (``method.replay_k`` > 0):
+before step 1 a small background batch's loss, x ``replay_weight``, is backpropagated into the
+same sinks without counting its reads, so it moves only the rows selected for the fact.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from torch import Tensor
 
 from smfexp.memory import memory_blocks, memory_config, save_memory
 from smfexp.memory.deferred import ValueGradSink
-from smfexp.methods.base import FinetuneModule, Prepared, StageInputs
+from smfexp.methods.base import Prepared, StageInputs
+from smfexp.methods.replay import ReplayFinetune
 from smfexp.smf.background import BackgroundStats
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.diagnostics import (
@@ -137,7 +140,7 @@ def _mean_of(layers: list[dict[str, Any]], key: str) -> float | None:
     return None if not values or None in values else sum(values) / len(values)
 
 
-class SparseMemoryFinetune(FinetuneModule):
+class SparseMemoryFinetune(ReplayFinetune):
     method_name = "smf"
     uses_memory = True
 
@@ -309,6 +312,7 @@ class SparseMemoryFinetune(FinetuneModule):
     def setup(self, stage: str) -> None:
         """Keep the value tables out of DDP's dense gradient buckets (their grads are sparse);
         ``_sparse_step`` all-reduces just the selected rows instead."""
+        super().setup(stage)  # the background batches of method.replay_k, if any
         names = [n for n, p in self.named_parameters() if any(p is m.values for m in self.memories)]
         self._ddp_params_and_buffers_to_ignore = names
 
@@ -362,7 +366,10 @@ class SparseMemoryFinetune(FinetuneModule):
         self._restored = checkpoint.get("smf")
 
     # -- one micro-batch / one optimizer step ------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batch, background = self.split_replay(batch)
+        if background is not None:  # background-preserving term: see _background_backward
+            self._background_backward(background, batch_idx)
         loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
         self.manual_backward(loss / self.grad_accum)
@@ -379,6 +386,14 @@ class SparseMemoryFinetune(FinetuneModule):
         if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
             self._sparse_step()
         return loss.detach()
+
+    def _background_backward(self, background: dict[str, Tensor], batch_idx: int) -> None:
+        """Backward of ``replay_weight`` x the background batch's loss, before the fact's
+        forward: its value gradients join the fact's in the sinks, so the step applies them
+        to the rows selected for the fact and nowhere else, and its reads are never counted
+        (the selection sees the fact's forward alone, the memories' last reads)."""
+        loss = self.replay_loss(background, batch_idx)
+        self.manual_backward(self.replay_weight * loss / self.grad_accum)
 
     def _sparse_step(self) -> None:
         wrapped = self.optimizers()
@@ -513,6 +528,7 @@ class SparseMemoryFinetune(FinetuneModule):
         rows = [int(t.sum()) for t in self.touched]
         row_bytes = [m.values.shape[1] * m.values.element_size() for m in self.memories]
         return {
+            **super().extra_results(),  # replay: the background-preserving term, when on
             "smf": {
                 "selector": self.selector,
                 "top_t": self.top_t,

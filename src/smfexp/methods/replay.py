@@ -1,0 +1,99 @@
+"""Replay for the dense baselines: background text in every optimizer step (REMIX, arXiv
+2411.07175; Abbes et al. 2025, arXiv 2508.01908: replaying ~1% general text is effective).
+
+The data module puts ``replay_k`` background sequences beside each of its batches
+(:func:`smfexp.data.replay.with_replay`, asked for in :meth:`ReplayFinetune.setup`), so a
+fact's phrasings and their replay are one training batch: one forward each, one backward of
+``fact loss + replay_weight x replay loss``, one optimizer step. Off (``replay_k=0``) the
+training step is :class:`CausalLMModule`'s, unchanged. SMF uses the same background batches
+for its background-preserving term (:class:`smfexp.methods.smf.SparseMemoryFinetune`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from smfexp.data.replay import REPLAY, TRAIN, ReplaySpec, check_replay_arguments
+from smfexp.data.sources import BACKGROUND_PARTS
+from smfexp.methods.base import FinetuneModule
+from smfexp.training.loss import causal_lm_loss
+from smfexp.utils.configs import require_number
+
+
+class ReplayFinetune(FinetuneModule):
+    """A finetuning method that can replay background sequences beside each batch."""
+
+    @classmethod
+    def reads_corpus(cls, args: Mapping[str, Any]) -> bool:
+        """Whether a run with these arguments reads the replay's corpus (replay on; unknown
+        counts as on). Its ``replay_source`` is checked only then: off, it is not read, and
+        a wrong default would only echo the corpus setting it is taken from."""
+        return args.get("replay_k", 1) != 0
+
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible arguments, before any model loads."""
+        super().check_arguments(args)
+        check_replay_arguments(args if cls.reads_corpus(args) else
+                               {k: v for k, v in args.items() if k != "replay_source"})
+        if "replay_weight" in args:
+            require_number(args["replay_weight"], "method.replay_weight", allow_zero=True)
+
+    def __init__(self, *args: Any, replay_k: int = 0, replay_weight: float = 1.0,
+                 replay_length: int = 128,
+                 replay_source: Sequence[str] = tuple(BACKGROUND_PARTS),
+                 replay_seed: int = 0, **kwargs: Any) -> None:
+        ReplayFinetune.check_arguments({
+            "replay_k": replay_k, "replay_weight": replay_weight, "replay_length": replay_length,
+            "replay_source": replay_source, "replay_seed": replay_seed})
+        parts = (replay_source,) if isinstance(replay_source, str) else tuple(replay_source)
+        # the background corpus these settings name (full finetuning's Fisher reads it too)
+        self.corpus_settings = (replay_length, parts, replay_seed)
+        self.replay = ReplaySpec(replay_k, *self.corpus_settings) if replay_k > 0 else None
+        self.replay_weight = float(replay_weight)
+        super().__init__(*args, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        """Ask the data module for the replay (it reads the corpus; Lightning calls this
+        after the data module's own setup and before it builds the training loader)."""
+        if self.replay is None or stage != "fit":
+            return
+        attach = getattr(self.trainer.datamodule, "attach_replay", None)
+        if attach is None:
+            raise ValueError("method.replay_k > 0 needs a data module that replays "
+                             "(smfexp.data.modules.SFTDataModule); set method.replay_k=0")
+        attach(self.replay)
+
+    def split_replay(self, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(the run's own batch, the sequences replayed beside it or None when replay is off)."""
+        if self.replay is None:
+            return batch, None
+        return batch[TRAIN], batch[REPLAY]
+
+    def replay_loss(self, replay: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The replayed sequences' mean next-token loss (logged, unweighted)."""
+        loss = causal_lm_loss(self.model, replay, self.frozen_casts)
+        self.check_finite(loss.detach(), "replay loss", batch_idx)
+        self.log("train/replay_loss", loss, on_step=True, on_epoch=False,
+                 batch_size=replay["input_ids"].shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The fact's loss (logged as ``train/loss``) + ``replay_weight`` x the replay's:
+        one backward, one optimizer step for both."""
+        batch, replay = self.split_replay(batch)
+        loss = super().training_step(batch, batch_idx)
+        if replay is None:
+            return loss
+        return loss + self.replay_weight * self.replay_loss(replay, batch_idx)
+
+    def extra_results(self) -> dict[str, Any]:
+        """results.json ``replay`` (only when it is on: runs without it keep their results)."""
+        if self.replay is None:
+            return {}
+        return {"replay": {"k": self.replay.k, "weight": self.replay_weight,
+                           "length": self.replay.length, "parts": list(self.replay.parts),
+                           "seed": self.replay.seed}}
