@@ -80,6 +80,25 @@ def test_baseline_run_writes_complete_results(method, tmp_path, data_dir):
     assert (tmp_path / on_disk["trained_artifact"]).is_dir()  # relative to the run dir
 
 
+def test_baseline_levers_reach_results(tmp_path, data_dir):
+    """Full finetuning with replay and the L2 / EWC pull, through the config: results.json
+    records both, and the data the replay read."""
+    from smfexp.run_config import TrainConfig
+    from smfexp.runner import train
+
+    levers = ["method=full", "method.replay_k=1", "method.replay_length=32",
+              "method.replay_source=[wiki]", "method.l2_to_base=0.1", "method.ewc=0.5",
+              "method.ewc_batches=2"]
+    results = train(TrainConfig.from_hydra(compose_train(tmp_path, data_dir, levers)))
+    _check_common(results, "full")
+    assert results["replay"] == {"k": 1, "weight": 1.0, "length": 32, "parts": ["wiki"],
+                                 "seed": 0}
+    assert results["data"]["replay"]["blocks"] > 0
+    pull = results["base_pull"]
+    assert (pull["l2_to_base"], pull["ewc"], pull["ewc_batches"]) == (0.1, 0.5, 2)
+    assert pull["distance_to_base"] > 0
+
+
 def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     from smfexp.run_config import TrainConfig
     from smfexp.runner import train
