@@ -6,13 +6,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tiny_smf import MEMORY, tiny_smf
 
-from smfexp.data.facts import FactsDataModule
-from smfexp.data.modules import BackgroundDataModule
 from smfexp.memory import attach_memory, memory_modules
-from smfexp.memory.attach import forward_through_memories
 from smfexp.methods.smf import SparseMemoryFinetune
-from smfexp.smf.background import compute_background_stats
 from smfexp.smf.diagnostics import (
     SelectionDiagnostics,
     jaccard,
@@ -21,8 +18,6 @@ from smfexp.smf.diagnostics import (
     weight_on_rows,
 )
 from smfexp.smf.selectors import tfidf_scores, top_t
-
-MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
 
 
 def test_diagnostics_arithmetic_matches_a_direct_computation() -> None:
@@ -79,24 +74,7 @@ def test_answer_weight_counts_only_the_given_positions() -> None:
 
 
 def _smf_on_facts(tokenizer, data_dir, lr_horizon=None, **smf):
-    from smfexp.models.loading import ModelSpec, load_model
-
-    model, _ = load_model(ModelSpec(name="tiny", source="tiny"))
-    torch.manual_seed(0)
-    attach_memory(model, MEMORY)
-    bg = BackgroundDataModule(tokenizer, data_dir=str(data_dir), batch_size=4, max_length=32,
-                              parts=["wiki"], heldout_docs=0)
-    bg.setup()
-    stats = compute_background_stats(model, bg.train_dataloader(), memory_modules(model),
-                                     progress=False, unit="sequence", max_units=64,
-                                     forward=forward_through_memories(model))
-    data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4,
-                           lr_horizon=lr_horizon)
-    data.setup()
-    smf.setdefault("schedule", "constant")
-    module = SparseMemoryFinetune(model, tokenizer, background_stats=stats, warmup_steps=0,
-                                  **smf)
-    return module, data, stats
+    return tiny_smf(tokenizer, data_dir, {"lr_horizon": lr_horizon}, **smf)
 
 
 def _one_step(module, data) -> list[torch.Tensor]:

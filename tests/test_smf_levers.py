@@ -5,18 +5,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_smf import tiny_smf
 
 from smfexp.data.facts import FactsDataModule
-from smfexp.data.modules import BackgroundDataModule
-from smfexp.memory import attach_memory, memory_modules
-from smfexp.memory.attach import forward_through_memories
 from smfexp.methods.smf import SparseMemoryFinetune, count_mask, fact_token_mask
-from smfexp.smf.background import compute_background_stats
 from smfexp.smf.row_bound import RowStarts, bound_rows
 from smfexp.smf.selectors import tfidf_scores, top_t
 from smfexp.smf.write_load import WriteLoad
-
-MEMORY = {"layers": [1, 2], "n_keys": 16, "knn": 4, "k_dim": 32, "heads": 2}
 
 
 # --------------------------------------------------------------------------- write load
@@ -118,24 +113,7 @@ def test_fact_tokens_are_the_last_prompt_token_and_the_answer() -> None:
 
 # --------------------------------------------------------------------------- on a tiny model
 def _smf(tokenizer, data_dir, **smf) -> tuple[SparseMemoryFinetune, FactsDataModule, object]:
-    from smfexp.models.loading import ModelSpec, load_model
-
-    model, _ = load_model(ModelSpec(name="tiny", source="tiny"))
-    torch.manual_seed(0)
-    attach_memory(model, MEMORY)
-    bg = BackgroundDataModule(tokenizer, data_dir=str(data_dir), batch_size=4, max_length=32,
-                              parts=["wiki"], heldout_docs=0)
-    bg.setup()
-    stats = compute_background_stats(model, bg.train_dataloader(), memory_modules(model),
-                                     progress=False, unit="sequence", max_units=64,
-                                     forward=forward_through_memories(model))
-    data = FactsDataModule(tokenizer, data_dir=str(data_dir), n_facts=3, phrasings_per_step=4,
-                           steps_per_fact=2)
-    data.setup()
-    smf = {"selector": "tfidf", "top_t": 6, "lr": 5.0, "schedule": "constant", **smf}
-    module = SparseMemoryFinetune(model, tokenizer, background_stats=stats, warmup_steps=0,
-                                  **smf)
-    return module, data, stats
+    return tiny_smf(tokenizer, data_dir, {"steps_per_fact": 2}, **smf)
 
 
 def _trainer(steps: int, **kwargs) -> L.Trainer:
