@@ -87,10 +87,15 @@ def test_scores_reach_results_json_when_a_step_after_them_fails(tmp_path, data_d
 
 def test_a_sweep_run_again_skips_its_finished_jobs(tmp_path, data_dir):
     """skip_finished: a job whose directory holds results of this very config returns them
-    (sweeps run in pieces across sittings); another config in that directory runs."""
+    (sweeps run in pieces across sittings); another config is refused there, before it
+    trains, so the finished results stay as they were (a lever needs its own directory)."""
     first = _run(tmp_path, data_dir, "job", ["method=full", "skip_finished=true"])
     again = _run(tmp_path, data_dir, "job", ["method=full", "skip_finished=true"])
     assert again["wall_seconds"] == first["wall_seconds"]  # not run a second time
-    other = _run(tmp_path, data_dir, "job", ["method=full", "method.lr=3e-5",
-                                             "skip_finished=true"])
-    assert other["run_key"] != first["run_key"] and other["wall_seconds"] != first["wall_seconds"]
+    written = (tmp_path / "job" / "results.json").read_bytes()
+    with pytest.raises(FileExistsError, match=r"hydra\.sweep\.subdir"):
+        _run(tmp_path, data_dir, "job", ["method=full", "method.lr=3e-5", "skip_finished=true"])
+    assert (tmp_path / "job" / "results.json").read_bytes() == written
+    other = _run(tmp_path, data_dir, "job_lr3e-5", ["method=full", "method.lr=3e-5",
+                                                    "skip_finished=true"])
+    assert other["run_key"] != first["run_key"]

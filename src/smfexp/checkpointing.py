@@ -138,6 +138,20 @@ def finished_results(run_dir: Path, key: str) -> dict[str, Any] | None:
     return results if ok and results.get("run_key") == key else None
 
 
+def other_finished_run(run_dir: Path, key: str) -> str | None:
+    """The run key of a finished run in ``run_dir`` with other settings than ``key``, else
+    None: writing there would overwrite its results (a lever swept into the directory the
+    experiment names by its other settings)."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("status") != "ok":
+        return None
+    other = results.get("run_key")
+    return str(other) if other and other != key else None
+
+
 def _finished(run_dir: Path) -> bool:
     try:
         return json.loads((run_dir / "results.json").read_text()).get("status") == "ok"

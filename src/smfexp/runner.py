@@ -30,6 +30,7 @@ from smfexp.checkpointing import (
     ResumableCheckpoint,
     find_resume_checkpoint,
     finished_results,
+    other_finished_run,
     periodic_checkpoint,
 )
 from smfexp.eval import EvalConfig
@@ -162,6 +163,13 @@ def train(run: TrainConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s already holds this run's results (skip_finished=true)", output_dir)
         return done
+    other = other_finished_run(output_dir, run.key)
+    if other is not None:
+        raise FileExistsError(
+            f"{output_dir} holds a finished run with other settings (run key {other}; this "
+            f"run's is {run.key}): its results would be overwritten. Give this run its own "
+            "directory (hydra.run.dir=... or hydra.sweep.subdir=..., e.g. naming the lever you "
+            "changed), or delete that directory to replace the run")
     resume_from = find_resume_checkpoint(run.resume, run.paths.runs_root, run.key)
     accelerator = str(run.trainer.get("accelerator"))
     eval_cfg = run.eval.resolved(accelerator)
