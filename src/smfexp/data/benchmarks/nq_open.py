@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from smfexp.data.benchmarks import HELDOUT_ROWS as HELDOUT_ROWS
+from smfexp.data.benchmarks import split_heldout as split_heldout
 from smfexp.data.sources import Rows, load_normalised, scalar_text, text_field
 
-HELDOUT_ROWS = 1000
 DESCRIPTION = "Answer these questions:\n\n"  # lm_eval's task description (a system turn)
 
 
@@ -46,13 +47,6 @@ def qa_from_nq(row: dict[str, Any]) -> dict[str, Any]:
 def nq_from_qa(row: dict[str, Any]) -> dict[str, Any]:
     """A fact row in the NQ-open scorer's schema (``answers``), keeping the fact's fields."""
     return {**row, "answers": list(row["aliases"])}
-
-
-def split_heldout(
-    rows: list[dict[str, Any]], heldout: int = HELDOUT_ROWS
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(held-out probe, fact pool): the first ``heldout`` rows in file order, and the rest."""
-    return rows[:heldout], rows[heldout:]
 
 
 def harness_prompt(question: str) -> str:

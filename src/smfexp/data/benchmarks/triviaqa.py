@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from smfexp.data.benchmarks import HELDOUT_ROWS as HELDOUT_ROWS
+from smfexp.data.benchmarks import split_heldout as split_heldout
 from smfexp.data.sources import Rows, load_normalised, text_field
-
-HELDOUT_ROWS = 1000
 
 _TQA_CONTEXT = re.compile(r"^Question:\s*(.*?)\s*\nAnswer:\s*$", re.S)
 
@@ -44,13 +44,6 @@ def load_rows(data_dir: Path | None, max_bad_fraction: float = 0.05) -> Rows:
     return load_normalised(
         "triviaqa", "triviaqa", "validation", data_dir, triviaqa_row, max_bad_fraction
     )
-
-
-def split_heldout(
-    rows: list[dict[str, Any]], heldout: int = HELDOUT_ROWS
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(held-out probe, fact pool): the first ``heldout`` rows in file order, and the rest."""
-    return rows[:heldout], rows[heldout:]
 
 
 def harness_prompt(question: str) -> str:
