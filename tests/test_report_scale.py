@@ -29,6 +29,7 @@ from smfexp.reporting.scale import (
 )
 from smfexp.reporting.selection import selection_points
 from smfexp.reporting.stats import MeanCI, mean_ci, overlap, t_quantile
+from smfexp.reporting.write_load import write_load_points
 
 T2 = 4.302652729911275  # t_{0.975, 2}: 3 draws
 
@@ -155,13 +156,15 @@ DRAWS = (0, 1, 2)
 
 
 def _stream(k: int) -> dict[str, Any]:
-    """SMF lr 2's stream: memory fills linearly to 256 facts; exact match on seen facts."""
+    """SMF lr 2's stream: memory fills linearly to 256 facts, the write load grows (1 + k)
+    per 64 facts; exact match on seen facts."""
     return {"every_n_facts": 64, "points": [
         {"step": f, "facts": f, "seconds": 1.0,
          "scores": {"target": {"exact_match": f / 512},
                     "wikitext": {"word_perplexity": 20.0 + f / 64}},
          "memory": {"rows_touched_share": f / 256 * (0.5 + 0.1 * k),
                     "touched_background_share": f / 512,
+                    "write_load": f / 64 * (1 + k),
                     "background_read_change": f * (1 + k)}}
         for f in (0, 64, 128, 256)]}
 
@@ -278,7 +281,8 @@ def test_report_writes_the_scale_sections_and_figures(scale_sweep, tmp_path):
 
 def test_old_runs_get_no_scale_files(hard_sweep, tmp_path):
     report = write_report(hard_sweep, tmp_path / "report")
-    assert not {"scale.png", "scale_stream.png", "memory_fill.png"} & set(report.files)
+    assert not {"scale.png", "scale_stream.png", "memory_fill.png", "write_load.png"} \
+        & set(report.files)
     assert "vs stream length" not in report.markdown
 
 
@@ -287,6 +291,21 @@ def test_memory_fill_from_stream_points(scale_sweep):
     assert set(memory["line"]) == {"smf/tfidf"}
     rows = memory[(memory["key"] == "rows_touched_share") & (memory["facts"] == 256)]
     assert sorted(rows["value"]) == pytest.approx([0.5, 0.6, 0.7])  # one per draw
+
+
+def test_write_load_points_join_each_runs_load_with_its_nested_scores(scale_sweep, tmp_path):
+    runs = collect_runs(scale_sweep)
+    points = write_load_points(nested_grid(runs), memory_points(runs))
+    assert set(points["line"]) == {"smf/tfidf"}  # only the runs that recorded a load
+    wiki = points[points["probe"] == "wikitext"].set_index("facts")
+    # draw k: load (1 + k) per 64 facts -> mean 2 at N = 64, 8 at 256; forgetting 3 + k, 5 + k
+    assert wiki["write_load"].to_dict() == pytest.approx({64: 2.0, 256: 8.0})
+    assert wiki["learning"].to_dict() == pytest.approx({64: 0.8, 256: 0.6})
+    assert wiki["forgetting"].to_dict() == pytest.approx({64: 4.0, 256: 6.0})
+    assert set(wiki["n"]) == {3}
+    report = write_report(scale_sweep, tmp_path / "report")
+    assert "write_load.png" in report.files
+    assert "### Learning and forgetting against the write load" in report.markdown
 
 
 def test_memory_table_gives_the_read_weighted_norm_unscaled(scale_sweep, tmp_path):

@@ -46,6 +46,11 @@ from smfexp.reporting.scale import (
 from smfexp.reporting.selection import selection_markdown, selection_points
 from smfexp.reporting.stream import stream_figure, stream_points, stream_target_metric
 from smfexp.reporting.tables import markdown_report, summarize
+from smfexp.reporting.write_load import (
+    write_load_figure,
+    write_load_markdown,
+    write_load_points,
+)
 from smfexp.utils.io import atomic_write_text
 
 __all__ = [
@@ -87,7 +92,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     only then: scale.png (forgetting at matched learning vs stream length N, from
     ``nested``), scale_stream.png (learning and forgetting along the stream, a row per
     method, grid points labelled, earlier facts kept), memory_fill.png (SMF rows written and
-    their share of background reads) and their summary.md sections. Paths in the written
+    their share of background reads), write_load.png (learning and forgetting against SMF's
+    write load) and their summary.md sections. Paths in the written
     files are relative (runs.csv ``run_dir``: to ``out``), so a report can be committed.
     ``out`` defaults to ``<root>/report``; it is never scanned for runs itself.
     """
@@ -140,9 +146,10 @@ def _scale_report(runs: pd.DataFrame, nested: pd.DataFrame,
     SMF selection diagnostics the runs carry (none for old runs: the report stays as it was)."""
     earlier = earlier_facts(runs)
     memory = memory_points(runs)
+    loads = write_load_points(nested, memory)
     parts = [scale_markdown(nested), earlier_markdown(earlier),
              memory_markdown(memory, sorted(nested["facts"].unique())),
-             selection_markdown(selection_points(runs))]
+             write_load_markdown(loads), selection_markdown(selection_points(runs))]
     files: dict[str, Path] = {}
     if not nested.empty:
         files["scale.png"] = save_png(scale_figure(nested), out / "scale.png")
@@ -151,5 +158,7 @@ def _scale_report(runs: pd.DataFrame, nested: pd.DataFrame,
         files["scale_stream.png"] = save_png(figure, out / "scale_stream.png")
     if not memory.empty:
         files["memory_fill.png"] = save_png(memory_figure(memory), out / "memory_fill.png")
+    if not loads.empty:
+        files["write_load.png"] = save_png(write_load_figure(loads), out / "write_load.png")
     text = "".join(p for p in parts if p)
     return ("\n" + text if text else ""), files
