@@ -85,9 +85,10 @@ def _state(facts: int, learned: float, forgetting: float) -> dict[str, Any]:
 
 
 def _write(run_dir: Path, method: str, lr: str, facts_seed: int,
-           states: dict[int, tuple[float, float]], **extra: Any) -> None:
+           states: dict[int, tuple[float, float]], levers: dict[str, float] | None = None,
+           **extra: Any) -> None:
     """One run: top level = its last N, ``nested`` = every N when more than one is given."""
-    write_job(run_dir, method, lr, facts_seed)
+    write_job(run_dir, method, lr, facts_seed, levers=levers)
     last = _state(max(states), *states[max(states)])
     res = {"status": "ok", "method": method, "selector": "tfidf" if method == "smf" else None,
            "seed": 0, "model": "tiny", "protocol": "harness", "data": {"name": "facts"},
@@ -344,6 +345,26 @@ def test_methods_ending_at_different_lengths_compare_at_the_common_one(tmp_path)
     assert note in write_report(root, tmp_path / "report").markdown
     same, none = same_length_grid(grid_table(runs), nested_grid(runs).query("facts <= 256"))
     assert none == "" and len(same) == len(grid_table(runs))  # equal lengths: as it was
+
+
+def test_a_baseline_with_replay_or_ewc_is_a_line_of_its_own(tmp_path):
+    """Replay and EWC baselines meet SMF separately; the better one is named, not merged
+    into plain full finetuning's frontier."""
+    root = tmp_path / "multirun"
+    _write(root / "0", "smf", "1", 0, {256: (0.5, 2.0)})
+    _write(root / "1", "full", "1e-5", 0, {256: (0.5, 20.0)})
+    _write(root / "2", "full", "1e-5", 0, {256: (0.5, 1.0)}, levers={"replay_k": 4})
+    _write(root / "3", "full", "1e-5", 0, {256: (0.5, 8.0)}, levers={"ewc": 10.0})
+    _write(root / "4", "lora", "3e-4", 0, {256: (0.5, 30.0)}, levers={"replay_k": 0})
+    runs = collect_runs(root)
+    grid = grid_table(runs)
+    assert set(grid["line"]) == {"smf/tfidf", "full", "full+replay", "full+ewc", "lora"}
+    table = matched_learning(grid, (0.25,))
+    wiki = table[table["probe"] == "wikitext"].set_index("line")["forgetting"]
+    assert wiki.to_dict() == pytest.approx(  # at 25% of each straight frontier's 50%
+        {"smf/tfidf": 1.0, "full": 10.0, "full+replay": 0.5, "full+ewc": 4.0, "lora": 15.0})
+    answer = write_report(root, tmp_path / "report").markdown.split("###")[1]
+    assert "full+replay: +0.50%" in answer and "| 2.00x |" in answer  # replay beats SMF
 
 
 def test_a_baseline_run_once_at_full_length_does_not_mix_lengths(tmp_path):

@@ -16,10 +16,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from smfexp.reporting.frontier import (
-    BASELINES,
     FORGETTING_METRICS,
     best_baseline,
     grid_items_note,
+    is_baseline,
     is_missing,
     level_ci,
     line_rows,
@@ -47,7 +47,8 @@ ANSWER_NOTE = (
     "baseline have learned the same share of the trained facts beyond the held-out "
     "questions: mean ± 95% t-interval over draws (n; `n=k of m draws`: only k reach the "
     "level). Best baseline = the LoRA / full finetuning line forgetting least among those "
-    "reaching the level. `ratio`: SMF / baseline (both values where the baseline's is not "
+    "reaching the level (a baseline with replay or EWC is a line of its own: `full+replay`). "
+    "`ratio`: SMF / baseline (both values where the baseline's is not "
     "positive); `95% CIs over draws`: whether the two intervals overlap (`n<2`: one has no "
     "interval).")
 OWN_NOTE = (f"`probe's own 95%`: the probe's paired interval (its items, after vs before), "
@@ -59,7 +60,7 @@ def lines_of(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(SMF lines, baselines) of a matched table, in line order."""
     lines = sorted(table["line"].unique(), key=line_order) if not table.empty else []
     return ([ln for ln in lines if ln.startswith("smf")],
-            [ln for ln in lines if ln in BASELINES])
+            [ln for ln in lines if is_baseline(ln)])
 
 
 def _own(row: pd.Series) -> str:

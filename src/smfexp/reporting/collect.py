@@ -259,6 +259,7 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     elif method.get("uses_selector", info["method"] == "smf"):
         sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
         info["selector"] = sel.get("name") or choices.get("selector")
+    info["variant"] = baseline_variant(method) if info["method"] in ("full", "lora") else None
     info["seed"] = cfg.get("seed")
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
     info["facts_seed"] = data_cfg.get("facts_seed")
@@ -270,6 +271,19 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     ev = cfg.get("eval") if isinstance(cfg.get("eval"), Mapping) else {}
     info["protocol"] = ev.get("protocol")
     return {k: v for k, v in info.items() if v is not None}
+
+
+# a baseline's levers (method config key -> name): a line of its own in every table and figure,
+# so a baseline with replay or a pull toward the base is compared with SMF on its own
+_BASELINE_LEVERS = {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"}
+
+
+def baseline_variant(method: Mapping[str, Any]) -> str | None:
+    """``replay``, ``ewc``, ``l2`` (joined by ``+``) for the levers a full-finetuning or LoRA
+    run switched on; None for the plain baseline."""
+    on = [name for key, name in _BASELINE_LEVERS.items()
+          if isinstance(method.get(key), int | float) and method[key] > 0]
+    return "+".join(on) or None
 
 
 _METHOD_CLASSES = {"SparseMemoryFinetune": "smf", "LoRAFinetune": "lora", "FullFinetune": "full"}
@@ -330,6 +344,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, A
     record.update(
         method=results.get("method") or hydra.get("method"),
         selector=results.get("selector") or hydra.get("selector") or NO_SELECTOR,
+        variant=hydra.get("variant"),
         seed=results.get("seed", hydra.get("seed")),
         facts_seed=data.get("facts_seed", hydra.get("facts_seed")),
         schedule=data.get("schedule", hydra.get("schedule")),

@@ -74,6 +74,12 @@ FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
 }
 LEVELS = (0.25, 0.5, 0.75)
 BASELINES = ("lora", "full")
+
+
+def is_baseline(line: str) -> bool:
+    """LoRA or full finetuning, with or without a lever of its own (``full+replay``)."""
+    return line.partition("+")[0] in BASELINES
+
 # per grid row, next to learning and forgetting: each run's own paired interval (forgetting
 # signed like the value, + = worse), whether it excludes 0, and the items behind them
 INTERVAL_COLUMNS = ("forgetting_lo", "forgetting_hi", "forgetting_resolved", "learning_lo",
@@ -205,7 +211,7 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"] if "status" in df else df
     rows = []
     for _, run in ok.iterrows():
-        labels = {"line": line_label(run["method"], run.get("selector")),
+        labels = {"line": line_label(run["method"], run.get("selector"), run.get("variant")),
                   "point": grid_point(run.get("overrides")), "seed": run.get("seed"),
                   "draw": run_draw(run)}
         rows += [{**labels, **row} for row in measure_rows(run, run.get("target_metric"))]
@@ -303,7 +309,7 @@ def pair_reach(reach: Mapping[str, float]) -> dict[tuple[str, str], float]:
     """(SMF line, baseline) -> the most learning both reach in every draw; each line on its
     own when the grid has no SMF line or no baseline."""
     smf = [ln for ln in reach if ln.startswith("smf")]
-    pairs = [(a, b) for a in smf for b in reach if b in BASELINES]
+    pairs = [(a, b) for a in smf for b in reach if is_baseline(b)]
     if not pairs:
         return {(ln, ln): r for ln, r in reach.items()}
     return {(a, b): min(reach[a], reach[b]) for a, b in pairs}
@@ -416,7 +422,7 @@ def comparison_table(block: pd.DataFrame, lead: str | None = None) -> str:
     and whether their 95% intervals overlap. ``lead``: a column of ``block`` (e.g.
     ``facts``, the stream length) whose values split the rows, each with its own levels."""
     lines = sorted(block["line"].unique(), key=line_order)
-    baselines = [ln for ln in lines if ln in BASELINES]
+    baselines = [ln for ln in lines if is_baseline(ln)]
     smf_lines = [ln for ln in lines if ln.startswith("smf")] if baselines else []
     header = [*([lead] if lead else []), "learned", *lines]
     for ln in smf_lines:
@@ -553,8 +559,8 @@ def _frontier_panel(ax: Axes, block: pd.DataFrame, lines: Sequence[str],
 def line_rows(lines: Sequence[str], limit: int = MAX_LINES) -> list[list[str]]:
     """Lines split into panels of at most ``limit``: every panel keeps the baselines, so
     each SMF line is seen next to them."""
-    baselines = [ln for ln in lines if ln in BASELINES]
-    others = [ln for ln in lines if ln not in BASELINES]
+    baselines = [ln for ln in lines if is_baseline(ln)]
+    others = [ln for ln in lines if not is_baseline(ln)]
     if len(lines) <= limit or not others:
         return [list(lines)]
     room = max(1, limit - len(baselines))

@@ -60,15 +60,19 @@ def group_label(method: str, selector: str, context: Sequence[str] = ()) -> str:
     return f"{name} [{', '.join(context)}]" if context else name
 
 
-def line_label(method: str, selector: object) -> str:
-    """A method line's name: ``smf/tfidf``, ``lora``."""
-    return group_label(str(method), str(selector) if selector else NO_SELECTOR)
+def line_label(method: str, selector: object, variant: object = None) -> str:
+    """A method line's name: ``smf/tfidf``, ``lora``, ``full+replay`` (a baseline's levers,
+    ``variant``, make a line of their own)."""
+    name = group_label(str(method), str(selector) if selector else NO_SELECTOR)
+    return f"{name}+{variant}" if isinstance(variant, str) and variant else name
 
 
 def line_order(label: str) -> tuple:
-    """Sort key of line names: SMF (by selector), LoRA, full, then unknown ones."""
+    """Sort key of line names: SMF (by selector), LoRA, full, then unknown ones; a baseline's
+    variants after the plain baseline."""
     method, _, selector = label.partition("/")
-    return rank(method, METHOD_ORDER), rank(selector or NO_SELECTOR, SELECTOR_ORDER), label
+    return (rank(method.partition("+")[0], METHOD_ORDER),
+            rank(selector or NO_SELECTOR, SELECTOR_ORDER), label)
 
 
 def legend_outside(ax: Axes, title: str | None = None,
@@ -399,7 +403,7 @@ def training_points(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
             if curve.empty:
                 continue
             smooth = _smooth(curve, len(curve))
-            rows += [{"line": line_label(run["method"], run.get("selector")),
+            rows += [{"line": line_label(run["method"], run.get("selector"), run.get("variant")),
                       "point": str(run.get("point") or "defaults"),
                       "draw": str(run.get("draw") or run.get("run_id")), "facts": step,
                       "probe": key, "metric": key, "value": float(v)}

@@ -26,7 +26,7 @@ def each_results(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], dict[str, A
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if isinstance(results, dict):
-            labels = {"line": line_label(run["method"], run.get("selector")),
+            labels = {"line": line_label(run["method"], run.get("selector"), run.get("variant")),
                       "point": grid_point(run.get("overrides")), "draw": run_draw(run),
                       "run_dir": str(run["run_dir"]), "index": index}
             metric = run.get("target_metric")
