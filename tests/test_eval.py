@@ -17,7 +17,7 @@ from smfexp.eval import EvalConfig
 from smfexp.eval import normalize as N
 from smfexp.eval.encode import Encoder, resolve_max_length, scoring_mode
 from smfexp.eval.generate import generate_until
-from smfexp.eval.loglik import _batches, loglikelihood, scoring_parts
+from smfexp.eval.loglik import _batches, loglikelihood, loglikelihood_tokens, scoring_parts
 from smfexp.eval.rolling import rolling_windows, sliding_windows
 from smfexp.tasks import (
     PROBES,
@@ -214,6 +214,22 @@ def test_loglikelihood_matches_a_plain_forward(tiny) -> None:
     want = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
     assert res.logprob == pytest.approx(want, abs=1e-4)
     assert res.n_tokens == len(cont)
+
+
+def test_is_greedy_is_the_argmax_and_skipping_it_changes_no_logprob(tiny) -> None:
+    model, tok = tiny
+    enc = Encoder(tok, 2048)
+    ctx, _ = enc.encode_pairs([("The cat", " sat")])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ctx])).logits[0, -1]
+    best, other = int(logits.argmax()), int(logits.argmin())
+    requests = [(ctx, [best]), (ctx, [other])]
+    with scoring_mode(model):
+        flagged = loglikelihood_tokens(model, requests, 2048, _cfg())
+        skipped = loglikelihood_tokens(model, requests, 2048, _cfg(), greedy=False)
+    assert [r.is_greedy for r in flagged] == [True, False]
+    assert [r.is_greedy for r in skipped] == [None, None]  # not computed, not guessed
+    assert [r.logprob for r in skipped] == [r.logprob for r in flagged]
 
 
 def test_batched_generation_equals_unbatched(tiny) -> None:

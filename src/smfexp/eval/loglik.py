@@ -89,11 +89,12 @@ def scoring_parts(model: Any) -> ScoringParts:
 
 @dataclass(frozen=True)
 class Loglik:
-    """Summed log-likelihood of a continuation, its token count and harness ``is_greedy``."""
+    """Summed log-likelihood of a continuation, its token count and harness ``is_greedy``
+    (None where the caller did not ask for it: perplexity never reads it)."""
 
     logprob: float
     n_tokens: int
-    is_greedy: bool
+    is_greedy: bool | None
 
     @property
     def mean(self) -> float:
@@ -133,9 +134,12 @@ def loglikelihood_tokens(
     cfg: EvalConfig,
     desc: str = "loglikelihood",
     parts: ScoringParts | None = None,
+    greedy: bool = True,
 ) -> list[Loglik]:
     """Log-likelihood of each continuation given its context (token ids), harness semantics:
-    the model input is ``(context + continuation)[-(max_length + 1):][:-1]``."""
+    the model input is ``(context + continuation)[-(max_length + 1):][:-1]``. ``greedy=False``
+    skips the argmax over the vocabulary behind ``is_greedy`` (None then): ~6% of a
+    perplexity pass."""
     if not requests:
         return []
     inputs: dict[tuple[int, ...], int] = {}
@@ -163,7 +167,8 @@ def loglikelihood_tokens(
         parts = parts or scoring_parts(model)
         bar = tqdm(total=len(requests), desc=desc, disable=not cfg.progress, leave=False)
         for batch in _batches(order, lengths, cfg.batch_size, cfg.max_batch_tokens):
-            _score_batch(model, parts, batch, uniq, lengths, span, users, requests, results)
+            _score_batch(model, parts, batch, uniq, lengths, span, users, requests, results,
+                         greedy)
             bar.update(sum(len(users[u]) for u in batch))
         bar.close()
     return results  # type: ignore[return-value]
@@ -179,6 +184,7 @@ def _score_batch(
     users: list[list[int]],
     requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     results: list[Loglik | None],
+    greedy: bool = True,
 ) -> None:
     """One forward pass over a right-padded batch of unique inputs; fills ``results``."""
     device = model_device(model)
@@ -201,18 +207,20 @@ def _score_batch(
     ids = torch.tensor(padded, dtype=torch.long, device=device)
     hidden = parts.body(ids)[keep.to(device)]  # [N, X] scored positions, row-major
     del ids
-    lp, greedy = _score_rows(
+    lp, best = _score_rows(
         hidden,
         parts.head,
         parts.vocab_size or hidden.shape[-1],
         torch.tensor(rows, device=device),
         torch.tensor(targets, device=device),
+        greedy,
     )
     del hidden
-    packed = torch.stack([lp.double(), greedy.double()]).cpu().tolist()  # one transfer
+    packed = torch.stack([lp.double(), best.double()]).cpu().tolist()  # one transfer
     for r, start, n in segments:
         token_lps = packed[0][start : start + n]
-        results[r] = Loglik(math.fsum(token_lps), n, all(packed[1][start : start + n]))
+        is_greedy = all(packed[1][start : start + n]) if greedy else None
+        results[r] = Loglik(math.fsum(token_lps), n, is_greedy)
 
 
 def _score_rows(
@@ -221,25 +229,27 @@ def _score_rows(
     vocab_size: int,
     rows: torch.Tensor,
     targets: torch.Tensor,
+    want_greedy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target log-probs and greedy flags for (row, target) pairs, one logits chunk at a time.
+    """Target log-probs and greedy flags (all False unless ``want_greedy``) for (row, target)
+    pairs, one logits chunk at a time.
 
     Every row of ``hidden`` is a scored position, so each chunk's logsumexp is fully used;
     rows shared by several requests (same input) are computed once.
     """
     token_lp = torch.empty(rows.shape[0], dtype=torch.float32, device=hidden.device)
-    greedy = torch.empty(rows.shape[0], dtype=torch.bool, device=hidden.device)
+    greedy = torch.zeros(rows.shape[0], dtype=torch.bool, device=hidden.device)
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, vocab_size))
     for start in range(0, hidden.shape[0], chunk):
         # log_softmax (not logit - logsumexp): the harness' kernel, so values match bit for bit
         logp = torch.log_softmax(head(hidden[start : start + chunk]).float(), dim=-1)
-        best = logp.argmax(dim=-1)
         sel = ((rows >= start) & (rows < start + logp.shape[0])).nonzero().squeeze(1)
         local = rows[sel] - start
         tgt = targets[sel]
         token_lp[sel] = logp[local, tgt]
-        greedy[sel] = best[local] == tgt
-        del logp, best
+        if want_greedy:
+            greedy[sel] = logp.argmax(dim=-1)[local] == tgt
+        del logp
     return token_lp, greedy
 
 

@@ -45,22 +45,22 @@ def rolling_loglikelihood(
     cfg: EvalConfig,
     desc: str = "rolling loglikelihood",
 ) -> list[Loglik]:
-    """``HFLM.loglikelihood_rolling``: whole-document log-likelihood in disjoint windows."""
+    """``HFLM.loglikelihood_rolling``: whole-document log-likelihood in disjoint windows
+    (like the harness, without ``is_greedy``: None)."""
     requests: list[tuple[list[int], list[int]]] = []
     owner: list[int] = []
     for i, ids in enumerate(encoder.encode_many(texts)):
         for window in rolling_windows(ids, encoder.prefix_token_id, encoder.max_length):
             requests.append(window)
             owner.append(i)
-    scored = loglikelihood_tokens(model, requests, encoder.max_length, cfg, desc=desc)
+    scored = loglikelihood_tokens(model, requests, encoder.max_length, cfg, desc=desc,
+                                  greedy=False)
     sums = [0.0] * len(texts)
     counts = [0] * len(texts)
-    greedy = [True] * len(texts)
     for i, ll in zip(owner, scored, strict=True):
         sums[i] += ll.logprob
         counts[i] += ll.n_tokens
-        greedy[i] = greedy[i] and ll.is_greedy
-    return [Loglik(s, n, g) for s, n, g in zip(sums, counts, greedy, strict=True)]
+    return [Loglik(s, n, None) for s, n in zip(sums, counts, strict=True)]
 
 
 def sliding_windows(

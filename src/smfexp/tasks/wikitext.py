@@ -134,7 +134,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: EvalConfi
     window = min(PAPER_WINDOW, enc.max_length)
     ids = tokenizer(paper_text(rows))["input_ids"]
     windows = sliding_windows(ids, window, min(PAPER_STRIDE, window))
-    lls = loglikelihood_tokens(model, windows, window, cfg, desc="wikitext")
+    lls = loglikelihood_tokens(model, windows, window, cfg, desc="wikitext", greedy=False)
     total = math.fsum(x.logprob for x in lls)
     tokens = sum(x.n_tokens for x in lls)
     metrics = {
