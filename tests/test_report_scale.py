@@ -309,6 +309,18 @@ def test_write_load_points_join_each_runs_load_with_its_nested_scores(scale_swee
     assert "### Learning and forgetting against the write load" in report.markdown
 
 
+def test_every_grid_point_after_each_n_with_its_interval_over_draws(scale_sweep, tmp_path):
+    md = write_report(scale_sweep, tmp_path / "report").markdown
+    section = md.split("### Every grid point after N facts")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| smf/tfidf")]
+    assert [r.split(" | ")[1:3] for r in rows] == [["method.lr=1", "64"], ["method.lr=1", "256"],
+                                                  ["method.lr=2", "64"], ["method.lr=2", "256"]]
+    # lr 2 after 64 facts: learned 80 points in every draw; WikiText 3 + k: mean 4, sd 1
+    half = T2 / math.sqrt(3)
+    cells = rows[2].rstrip(" |").split(" | ")
+    assert cells[3:5] == ["+80.0 ± 0 (n=3)", f"+4.00% ± {half:.2g} (n=3)"]
+
+
 def test_memory_table_gives_the_read_weighted_norm_unscaled(scale_sweep, tmp_path):
     md = write_report(scale_sweep, tmp_path / "report").markdown
     section = md.split("### Memory fill along the stream")[1].split("###")[0]

@@ -30,6 +30,7 @@ from smfexp.reporting.frontier import (
     matched_learning,
     matched_markdown,
 )
+from smfexp.reporting.nested_table import nested_markdown
 from smfexp.reporting.plots import pareto_figure, save_png, training_curves_figure
 from smfexp.reporting.scale import (
     earlier_facts,
@@ -147,7 +148,7 @@ def _scale_report(runs: pd.DataFrame, nested: pd.DataFrame,
     earlier = earlier_facts(runs)
     memory = memory_points(runs)
     loads = write_load_points(nested, memory)
-    parts = [scale_markdown(nested), earlier_markdown(earlier),
+    parts = [scale_markdown(nested), nested_markdown(nested), earlier_markdown(earlier),
              memory_markdown(memory, sorted(nested["facts"].unique())),
              write_load_markdown(loads), selection_markdown(selection_points(runs))]
     files: dict[str, Path] = {}
