@@ -96,13 +96,15 @@ def test_summary_opens_with_the_matched_answer(tmp_path):
     assert md.index(ANSWER_TITLE) < md.index("### Scores after training")
     first = _tables(md)[0]
     assert first[0] == ["probe", "learned", "smf/tfidf", "best baseline", "ratio",
-                        "95% CIs over draws", "probe's own 95%"]
+                        "95% CIs over draws", "baseline − SMF, paired by draw",
+                        "probe's own 95%"]
     # 25%: SMF along (0, 0)-(0.5, 1): 0.5; full along (0, 0)-(0.6, 15): 6.25; LoRA 7.5
     assert first[1] == ["**wikitext** (word_perplexity)", "25%", "+0.50% ± 0 (n=2)",
-                        "full: +6.25% ± 0 (n=2)", "0.08x", "separate", "± 0.4 / ± 0.4"]
+                        "full: +6.25% ± 0 (n=2)", "0.08x", "separate",
+                        "+5.75 ± 0 (n=2) separate", "± 0.4 / ± 0.4"]
     # 50%: SMF at its lr 1 point: 1.0; full 12.5; LoRA (30%) does not compete
     assert first[2] == ["", "50%", "+1.00% ± 0 (n=2)", "full: +12.50% ± 0 (n=2)", "0.08x",
-                        "separate", "± 0.4 / ± 0.4"]
+                        "separate", "+11.5 ± 0 (n=2) separate", "± 0.4 / ± 0.4"]
     assert len(first) == 3
     figure = md.index("![forgetting at matched learning](matched.png)")
     assert figure < md.index("### Scores after training")
@@ -112,11 +114,25 @@ def test_summary_opens_with_the_matched_answer(tmp_path):
 def test_old_runs_answer_without_the_probe_column_and_no_pair_no_answer(tmp_path):
     md = write_report(_sweep(tmp_path / "old", paired=False), tmp_path / "r1").markdown
     header = _tables(md)[0][0]
-    assert header[-1] == "95% CIs over draws" and "probe's own" not in md.split("\n###")[1]
+    assert header[-1] == "baseline − SMF, paired by draw"
+    assert "probe's own" not in md.split("\n###")[1]
     smf_only = {k: v for k, v in GRID.items() if k[0] == "smf"}
     report = write_report(_sweep(tmp_path / "smf", grid=smf_only), tmp_path / "r2")
     assert ANSWER_TITLE not in report.markdown and "matched.png" not in report.files
     assert "### Forgetting at matched learning" in report.markdown  # the lines on their own
+
+
+def test_draws_that_disagree_overlap_side_by_side_but_separate_paired(tmp_path):
+    """The facts of a draw move both methods: SMF 1 / 11 / 21%, full 10 / 20 / 30% at 50%
+    learned. Side by side the intervals over draws overlap; draw by draw full finetuning
+    forgets 9 points more every time."""
+    root = tmp_path / "runs"
+    for draw, (smf, full) in enumerate(((2.0, 20.0), (22.0, 40.0), (42.0, 60.0))):
+        _write(root / f"smf_{draw}", "smf", "1", draw, 1.0, smf, False)
+        _write(root / f"full_{draw}", "full", "1e-5", draw, 1.0, full, False)
+    rows = _tables(write_report(root, tmp_path / "report").markdown)[0]
+    at_50 = next(r for r in rows if r[1] == "50%")
+    assert at_50[5:7] == ["overlap", "+9 ± 0 (n=3) separate"]
 
 
 def test_a_written_report_names_no_absolute_path(tmp_path):

@@ -36,11 +36,12 @@ from smfexp.reporting.plots import (
     new_figure,
     open_markers,
 )
-from smfexp.reporting.stats import UNRESOLVED, overlap_text
+from smfexp.reporting.stats import UNRESOLVED, overlap_text, paired_text
 from smfexp.reporting.tables import md_table
 
 ANSWER_TITLE = "### SMF vs the best baseline at matched learning"
 OWN = "probe's own 95%"
+PAIRED = "baseline − SMF, paired by draw"
 FIGURE = "matched.png"
 ANSWER_NOTE = (
     "Forgetting (each probe's relative change in %, + = worse) once SMF and the best "
@@ -51,6 +52,8 @@ ANSWER_NOTE = (
     "`ratio`: SMF / baseline (both values where the baseline's is not "
     "positive); `95% CIs over draws`: whether the two intervals overlap (`n<2`: one has no "
     "interval).")
+PAIRED_NOTE = (f"`{PAIRED}`: the difference per draw (the same facts in both), mean ± 95% "
+               "t-interval over the draws both ran; `separate` when it excludes 0.")
 OWN_NOTE = (f"`probe's own 95%`: the probe's paired interval (its items, after vs before), "
             f"SMF / baseline, {UNRESOLVED} where it covers 0.")
 MORE_NOTE = "How the levels are chosen, and every line: \"Forgetting at matched learning\" below."
@@ -77,13 +80,20 @@ def _versus(at: pd.DataFrame, line: str, baselines: Sequence[str]) -> list[str]:
     best = best_baseline(at, baselines)
     mine = level_ci(at, line)
     if best is None:
-        return ["no baseline reaches it", "-", "-", f"{_own(at.loc[line])} / –"]
+        return ["no baseline reaches it", "-", "-", "-", f"{_own(at.loc[line])} / –"]
     name, ref = best
     compared = mine.n > 0
     return [f"{name}: {matched_cell(at.loc[name], probe=False)}",
             ratio_text(mine, ref) if compared else "-",
             overlap_text(mine, ref) if compared else "-",
+            paired_text(_draws(at.loc[line]), _draws(at.loc[name])) if compared else "-",
             f"{_own(at.loc[line])} / {_own(at.loc[name])}"]
+
+
+def _draws(row: pd.Series) -> dict[str, float]:
+    """{draw: forgetting} of one matched row ({} for tables that predate ``per_draw``)."""
+    found = row.get("per_draw")
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def answer_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -95,7 +105,7 @@ def answer_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         return [], []
     several = len(smf) > 1
     header = ["probe", "learned", *(["SMF line", "SMF"] if several else [smf[0]]),
-              "best baseline", "ratio", "95% CIs over draws", OWN]
+              "best baseline", "ratio", "95% CIs over draws", PAIRED, OWN]
     rows = []
     for probe, block in table.groupby("probe", sort=False):
         name = f"**{probe}** ({FORGETTING_METRICS[probe][0]})"
@@ -118,7 +128,8 @@ def answer_markdown(table: pd.DataFrame, grid: pd.DataFrame,
     header, rows = answer_rows(table)
     if not rows:
         return ""
-    legend = " ".join([ANSWER_NOTE, *([OWN_NOTE] if header[-1] == OWN else []), MORE_NOTE])
+    own = [OWN_NOTE] if header[-1] == OWN else []
+    legend = " ".join([ANSWER_NOTE, PAIRED_NOTE, *own, MORE_NOTE])
     said = [n for n in (*notes, grid_items_note(grid)) if n]
     parts = [f"{ANSWER_TITLE}\n", md_table(header, rows) + "\n", legend + "\n",
              *(n + "\n" for n in said)]

@@ -252,7 +252,7 @@ def _best_point(rows: pd.DataFrame) -> Point:
 
 
 MATCHED_COLUMNS = ["line", "probe", "level", "forgetting", "std", "ci", "draws", "of",
-                   "probe_below", "probe_above", "best_learning", "best_forgetting"]
+                   "probe_below", "probe_above", "best_learning", "best_forgetting", "per_draw"]
 
 
 def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
@@ -262,14 +262,18 @@ def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd
 
     ``probe_below`` / ``probe_above``: the probe's typical paired interval there (offsets
     from the value, median over those draws); ``best_learning`` / ``best_forgetting``: the
-    line's most-learning point, mean over draws (what a line short of a level reaches)."""
+    line's most-learning point, mean over draws (what a line short of a level reaches);
+    ``per_draw``: {draw: forgetting} at the level, to pair lines that ran the same draws."""
     rows = []
     draw = draw_column(grid)
     for (line, probe), block in grid.groupby(["line", "probe"], sort=False):
-        draws = [draw_rows for _, draw_rows in block.groupby(draw, dropna=False)]
+        keyed = [(str(key), rows_) for key, rows_ in block.groupby(draw, dropna=False)]
+        draws = [d for _, d in keyed]
         fronts = [frontier(_point(r) for r in d.itertuples()) for d in draws]
         bests = [_best_point(d) for d in draws]
         for level in levels:
+            at = {key: v for (key, _), f in zip(keyed, fronts, strict=True)
+                  if (v := forgetting_at(f, level)) is not None}
             used = [(v, f) for f in fronts if (v := forgetting_at(f, level)) is not None]
             values = [v for v, _ in used]
             ci = mean_ci(values)
@@ -282,7 +286,8 @@ def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd
                          "probe_below": probe_ci.below if probe_ci else None,
                          "probe_above": probe_ci.above if probe_ci else None,
                          "best_learning": float(np.mean([p.learning for p in bests])),
-                         "best_forgetting": float(np.mean([p.forgetting for p in bests]))})
+                         "best_forgetting": float(np.mean([p.forgetting for p in bests])),
+                         "per_draw": at})
     return pd.DataFrame(rows, columns=MATCHED_COLUMNS)
 
 

@@ -56,13 +56,15 @@ def nested_markdown(nested: pd.DataFrame) -> str:
     if nested.empty:
         return ""
     header, rows = nested_rows(nested)
+    own = nested[["forgetting_lo", "learning_lo"]].notna().any().any()
+    probe = ("; `probe ± h`: the runs' typical own paired 95% half-width (median over "
+             "draws), † where it covers 0. A lever's move inside either interval is not a "
+             "finding.") if own else ". A lever's move inside it is not a finding."
     return ("### Every grid point after N facts\n\n"
             f"{md_table(header, rows)}\n\n"
             "Each run scored after its first N facts (`nested`): learning beyond the held-out "
             "questions in points, forgetting as each probe's % change (+ = worse; log-probs "
-            "flipped). Mean ± 95% t-interval over draws (n); `probe ± h`: the runs' typical "
-            "own paired 95% half-width (median over draws), † where it covers 0. A lever's "
-            "move inside either interval is not a finding.\n\n")
+            f"flipped). Mean ± 95% t-interval over draws (n){probe}\n\n")
 
 
 __all__ = ["nested_markdown", "nested_rows"]
