@@ -82,3 +82,16 @@ def test_data_modules_instantiate(tokenizer, data_dir):
         cfg = _compose([f"data={option}", f"paths.data_dir={data_dir}"])
         dm = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
         assert dm.batch_size == cfg.data.batch_size
+
+
+def test_help_names_every_lever_and_baseline_key():
+    """`python -m smfexp.train --help` shows one method's keys; its header must name the
+    levers of the others (replay, EWC, the row bound), or a user never finds them."""
+    header = str(_compose([]).hydra.help.header)
+    levers = {"row_max_change", "count_tokens", "written_weight", "replay_k", "replay_weight",
+              "replay_length", "replay_source", "replay_seed", "l2_to_base", "ewc",
+              "ewc_batches"}
+    for method in ("smf", "lora", "full"):
+        keys = set(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
+        for key in sorted(keys & levers):
+            assert key in header, f"{method}: method.{key} is not in --help"
