@@ -121,6 +121,25 @@ def answer_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def beaten_note(table: pd.DataFrame) -> str:
+    """Where SMF forgets and the best baseline forgets less (means over draws), said in
+    words: a ratio above 1 in the table is easy to miss, and a baseline with replay may earn
+    it. Where SMF improves a probe, the table's two values say the rest."""
+    smf, baselines = lines_of(table)
+    found = []
+    for probe, block in table.groupby("probe", sort=False):
+        for level in sorted(block["level"].unique()):
+            at = block[block["level"] == level].set_index("line")
+            best = best_baseline(at, baselines)
+            for line in (ln for ln in smf if ln in at.index):
+                mine = level_ci(at, line)
+                smf_forgets = mine.n > 0 and mine.mean > 0
+                if smf_forgets and best is not None and best[1].mean < mine.mean:
+                    found.append(f"{probe} at {pct(level)}: {best[0]} {best[1].mean:+.2f}% vs "
+                                 f"{line} {mine.mean:+.2f}%")
+    return f"**A baseline forgets less than SMF** - {'; '.join(found)}." if found else ""
+
+
 def answer_markdown(table: pd.DataFrame, grid: pd.DataFrame,
                     notes: Sequence[str] = (), figure: str | None = FIGURE) -> str:
     """The opening section: the table, what it says, the grid's notes and its figure; ""
@@ -130,7 +149,7 @@ def answer_markdown(table: pd.DataFrame, grid: pd.DataFrame,
         return ""
     own = [OWN_NOTE] if header[-1] == OWN else []
     legend = " ".join([ANSWER_NOTE, PAIRED_NOTE, *own, MORE_NOTE])
-    said = [n for n in (*notes, grid_items_note(grid)) if n]
+    said = [n for n in (beaten_note(table), *notes, grid_items_note(grid)) if n]
     parts = [f"{ANSWER_TITLE}\n", md_table(header, rows) + "\n", legend + "\n",
              *(n + "\n" for n in said)]
     if figure:
