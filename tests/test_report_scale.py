@@ -381,6 +381,22 @@ def test_a_baseline_with_replay_or_ewc_is_a_line_of_its_own(tmp_path):
         "smf/tfidf +1.00%" in answer
 
 
+def test_an_smf_lever_is_a_line_of_its_own_not_a_point_of_the_default(tmp_path):
+    """A lever run (row bound, background term, fact positions) must not join the default's
+    frontier: drawn once, it would move draw 0's interpolation alone."""
+    root = tmp_path / "multirun"
+    _write(root / "0", "smf", "1", 0, {256: (0.5, 2.0)})
+    _write(root / "1", "smf", "1", 0, {256: (0.5, 0.5)}, levers={"row_max_change": 1200})
+    _write(root / "2", "smf", "1", 0, {256: (0.5, 1.0)},
+           levers={"replay_k": 4, "count_tokens": "fact"})
+    _write(root / "3", "full", "1e-5", 0, {256: (0.5, 20.0)})
+    grid = grid_table(collect_runs(root))
+    table = matched_learning(grid, (0.25,))
+    wiki = table[table["probe"] == "wikitext"].set_index("line")["forgetting"]
+    assert wiki.to_dict() == pytest.approx(
+        {"smf/tfidf": 1.0, "smf/tfidf+bound": 0.25, "smf/tfidf+bg+fact": 0.5, "full": 10.0})
+
+
 def test_a_baseline_run_once_at_full_length_does_not_mix_lengths(tmp_path):
     """Both methods reach 1000 facts, but full finetuning only in draw 0: the table compares
     every draw after 256 facts instead of mixing a 1000-fact run with 256-fact ones."""

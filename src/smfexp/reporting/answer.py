@@ -48,7 +48,7 @@ ANSWER_NOTE = (
     "baseline have learned the same share of the trained facts beyond the held-out "
     "questions: mean ± 95% t-interval over draws (n; `n=k of m draws`: only k reach the "
     "level). Best baseline = the LoRA / full finetuning line forgetting least among those "
-    "reaching the level (a baseline with replay or EWC is a line of its own: `full+replay`). "
+    "reaching the level (a lever makes a line of its own: `full+replay`, `smf/tfidf+bound`). "
     "`ratio`: SMF / baseline (both values where the baseline's is not "
     "positive); `95% CIs over draws`: whether the two intervals overlap (`n<2`: one has no "
     "interval).")

@@ -259,7 +259,7 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     elif method.get("uses_selector", info["method"] == "smf"):
         sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
         info["selector"] = sel.get("name") or choices.get("selector")
-    info["variant"] = baseline_variant(method) if info["method"] in ("full", "lora") else None
+    info["variant"] = method_variant(method, info["method"])
     info["seed"] = cfg.get("seed")
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
     info["facts_seed"] = data_cfg.get("facts_seed")
@@ -273,16 +273,25 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
-# a baseline's levers (method config key -> name): a line of its own in every table and figure,
-# so a baseline with replay or a pull toward the base is compared with SMF on its own
-_BASELINE_LEVERS = {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"}
+# levers against forgetting (method config key -> name, when on): a line of their own in
+# every table and figure, so a baseline with replay is compared with SMF on its own and an
+# SMF lever does not join the default's frontier (its lr, top_t, slots stay grid points)
+_LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"},
+           "lora": {"replay_k": "replay"},
+           "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact"}}
 
 
-def baseline_variant(method: Mapping[str, Any]) -> str | None:
-    """``replay``, ``ewc``, ``l2`` (joined by ``+``) for the levers a full-finetuning or LoRA
-    run switched on; None for the plain baseline."""
-    on = [name for key, name in _BASELINE_LEVERS.items()
-          if isinstance(method.get(key), int | float) and method[key] > 0]
+def _lever_on(key: str, value: Any) -> bool:
+    if key == "count_tokens":
+        return value == "fact"
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def method_variant(method: Mapping[str, Any], name: object) -> str | None:
+    """``replay``, ``ewc+l2``, ``bound`` ... (joined by ``+``) for the levers a run switched
+    on (``_LEVERS``); None for the method as it is."""
+    levers = _LEVERS.get(str(name), {})
+    on = [label for key, label in levers.items() if _lever_on(key, method.get(key))]
     return "+".join(on) or None
 
 

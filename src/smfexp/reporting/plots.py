@@ -61,18 +61,19 @@ def group_label(method: str, selector: str, context: Sequence[str] = ()) -> str:
 
 
 def line_label(method: str, selector: object, variant: object = None) -> str:
-    """A method line's name: ``smf/tfidf``, ``lora``, ``full+replay`` (a baseline's levers,
-    ``variant``, make a line of their own)."""
+    """A method line's name: ``smf/tfidf``, ``lora``, ``full+replay`` (levers against
+    forgetting, ``variant``, make a line of their own)."""
     name = group_label(str(method), str(selector) if selector else NO_SELECTOR)
     return f"{name}+{variant}" if isinstance(variant, str) and variant else name
 
 
 def line_order(label: str) -> tuple:
-    """Sort key of line names: SMF (by selector), LoRA, full, then unknown ones; a baseline's
-    variants after the plain baseline."""
-    method, _, selector = label.partition("/")
-    return (rank(method.partition("+")[0], METHOD_ORDER),
-            rank(selector or NO_SELECTOR, SELECTOR_ORDER), label)
+    """Sort key of line names: SMF (by selector), LoRA, full, then unknown ones; a line's
+    variants (``full+replay``) right after it."""
+    base, _, variant = label.partition("+")
+    method, _, selector = base.partition("/")
+    return (rank(method, METHOD_ORDER), rank(selector or NO_SELECTOR, SELECTOR_ORDER),
+            variant, label)
 
 
 def legend_outside(ax: Axes, title: str | None = None,
