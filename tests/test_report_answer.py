@@ -239,6 +239,7 @@ def _machine_run(run_dir: Path) -> None:
         "trained_artifact": f"{made}/trained",
         "data": {"source": "local:/work/shared/data/triviaqa/sub.jsonl"},
         "retrofit": {"checkpoint": "/root/.cache/smfexp/retrofit/m-1"},
+        "replay": {"source": "local:/work/shared/data[c4+wiki]"},
         "note": "/tmp/elsewhere/thing"}, indent=2))
     (run_dir / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    cwd: /work/exp9\n    config_sources:\n"
@@ -261,6 +262,7 @@ def test_relocate_rewrites_machine_paths_once_and_keeps_the_rest(tmp_path):
     assert results["trained_artifact"] == "results/moved/s0/trained"
     assert results["data"]["source"] == "local:data/triviaqa/sub.jsonl"
     assert results["retrofit"]["checkpoint"] == "$SMFEXP_CACHE/retrofit/m-1"
+    assert results["replay"]["source"] == "local:data[c4+wiki]"  # the parts it read
     assert results["note"] == "/tmp/elsewhere/thing"  # no rule names it: left, and listed
     assert done.left == {run_dir / "results.json": ["/tmp/elsewhere/thing"]}
     hydra = (run_dir / ".hydra" / "hydra.yaml").read_text()

@@ -130,7 +130,8 @@ def relocate_path(path: str, checkouts: Iterable[str]) -> str | None:
         return CACHE_VAR + rest
     parts = path.split("/")
     for i, part in enumerate(parts[1:], 1):
-        if part in ANCHORS:
+        # a data source names its parts in brackets: ``local:/x/data[c4+wiki]``
+        if part in ANCHORS or part.split("[", 1)[0] in ANCHORS:
             return "/".join(parts[i:])
     return None
 
