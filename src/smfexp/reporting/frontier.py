@@ -74,16 +74,15 @@ FORGETTING_METRICS: dict[str, tuple[str, bool]] = {
 }
 LEVELS = (0.25, 0.5, 0.75)
 BASELINES = ("lora", "full")
+# per grid row, next to learning and forgetting: each run's own paired interval (forgetting
+# signed like the value, + = worse), whether it excludes 0, and the items behind them
+INTERVAL_COLUMNS = ("forgetting_lo", "forgetting_hi", "forgetting_resolved", "learning_lo",
+                    "learning_hi", "probe_n", "learning_n")
 
 
 def is_baseline(line: str) -> bool:
     """LoRA or full finetuning, with or without a lever of its own (``full+replay``)."""
     return line.partition("+")[0] in BASELINES
-
-# per grid row, next to learning and forgetting: each run's own paired interval (forgetting
-# signed like the value, + = worse), whether it excludes 0, and the items behind them
-INTERVAL_COLUMNS = ("forgetting_lo", "forgetting_hi", "forgetting_resolved", "learning_lo",
-                    "learning_hi", "probe_n", "learning_n")
 
 
 @dataclass(frozen=True)
@@ -272,9 +271,10 @@ def matched_learning(grid: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd
         fronts = [frontier(_point(r) for r in d.itertuples()) for d in draws]
         bests = [_best_point(d) for d in draws]
         for level in levels:
-            at = {key: v for (key, _), f in zip(keyed, fronts, strict=True)
-                  if (v := forgetting_at(f, level)) is not None}
-            used = [(v, f) for f in fronts if (v := forgetting_at(f, level)) is not None]
+            found = [(key, v, f) for (key, _), f in zip(keyed, fronts, strict=True)
+                     if (v := forgetting_at(f, level)) is not None]
+            at = {key: v for key, v, _ in found}
+            used = [(v, f) for _, v, f in found]
             values = [v for v, _ in used]
             ci = mean_ci(values)
             probe_ci = typical_probe_ci(probe_at(f, level) for _, f in used)

@@ -21,12 +21,9 @@ def _cell(block: pd.DataFrame, value: str, low: str, high: str, scale: float,
           digits: str, unit: str) -> str:
     """Mean ± 95% over draws (n) and the runs' typical own interval (``probe ± h``, † where
     it covers 0)."""
-    values = block[value].astype(float) * scale
-    probe = typical_probe_ci(ProbeCI.around(v * scale, lo * scale if lo is not None else None,
-                                            hi * scale if hi is not None else None)
-                             for v, lo, hi in zip(block[value], block[low], block[high],
-                                                  strict=True))
-    return fmt_ci(mean_ci(values), signed=True, digits=digits, unit=unit, probe=probe)
+    scaled = block[[value, low, high]].astype(float) * scale  # missing bounds: NaN, no CI
+    probe = typical_probe_ci(ProbeCI.around(*row) for row in scaled.itertuples(index=False))
+    return fmt_ci(mean_ci(scaled[value]), signed=True, digits=digits, unit=unit, probe=probe)
 
 
 def nested_rows(nested: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
