@@ -30,7 +30,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SMFEXP_CACHE", str(tmp_path / "cache"))
 
 
-def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
+def _tiny_stream_run(run_dir: Path, data_dir: str, *overrides: str) -> dict:
     from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
@@ -43,9 +43,13 @@ def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
             "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
             "eval.max_gen_toks=4", "eval.progress=false", "eval.every_n_facts=4",
             "eval.stream_probes=[retention]", "eval.nested_at=[2,4,8]",
-            "eval.earlier_facts=true", f"paths.data_dir={data_dir}", *TINY])
-    cfg.paths.output_dir = str(tmp_path / "run")
-    results = train(TrainConfig.from_hydra(cfg))
+            "eval.earlier_facts=true", f"paths.data_dir={data_dir}", *TINY, *overrides])
+    cfg.paths.output_dir = str(run_dir)
+    return train(TrainConfig.from_hydra(cfg))
+
+
+def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
+    results = _tiny_stream_run(tmp_path / "run", data_dir)
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     nested = on_disk["nested"]
     assert sorted(nested, key=int) == ["2", "4", "8"]
@@ -64,3 +68,31 @@ def test_one_run_scores_every_n_and_each_quarter(tmp_path, data_dir):
     assert quarters[3]["right_after"] == quarters[3]["end"]  # the last quarter ends the stream
     assert all(q["n"] == 2 for q in quarters)
     assert all("memory" in p for p in on_disk["stream"]["points"])
+
+
+def test_two_runs_compare_item_by_item_at_every_n(tmp_path, data_dir):
+    """A lever against the default on the same draw: items.json holds every N's per-item
+    totals, and --versus gives each probe's difference of the changes results.json shows."""
+    from smfexp.report import main as report_main
+    from smfexp.reporting.versus import compare_runs
+
+    default = _tiny_stream_run(tmp_path / "default", data_dir)
+    lever = _tiny_stream_run(tmp_path / "lever", data_dir, "method.lr=30")
+    points = json.loads((tmp_path / "lever" / "items.json").read_text())["points"]
+    assert sorted(points) == ["2", "4", "8", "end"] and points["8"] == points["end"]
+    rows, skipped = compare_runs(tmp_path / "lever", tmp_path / "default", facts=4)
+    assert skipped == []
+    by_name = {(r.probe, r.metric): r for r in rows}
+    for probe in ("target", "triviaqa"):  # relative changes in %, as the tables show them
+        row = by_name[(probe, "answer_logprob")]
+        shown = [run["nested"]["4"]["rel_delta_pct"][probe]["answer_logprob"]
+                 for run in (lever, default)]
+        assert (row.first, row.second) == pytest.approx(shown, rel=1e-4, abs=1e-6)
+        assert row.difference == pytest.approx(shown[0] - shown[1], rel=1e-4, abs=1e-6)
+        assert row.interval[0] <= row.difference <= row.interval[1]
+    assert row.unit == "%" and by_name[("target", "exact_match")].unit == "points"
+    assert ("beyond held-out", "exact_match") in by_name
+    same, _ = compare_runs(tmp_path / "default", tmp_path / "default")
+    assert all(r.difference == 0 and not r.resolved for r in same)
+    assert report_main(["--versus", str(tmp_path / "lever"), str(tmp_path / "default"),
+                        "--facts", "3"]) == 2  # no scores after 3 facts: a clear error

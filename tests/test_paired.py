@@ -13,6 +13,7 @@ from smfexp.eval import EvalConfig
 from smfexp.eval.paired import (
     Items,
     beyond_heldout_ci,
+    difference_between_runs,
     difference_of_changes,
     paired_change,
     paired_changes,
@@ -94,6 +95,37 @@ def test_beyond_heldout_is_target_gain_minus_heldout_gain_on_independent_items()
         "exact_match": [low, high]}
     out = paired_changes(before, after)
     assert set(out) == {"target", "triviaqa"} and out["target"]["exact_match"]["n"] == 6
+
+
+def test_two_runs_on_the_same_items_by_hand():
+    # perplexity items: the first run loses 1 nat more than the second on every article
+    before = Items((-40.0, -90.0, -20.0, -55.0), (10.0, 25.0, 5.0, 15.0), "exp_neg")
+    second = Items((-41.0, -92.0, -20.5, -56.0), (10.0, 25.0, 5.0, 15.0), "exp_neg")
+    first = Items((-42.0, -93.0, -21.5, -57.0), (10.0, 25.0, 5.0, 15.0), "exp_neg")
+    diff = difference_between_runs(before, first, second)
+    start, a, b = math.exp(205 / 55), math.exp(213.5 / 55), math.exp(209.5 / 55)
+    assert diff.delta == pytest.approx(a - b)
+    # the difference of the two changes a table shows, in % of the shared start
+    assert diff.rel_pct == pytest.approx(100 * (a - start) / start - 100 * (b - start) / start)
+    assert diff.resolved and diff.rel_ci[0] <= diff.rel_pct <= diff.rel_ci[1]
+    with pytest.raises(ValueError, match="same fact draw"):
+        difference_between_runs(before, first, Items.means([1.0, 2.0]))
+
+
+def test_a_shift_both_runs_share_cancels_in_their_difference():
+    # each item moves a lot, alike in both runs; the first run adds 0.05 on every item
+    rng = np.random.default_rng(2)
+    before = rng.normal(-5.0, 1.0, 300)
+    shared = rng.normal(-0.2, 1.0, 300)
+    second = before + shared
+    first = second + 0.05 + rng.normal(0.0, 0.02, 300)
+    items = [Items.means(list(x)) for x in (before, first, second)]
+    own = [paired_change(items[0], items[i]) for i in (1, 2)]
+    diff = difference_between_runs(*items)
+    width = diff.delta_ci[1] - diff.delta_ci[0]
+    assert all(width < (c.delta_ci[1] - c.delta_ci[0]) / 10 for c in own)
+    assert not (own[0].delta_ci[0] > own[1].delta_ci[1])  # their own intervals overlap
+    assert diff.resolved and diff.delta == pytest.approx(0.05, abs=0.01)
 
 
 @pytest.mark.parametrize("probe", ["wikitext", "retention", "triviaqa", "nq_open"])

@@ -14,8 +14,9 @@ The report names paths relatively, never by this machine's absolute path.
 in the run outputs and reports under each DIR (results.json, .hydra/*.yaml, train.log,
 CSV, summary.md) as paths relative to the repository (see smfexp.reporting.relocate): run
 it on results copied from another machine before committing them; a second run changes
-nothing. Hydra-free on purpose: reporting must work on a laptop that only has the output
-folders.
+nothing. ``python -m smfexp.report --versus RUN RUN [--facts N]`` compares two runs on the
+same items (smfexp.reporting.versus). Hydra-free on purpose: reporting must work on a
+laptop that only has the output folders.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead of a report: rewrite the absolute machine paths in the "
                         "outputs and reports under each DIR relative to the repository "
                         "(atomic, safe to rerun), e.g. before committing results")
+    p.add_argument("--versus", action="store_true",
+                   help="instead of a report: compare two runs (DIR DIR: first, second) on "
+                        "the same items - each probe's difference with its paired 95%% "
+                        "interval (runs that wrote items.json)")
+    p.add_argument("--facts", type=int, default=None, metavar="N",
+                   help="with --versus: compare the scores after the first N facts of a "
+                        "nested stream (default: each run's end)")
     p.add_argument("--repo", type=Path, default=None,
                    help="with --relocate: the root paths become relative to (default: the "
                         "git checkout holding DIR)")
@@ -95,11 +103,27 @@ def _relocate(dirs: Sequence[Path], repo: Path | None) -> int:
     return 0
 
 
+def _versus(dirs: Sequence[Path], facts: int | None) -> int:
+    """``--versus``: two runs' paired differences, probe by probe, as Markdown."""
+    from smfexp.reporting.versus import versus_markdown
+
+    try:
+        print(versus_markdown(dirs[0], dirs[1], facts))
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.relocate:
         return _relocate(args.dirs, args.repo)
+    if args.versus:
+        if len(args.dirs) != 2:
+            parser.error("--versus compares two run dirs: FIRST SECOND")
+        return _versus(args.dirs, args.facts)
     if len(args.dirs) != 1:
         parser.error("a report is made for one DIR (several only with --relocate)")
     folder = args.dirs[0]

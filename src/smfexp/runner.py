@@ -34,6 +34,7 @@ from smfexp.checkpointing import (
     periodic_checkpoint,
 )
 from smfexp.eval import EvalConfig
+from smfexp.eval.item_scores import END, point_json, write_item_scores
 from smfexp.loggers import build_loggers, finish_loggers
 from smfexp.methods.base import FinetuneModule
 from smfexp.models.loading import load_model
@@ -260,6 +261,9 @@ def train(run: TrainConfig) -> dict[str, Any]:
     results["objective"] = _after_scores(
         errors, "objective", lambda: objective(results, run.forgetting_penalty))
     atomic_write_json(output_dir / "results.json", results)
+    _after_scores(errors, "items", lambda: write_item_scores(output_dir, {
+        END: point_json(forgetting.before_items, forgetting.after_items),
+        **(nested.items if nested else {})}))
     if run.save_trained:
         results["trained_artifact"] = _after_scores(
             errors, "save_trained",

@@ -23,6 +23,7 @@ from typing import Any
 from lightning import Callback, LightningModule, Trainer
 
 from smfexp.callbacks.forgetting import TARGET, ForgettingCallback, deltas
+from smfexp.eval.item_scores import point_json
 from smfexp.eval.paired import items_from_json, items_to_json, paired_changes
 from smfexp.stages.scores import Scored
 from smfexp.tasks import primary_metric
@@ -61,6 +62,7 @@ class NestedStreamCallback(Callback):
         self.nested_at = sorted({int(n) for n in nested_at or [] if 0 < int(n) <= n_facts})
         self.earlier = earlier_facts
         self.nested: dict[str, dict[str, Any]] = {}
+        self.items: dict[str, dict[str, Any]] = {}  # N -> per-item totals (items.json)
         self.right_after: dict[int, dict[str, float]] = {}  # quarter -> target scores
         self.start: dict[int, Scored] = {}  # N -> the base model on its facts
         self.earlier_results: dict[str, Any] | None = None
@@ -120,6 +122,7 @@ class NestedStreamCallback(Callback):
                 "paired_ci": paired_changes(f.before_items, f.after_items) or None,
                 "target_beyond_heldout": f.beyond_heldout,
                 "memory": self._fill(pl_module)}
+            self.items[str(self.n_facts)] = point_json(f.before_items, f.after_items)
         if self.earlier:
             self.earlier_results = self._earlier(pl_module)
 
@@ -142,6 +145,7 @@ class NestedStreamCallback(Callback):
                                                          scored.items),
             "memory": self._fill(pl_module),
             "seconds": time.perf_counter() - t0}
+        self.items[str(facts)] = point_json(before_items, scored.items)
         log.info("after %d facts: target %s (%.0f s)", facts, after[TARGET],
                  time.perf_counter() - t0)
 
@@ -170,10 +174,12 @@ class NestedStreamCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         start = {n: {"scores": s.scores, "items": items_to_json(s.items)}
                  for n, s in self.start.items()}
-        return {"nested": self.nested, "right_after": self.right_after, "start": start}
+        return {"nested": self.nested, "right_after": self.right_after, "start": start,
+                "items": self.items}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.nested = dict(state_dict.get("nested", {}))
+        self.items = dict(state_dict.get("items", {}))
         self.right_after = {int(k): v for k, v in state_dict.get("right_after", {}).items()}
         self.start = {}
         for n, entry in state_dict.get("start", {}).items():

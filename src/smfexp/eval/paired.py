@@ -172,6 +172,45 @@ def paired_change(before: Items, after: Items) -> PairedChange:
     return PairedChange(point, delta_ci, rel_point, _interval(data, rel, True, rel_point), n)
 
 
+def difference_between_runs(before: Items, first: Items, second: Items) -> PairedChange:
+    """``change(first) - change(second)``: two runs scored on the same items as their shared
+    ``before`` (a lever against the default on the same fact draw), items resampled together.
+
+    ``delta`` is ``value(first) - value(second)``; ``rel_pct`` the difference of the two
+    relative changes in % of the shared start, the difference of the numbers a results table
+    shows side by side. Pairing removes what the items share: which articles or paragraphs
+    the probe happens to hold moves both runs alike, so a lever's effect resolves far below
+    either run's own interval against the base.
+    """
+    if not before.n == first.n == second.n or not before.link == first.link == second.link:
+        raise ValueError(f"the runs scored different items: {before.n} before, {first.n} and "
+                         f"{second.n} after; compare runs of the same fact draw and probes")
+    link = before.link
+    data = tuple(np.asarray(x, dtype=float) for x in (before.num, before.den, first.num,
+                                                      first.den, second.num, second.den))
+
+    def delta(bn: np.ndarray, bd: np.ndarray, fn: np.ndarray, fd: np.ndarray, sn: np.ndarray,
+              sd: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _value(fn, fd, link) - _value(sn, sd, link)
+
+    def rel(bn: np.ndarray, bd: np.ndarray, fn: np.ndarray, fd: np.ndarray, sn: np.ndarray,
+            sd: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100.0 * (_value(fn, fd, link) - _value(sn, sd, link)) / np.abs(
+                _value(bn, bd, link))
+
+    start = before.value()
+    point = first.value() - second.value()
+    n = before.n
+    if n < 2:
+        return PairedChange(point, None, None, None, n)
+    delta_ci = _interval(data, delta, True, point)
+    if start == 0 or not math.isfinite(start):
+        return PairedChange(point, delta_ci, None, None, n)
+    rel_point = 100.0 * point / abs(start)
+    return PairedChange(point, delta_ci, rel_point, _interval(data, rel, True, rel_point), n)
+
+
 def difference_of_changes(first: tuple[Items, Items], second: tuple[Items, Items]
                           ) -> tuple[float, tuple[float, float] | None]:
     """``change(first) - change(second)`` over two independent item sets (the trained facts'

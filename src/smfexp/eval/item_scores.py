@@ -1,0 +1,62 @@
+"""A run's per-item scores on disk (``items.json`` beside results.json).
+
+results.json keeps each probe's value and its paired interval against the base. Comparing
+two runs on the same items - a lever against the default on the same fact draw - needs the
+per-item totals themselves: :func:`smfexp.eval.paired.difference_between_runs` resamples
+the items of both runs together, which resolves differences far below either run's own
+interval. Stored per scoring point: ``end`` (the run's last scores) and, on nested fact
+streams, every N (``"64"``, ``"256"``); each with the ``before`` and ``after`` totals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from smfexp.eval.paired import ProbeItems, items_from_json, items_to_json
+from smfexp.utils.io import atomic_write_json
+
+ITEMS_FILE = "items.json"
+END = "end"
+SIGNIFICANT_DIGITS = 10  # a change of 0.01% of a total still keeps 6 digits; the file stays small
+
+
+def _rounded(data: Any) -> Any:
+    if isinstance(data, float):
+        return float(f"{data:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(data, list):
+        return [_rounded(x) for x in data]
+    if isinstance(data, dict):
+        return {k: _rounded(v) for k, v in data.items()}
+    return data
+
+
+def point_json(before: ProbeItems, after: ProbeItems) -> dict[str, Any]:
+    """One scoring point's totals, ready for :func:`write_item_scores`."""
+    return {"before": _rounded(items_to_json(before)), "after": _rounded(items_to_json(after))}
+
+
+def write_item_scores(run_dir: Path, points: Mapping[str, dict[str, Any]]) -> Path:
+    """Write ``{point: point_json(...)}`` atomically; ``point`` is ``end`` or a fact count."""
+    path = Path(run_dir) / ITEMS_FILE
+    atomic_write_json(path, {"points": dict(points)})
+    return path
+
+
+def load_item_scores(run_dir: Path, facts: int | None = None) -> tuple[ProbeItems, ProbeItems]:
+    """``(before, after)`` per-item totals of a run at its end, or after its first ``facts``
+    facts; a clear error names what the run holds when the point or the file is missing."""
+    path = Path(run_dir) / ITEMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the run predates per-item scores (items.json); run it "
+            "again, into a new directory, to compare it item by item")
+    points = json.loads(path.read_text(encoding="utf-8")).get("points", {})
+    key = END if facts is None else str(facts)
+    if key not in points:
+        raise KeyError(f"{path} has no scores after {facts} facts; it holds: "
+                       f"{', '.join(sorted(points, key=str)) or 'nothing'}")
+    point = points[key]
+    return items_from_json(point["before"]), items_from_json(point["after"])

@@ -1,0 +1,134 @@
+"""Two runs on the same items: a lever against the default, probe by probe.
+
+Each run's own paired interval is against the base model, so two runs whose changes differ
+by less than that interval look alike even when every article moved the same way in both.
+Scored on the same items (the same fact draw and probes), their difference is paired too:
+:func:`~smfexp.eval.paired.difference_between_runs` resamples the items of both runs
+together, which is how a lever's 0.2% on WikiText becomes a finding or not one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from smfexp.eval.item_scores import load_item_scores
+from smfexp.eval.paired import (
+    Items,
+    ProbeItems,
+    difference_between_runs,
+    difference_of_changes,
+)
+
+TARGET = "target"
+HELDOUT = "triviaqa"
+BEYOND = "beyond held-out"
+MATCH = 1e-8  # the same items: before-totals equal to the digits items.json keeps
+
+
+@dataclass(frozen=True)
+class Versus:
+    """One metric of two runs: each run's change and their paired difference."""
+
+    probe: str
+    metric: str
+    unit: str  # "%" (relative change) or "points" (x100 of a rate: exact match, F1)
+    first: float
+    second: float
+    difference: float
+    interval: tuple[float, float] | None
+    n: int
+
+    @property
+    def resolved(self) -> bool:
+        return self.interval is not None and (self.interval[0] > 0 or self.interval[1] < 0)
+
+
+def _same(a: Items, b: Items) -> bool:
+    return a.n == b.n and all(
+        math.isclose(x, y, rel_tol=MATCH, abs_tol=MATCH)
+        for x, y in zip((*a.num, *a.den), (*b.num, *b.den), strict=True))
+
+
+def _relative(before: Items, after: Items) -> float:
+    start = before.value()
+    return 100.0 * (after.value() - start) / abs(start) if start else math.nan
+
+
+def _beyond(before: ProbeItems, first: ProbeItems, second: ProbeItems, metric: str
+            ) -> Versus | None:
+    """Learning beyond held-out, first minus second, in points (two item sets, each paired)."""
+    try:
+        sets = [(second[p][metric], first[p][metric]) for p in (TARGET, HELDOUT)]
+        start = [before[p][metric] for p in (TARGET, HELDOUT)]
+        point, ci = difference_of_changes(*sets)  # type: ignore[arg-type]
+    except (KeyError, ValueError):
+        return None
+
+    def gain(after: ProbeItems) -> float:
+        return 100.0 * ((after[TARGET][metric].value() - start[0].value())
+                        - (after[HELDOUT][metric].value() - start[1].value()))
+
+    return Versus(BEYOND, metric, "points", gain(first), gain(second), 100.0 * point,
+                  None if ci is None else (100.0 * ci[0], 100.0 * ci[1]), sets[0][0].n)
+
+
+def compare_runs(first_dir: Path, second_dir: Path, facts: int | None = None
+                 ) -> tuple[list[Versus], list[str]]:
+    """Every metric both runs scored on the same items (at their end, or after ``facts``),
+    and the probes left out because the runs scored different items there."""
+    before, first = load_item_scores(first_dir, facts)
+    before_second, second = load_item_scores(second_dir, facts)
+    rows: list[Versus] = []
+    skipped: list[str] = []
+    for probe, metrics in first.items():
+        for metric, after_first in metrics.items():
+            start, after_second = before.get(probe, {}).get(metric), second.get(probe, {}).get(
+                metric)
+            start_second = before_second.get(probe, {}).get(metric)
+            if start is None or after_second is None or start_second is None:
+                continue
+            if not _same(start, start_second):
+                skipped.append(f"{probe}/{metric}")
+                continue
+            change = difference_between_runs(start, after_first, after_second)
+            relative = change.rel_pct is not None
+            scale = 1.0 if relative else 100.0
+            ci = change.rel_ci if relative else change.delta_ci
+            rows.append(Versus(
+                probe, metric, "%" if relative else "points",
+                _relative(start, after_first) if relative else 100.0 * (
+                    after_first.value() - start.value()),
+                _relative(start, after_second) if relative else 100.0 * (
+                    after_second.value() - start.value()),
+                change.rel_pct if relative else scale * change.delta,
+                None if ci is None else (scale * ci[0], scale * ci[1]), change.n))
+    if not any(s.startswith(f"{TARGET}/") for s in skipped):
+        rows.extend(v for m in ("exact_match",) if (v := _beyond(before, first, second, m)))
+    return rows, sorted(set(skipped))
+
+
+def versus_markdown(first_dir: Path, second_dir: Path, facts: int | None = None) -> str:
+    """The comparison as a Markdown table, the runs named as given."""
+    rows, skipped = compare_runs(first_dir, second_dir, facts)
+    at = "at the end of each run" if facts is None else f"after {facts} facts"
+    lines = [
+        f"First: `{first_dir}`  ",
+        f"second: `{second_dir}`, {at}. Each run's change against the base model, then "
+        "first − second with its 95% interval paired over the probe's items (both runs' "
+        "items resampled together); ✓ where it excludes 0. % for relative changes (+ = "
+        "higher: worse for perplexity, better for log-probs), points for rates.",
+        "",
+        "| probe | metric | first | second | first − second | 95% interval | items | resolved |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        interval = "-" if r.interval is None else f"[{r.interval[0]:+.3g}, {r.interval[1]:+.3g}]"
+        lines.append(f"| {r.probe} | {r.metric} | {r.first:+.3g} {r.unit} | "
+                     f"{r.second:+.3g} {r.unit} | {r.difference:+.3g} {r.unit} | {interval} | "
+                     f"{r.n} | {'✓' if r.resolved else ''} |")
+    if skipped:
+        lines += ["", f"Not compared (the runs scored different items - another fact draw "
+                      f"or probe size): {', '.join(skipped)}."]
+    return "\n".join(lines)
