@@ -141,35 +141,45 @@ class PairedChange:
         return out
 
 
+def _paired_difference(start: Items, first: Items, second: Items) -> PairedChange:
+    """``first - second`` in the metric's units and in % of ``start``, every item set
+    resampled with the same indices (``second`` may be ``start`` itself: a run's change)."""
+    link = start.link
+    distinct = [start, *(x for x in (first, second) if x is not start)]
+    data = tuple(np.asarray(v, dtype=float) for it in distinct for v in (it.num, it.den))
+    where = [next(2 * i for i, it in enumerate(distinct) if it is x) for x in (start, first,
+                                                                               second)]
+
+    def values(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        return [_value(arrays[i], arrays[i + 1], link) for i in where]
+
+    def delta(*arrays: np.ndarray, axis: int = -1) -> np.ndarray:
+        _, a, b = values(arrays)
+        return a - b
+
+    def rel(*arrays: np.ndarray, axis: int = -1) -> np.ndarray:
+        s, a, b = values(arrays)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100.0 * (a - b) / np.abs(s)
+
+    origin = start.value()
+    point = first.value() - second.value()
+    n = start.n
+    if n < 2:
+        return PairedChange(point, None, None, None, n)
+    delta_ci = _interval(data, delta, True, point)
+    if origin == 0 or not math.isfinite(origin):
+        return PairedChange(point, delta_ci, None, None, n)
+    rel_point = 100.0 * point / abs(origin)
+    return PairedChange(point, delta_ci, rel_point, _interval(data, rel, True, rel_point), n)
+
+
 def paired_change(before: Items, after: Items) -> PairedChange:
     """Change of one metric and its paired bootstrap intervals (items resampled together)."""
     if before.n != after.n or before.link != after.link:
         raise ValueError(f"paired items differ: {before.n} ({before.link}) before, "
                          f"{after.n} ({after.link}) after; score the same rows both times")
-    link = before.link
-    data = tuple(np.asarray(x, dtype=float) for x in (before.num, before.den, after.num,
-                                                      after.den))
-
-    def delta(bn: np.ndarray, bd: np.ndarray, an: np.ndarray, ad: np.ndarray,
-              axis: int = -1) -> np.ndarray:
-        return _value(an, ad, link) - _value(bn, bd, link)
-
-    def rel(bn: np.ndarray, bd: np.ndarray, an: np.ndarray, ad: np.ndarray,
-            axis: int = -1) -> np.ndarray:
-        start = _value(bn, bd, link)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * (_value(an, ad, link) - start) / np.abs(start)
-
-    start, end = before.value(), after.value()
-    point = end - start
-    n = before.n
-    if n < 2:
-        return PairedChange(point, None, None, None, n)
-    delta_ci = _interval(data, delta, True, point)
-    if start == 0 or not math.isfinite(start):
-        return PairedChange(point, delta_ci, None, None, n)
-    rel_point = 100.0 * point / abs(start)
-    return PairedChange(point, delta_ci, rel_point, _interval(data, rel, True, rel_point), n)
+    return _paired_difference(before, after, before)
 
 
 def difference_between_runs(before: Items, first: Items, second: Items) -> PairedChange:
@@ -185,30 +195,7 @@ def difference_between_runs(before: Items, first: Items, second: Items) -> Paire
     if not before.n == first.n == second.n or not before.link == first.link == second.link:
         raise ValueError(f"the runs scored different items: {before.n} before, {first.n} and "
                          f"{second.n} after; compare runs of the same fact draw and probes")
-    link = before.link
-    data = tuple(np.asarray(x, dtype=float) for x in (before.num, before.den, first.num,
-                                                      first.den, second.num, second.den))
-
-    def delta(bn: np.ndarray, bd: np.ndarray, fn: np.ndarray, fd: np.ndarray, sn: np.ndarray,
-              sd: np.ndarray, axis: int = -1) -> np.ndarray:
-        return _value(fn, fd, link) - _value(sn, sd, link)
-
-    def rel(bn: np.ndarray, bd: np.ndarray, fn: np.ndarray, fd: np.ndarray, sn: np.ndarray,
-            sd: np.ndarray, axis: int = -1) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * (_value(fn, fd, link) - _value(sn, sd, link)) / np.abs(
-                _value(bn, bd, link))
-
-    start = before.value()
-    point = first.value() - second.value()
-    n = before.n
-    if n < 2:
-        return PairedChange(point, None, None, None, n)
-    delta_ci = _interval(data, delta, True, point)
-    if start == 0 or not math.isfinite(start):
-        return PairedChange(point, delta_ci, None, None, n)
-    rel_point = 100.0 * point / abs(start)
-    return PairedChange(point, delta_ci, rel_point, _interval(data, rel, True, rel_point), n)
+    return _paired_difference(before, first, second)
 
 
 def difference_of_changes(first: tuple[Items, Items], second: tuple[Items, Items]
