@@ -25,6 +25,10 @@ TARGET = "target"
 HELDOUT = "triviaqa"
 BEYOND = "beyond held-out"
 MATCH = 1e-8  # the same items: before-totals equal to the digits items.json keeps
+RATES = ("exact_match", "f1", "accuracy")  # shares of items: in points, as the tables show them
+HEADLINE = (("beyond held-out", "exact_match"), ("wikitext", "word_perplexity"),
+            ("retention", "logprob"), ("nq_open", "answer_logprob"),
+            ("triviaqa", "answer_logprob"))  # the report's columns, listed first
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def compare_runs(first_dir: Path, second_dir: Path, facts: int | None = None
                 skipped.append(f"{probe}/{metric}")
                 continue
             change = difference_between_runs(start, after_first, after_second)
-            relative = change.rel_pct is not None
+            relative = change.rel_pct is not None and metric not in RATES
             scale = 1.0 if relative else 100.0
             ci = change.rel_ci if relative else change.delta_ci
             rows.append(Versus(
@@ -106,6 +110,8 @@ def compare_runs(first_dir: Path, second_dir: Path, facts: int | None = None
                 None if ci is None else (scale * ci[0], scale * ci[1]), change.n))
     if not any(s.startswith(f"{TARGET}/") for s in skipped):
         rows.extend(v for m in ("exact_match",) if (v := _beyond(before, first, second, m)))
+    rank = {key: i for i, key in enumerate(HEADLINE)}
+    rows.sort(key=lambda r: rank.get((r.probe, r.metric), len(rank)))
     return rows, sorted(set(skipped))
 
 
