@@ -78,8 +78,8 @@ def test_two_runs_compare_item_by_item_at_every_n(tmp_path, data_dir):
 
     default = _tiny_stream_run(tmp_path / "default", data_dir)
     lever = _tiny_stream_run(tmp_path / "lever", data_dir, "method.lr=30")
-    points = json.loads((tmp_path / "lever" / "items.json").read_text())["points"]
-    assert sorted(points) == ["2", "4", "8", "end"] and points["8"] == points["end"]
+    document = json.loads((tmp_path / "lever" / "items.json").read_text())
+    assert sorted(document["points"]) == ["2", "4", "end"] and document["end_facts"] == "8"
     rows, skipped = compare_runs(tmp_path / "lever", tmp_path / "default", facts=4)
     assert skipped == []
     by_name = {(r.probe, r.metric): r for r in rows}
@@ -92,6 +92,8 @@ def test_two_runs_compare_item_by_item_at_every_n(tmp_path, data_dir):
         assert row.interval[0] <= row.difference <= row.interval[1]
     assert row.unit == "%" and by_name[("target", "exact_match")].unit == "points"
     assert ("beyond held-out", "exact_match") in by_name
+    at_end, _ = compare_runs(tmp_path / "lever", tmp_path / "default", facts=8)
+    assert at_end == compare_runs(tmp_path / "lever", tmp_path / "default")[0]
     same, _ = compare_runs(tmp_path / "default", tmp_path / "default")
     assert all(r.difference == 0 and not r.resolved for r in same)
     assert report_main(["--versus", str(tmp_path / "lever"), str(tmp_path / "default"),

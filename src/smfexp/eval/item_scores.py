@@ -16,11 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from smfexp.eval.paired import ProbeItems, items_from_json, items_to_json
-from smfexp.utils.io import atomic_write_json
+from smfexp.utils.io import atomic_write_text
 
 ITEMS_FILE = "items.json"
 END = "end"
 SIGNIFICANT_DIGITS = 10  # a change of 0.01% of a total still keeps 6 digits; the file stays small
+
+
+def _compact(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-item means (every ``den`` 1.0: exact match, answer log-prob) keep no ``den``."""
+    return {probe: {m: ({k: v for k, v in block.items() if k != "den"}
+                        if all(d == 1.0 for d in block["den"]) else block)
+                    for m, block in by_metric.items()} for probe, by_metric in metrics.items()}
+
+
+def _expanded(metrics: Mapping[str, Any]) -> ProbeItems:
+    return items_from_json({probe: {m: {"den": [1.0] * len(block["num"]), **block}
+                                    for m, block in by_metric.items()}
+                            for probe, by_metric in metrics.items()})
 
 
 def _rounded(data: Any) -> Any:
@@ -35,13 +48,19 @@ def _rounded(data: Any) -> Any:
 
 def point_json(before: ProbeItems, after: ProbeItems) -> dict[str, Any]:
     """One scoring point's totals, ready for :func:`write_item_scores`."""
-    return {"before": _rounded(items_to_json(before)), "after": _rounded(items_to_json(after))}
+    return {"before": _rounded(_compact(items_to_json(before))),
+            "after": _rounded(_compact(items_to_json(after)))}
 
 
 def write_item_scores(run_dir: Path, points: Mapping[str, dict[str, Any]]) -> Path:
-    """Write ``{point: point_json(...)}`` atomically; ``point`` is ``end`` or a fact count."""
+    """Write ``{point: point_json(...)}`` atomically, one compact line; ``point`` is ``end``
+    or a fact count (a count whose scores are the end's is kept once, as ``end_facts``)."""
+    end = points.get(END)
+    same = [k for k, v in points.items() if k != END and v == end]
+    document = {"points": {k: v for k, v in points.items() if k not in same},
+                "end_facts": same[0] if same else None}
     path = Path(run_dir) / ITEMS_FILE
-    atomic_write_json(path, {"points": dict(points)})
+    atomic_write_text(path, json.dumps(document, separators=(",", ":"), sort_keys=True) + "\n")
     return path
 
 
@@ -53,10 +72,14 @@ def load_item_scores(run_dir: Path, facts: int | None = None) -> tuple[ProbeItem
         raise FileNotFoundError(
             f"{path} does not exist: the run predates per-item scores (items.json); run it "
             "again, into a new directory, to compare it item by item")
-    points = json.loads(path.read_text(encoding="utf-8")).get("points", {})
-    key = END if facts is None else str(facts)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    points = document.get("points", {})
+    key = END if facts is None or str(facts) == document.get("end_facts") else str(facts)
     if key not in points:
+        held = [k for k in points if k != END]
+        if END in points:
+            held.append(f"the end ({document.get('end_facts') or 'its last'} facts)")
         raise KeyError(f"{path} has no scores after {facts} facts; it holds: "
-                       f"{', '.join(sorted(points, key=str)) or 'nothing'}")
+                       f"{', '.join(held) or 'nothing'}")
     point = points[key]
-    return items_from_json(point["before"]), items_from_json(point["after"])
+    return _expanded(point["before"]), _expanded(point["after"])
