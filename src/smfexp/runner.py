@@ -263,7 +263,7 @@ def train(run: TrainConfig) -> dict[str, Any]:
     atomic_write_json(output_dir / "results.json", results)
     _after_scores(errors, "items", lambda: write_item_scores(output_dir, {
         END: point_json(forgetting.before_items, forgetting.after_items),
-        **(nested.items if nested else {})}))
+        **(nested.items if nested else {})}, datamodule.target.heldout_probe))
     if run.save_trained:
         results["trained_artifact"] = _after_scores(
             errors, "save_trained",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from smfexp.eval.paired import ProbeItems, items_from_json, items_to_json
 from smfexp.utils.io import atomic_write_text
@@ -21,6 +21,15 @@ from smfexp.utils.io import atomic_write_text
 ITEMS_FILE = "items.json"
 END = "end"
 SIGNIFICANT_DIGITS = 10  # a change of 0.01% of a total still keeps 6 digits; the file stays small
+
+
+class PointScores(NamedTuple):
+    """One scoring point of a run: per-item totals before and after, and the held-out probe
+    its learning is corrected by (TriviaQA's questions, or a user file's own)."""
+
+    before: ProbeItems
+    after: ProbeItems
+    heldout_probe: str | None
 
 
 def _compact(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -52,21 +61,22 @@ def point_json(before: ProbeItems, after: ProbeItems) -> dict[str, Any]:
             "after": _rounded(_compact(items_to_json(after)))}
 
 
-def write_item_scores(run_dir: Path, points: Mapping[str, dict[str, Any]]) -> Path:
+def write_item_scores(run_dir: Path, points: Mapping[str, dict[str, Any]],
+                      heldout_probe: str | None) -> Path:
     """Write ``{point: point_json(...)}`` atomically, one compact line; ``point`` is ``end``
     or a fact count (a count whose scores are the end's is kept once, as ``end_facts``)."""
     end = points.get(END)
     same = [k for k, v in points.items() if k != END and v == end]
     document = {"points": {k: v for k, v in points.items() if k not in same},
-                "end_facts": same[0] if same else None}
+                "end_facts": same[0] if same else None, "heldout_probe": heldout_probe}
     path = Path(run_dir) / ITEMS_FILE
     atomic_write_text(path, json.dumps(document, separators=(",", ":"), sort_keys=True) + "\n")
     return path
 
 
-def load_item_scores(run_dir: Path, facts: int | None = None) -> tuple[ProbeItems, ProbeItems]:
-    """``(before, after)`` per-item totals of a run at its end, or after its first ``facts``
-    facts; a clear error names what the run holds when the point or the file is missing."""
+def load_item_scores(run_dir: Path, facts: int | None = None) -> PointScores:
+    """A run's per-item totals at its end, or after its first ``facts`` facts; a clear
+    error names what the run holds when the point or the file is missing."""
     path = Path(run_dir) / ITEMS_FILE
     if not path.is_file():
         raise FileNotFoundError(
@@ -82,4 +92,5 @@ def load_item_scores(run_dir: Path, facts: int | None = None) -> tuple[ProbeItem
         raise KeyError(f"{path} has no scores after {facts} facts; it holds: "
                        f"{', '.join(held) or 'nothing'}")
     point = points[key]
-    return _expanded(point["before"]), _expanded(point["after"])
+    return PointScores(_expanded(point["before"]), _expanded(point["after"]),
+                       document.get("heldout_probe"))

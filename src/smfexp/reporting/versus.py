@@ -22,7 +22,6 @@ from smfexp.eval.paired import (
 )
 
 TARGET = "target"
-HELDOUT = "triviaqa"
 BEYOND = "beyond held-out"
 MATCH = 1e-8  # the same items: before-totals equal to the digits items.json keeps
 RATES = ("exact_match", "f1", "accuracy")  # shares of items: in points, as the tables show them
@@ -55,24 +54,27 @@ def _same(a: Items, b: Items) -> bool:
         for x, y in zip((*a.num, *a.den), (*b.num, *b.den), strict=True))
 
 
-def _relative(before: Items, after: Items) -> float:
+def _change(before: Items, after: Items, relative: bool) -> float:
+    """A run's change as the tables show it: % of the start, or points of a rate."""
     start = before.value()
+    if not relative:
+        return 100.0 * (after.value() - start)
     return 100.0 * (after.value() - start) / abs(start) if start else math.nan
 
 
-def _beyond(before: ProbeItems, first: ProbeItems, second: ProbeItems, metric: str
-            ) -> Versus | None:
+def _beyond(before: ProbeItems, first: ProbeItems, second: ProbeItems, heldout: str | None,
+            metric: str) -> Versus | None:
     """Learning beyond held-out, first minus second, in points (two item sets, each paired)."""
     try:
-        sets = [(second[p][metric], first[p][metric]) for p in (TARGET, HELDOUT)]
-        start = [before[p][metric] for p in (TARGET, HELDOUT)]
+        sets = [(second[p][metric], first[p][metric]) for p in (TARGET, heldout)]
+        start = [before[p][metric] for p in (TARGET, heldout)]
         point, ci = difference_of_changes(*sets)  # type: ignore[arg-type]
     except (KeyError, ValueError):
         return None
 
     def gain(after: ProbeItems) -> float:
         return 100.0 * ((after[TARGET][metric].value() - start[0].value())
-                        - (after[HELDOUT][metric].value() - start[1].value()))
+                        - (after[heldout][metric].value() - start[1].value()))
 
     return Versus(BEYOND, metric, "points", gain(first), gain(second), 100.0 * point,
                   None if ci is None else (100.0 * ci[0], 100.0 * ci[1]), sets[0][0].n)
@@ -82,8 +84,8 @@ def compare_runs(first_dir: Path, second_dir: Path, facts: int | None = None
                  ) -> tuple[list[Versus], list[str]]:
     """Every metric both runs scored on the same items (at their end, or after ``facts``),
     and the probes left out because the runs scored different items there."""
-    before, first = load_item_scores(first_dir, facts)
-    before_second, second = load_item_scores(second_dir, facts)
+    before, first, heldout = load_item_scores(first_dir, facts)
+    before_second, second, _ = load_item_scores(second_dir, facts)
     rows: list[Versus] = []
     skipped: list[str] = []
     for probe, metrics in first.items():
@@ -98,18 +100,15 @@ def compare_runs(first_dir: Path, second_dir: Path, facts: int | None = None
                 continue
             change = difference_between_runs(start, after_first, after_second)
             relative = change.rel_pct is not None and metric not in RATES
-            scale = 1.0 if relative else 100.0
-            ci = change.rel_ci if relative else change.delta_ci
-            rows.append(Versus(
-                probe, metric, "%" if relative else "points",
-                _relative(start, after_first) if relative else 100.0 * (
-                    after_first.value() - start.value()),
-                _relative(start, after_second) if relative else 100.0 * (
-                    after_second.value() - start.value()),
-                change.rel_pct if relative else scale * change.delta,
-                None if ci is None else (scale * ci[0], scale * ci[1]), change.n))
+            point, ci = (change.rel_pct, change.rel_ci) if relative else (
+                100.0 * change.delta,
+                None if change.delta_ci is None else tuple(100.0 * x for x in change.delta_ci))
+            rows.append(Versus(probe, metric, "%" if relative else "points",
+                               _change(start, after_first, relative),
+                               _change(start, after_second, relative), point, ci, change.n))
     if not any(s.startswith(f"{TARGET}/") for s in skipped):
-        rows.extend(v for m in ("exact_match",) if (v := _beyond(before, first, second, m)))
+        beyond = _beyond(before, first, second, heldout, "exact_match")
+        rows.extend([beyond] if beyond else [])
     rank = {key: i for i, key in enumerate(HEADLINE)}
     rows.sort(key=lambda r: rank.get((r.probe, r.metric), len(rank)))
     return rows, sorted(set(skipped))
