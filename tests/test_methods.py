@@ -128,6 +128,39 @@ def test_saved_artifact_reloads_onto_the_base_model(method, tiny_model, tokenize
         assert torch.allclose(reloaded(**batch).logits, module.model(**batch).logits, atol=1e-5)
 
 
+def test_lora_scores_merged_and_trains_on_the_exact_weights_it_left(tiny_model, tokenizer):
+    """Scoring folds the adapters in (the fast path) for the same logits, and the base
+    weights come back bit for bit: a run scored mid-stream trains on as if never scored."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from smfexp.utils.modes import adapters_merged
+
+    module = LoRAFinetune(tiny_model, tokenizer, lr=1e-2, warmup_steps=0)
+    loader = _loader(tokenizer)
+    _fit(module, loader, steps=2)  # lora_B no longer zero: merging changes the weights
+    model = module.model
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        with adapters_merged(model):
+            assert layers and all(layer.merged for layer in layers)
+            assert any(not torch.equal(layer.get_base_layer().weight, start[n])
+                       for n, layer in _base_weights(model, layers))
+            merged = model(**batch).logits
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not any(layer.merged for layer in layers)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, start[name]), f"{name} not restored exactly"
+
+
+def _base_weights(model, layers):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(layer.get_base_layer().weight)], layer) for layer in layers]
+
+
 def test_gradient_checkpointing_changes_memory_not_the_update(tokenizer):
     """Same SMF steps with and without recomputed activations: the same value tables."""
     from smfexp.memory import attach_memory

@@ -50,7 +50,7 @@ from smfexp.tasks import (
     select_probe_rows,
 )
 from smfexp.utils.io import cache_root, stable_hash
-from smfexp.utils.modes import eval_mode
+from smfexp.utils.modes import adapters_merged, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,11 @@ class ForgettingCallback(Callback):
 
     @contextlib.contextmanager
     def scoring(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """The model to score (eval mode; blocks training leaves unchanged reused), and the
-        reused blocks' new rows saved for later passes and runs afterwards."""
+        """The model to score (eval mode, LoRA's adapters merged; blocks training leaves
+        unchanged reused), and the reused blocks' new rows saved for later passes and runs
+        afterwards."""
         try:
-            with eval_mode(model):
+            with eval_mode(model), adapters_merged(model):
                 yield self.scoring_model(model)
         finally:
             if self._prefix is not None:

@@ -23,7 +23,7 @@ from smfexp.data.sampling import evenly_spaced
 from smfexp.eval import EvalConfig
 from smfexp.tasks import evaluate_probes, load_probe_rows, score_probe
 from smfexp.utils.io import stable_hash
-from smfexp.utils.modes import eval_mode
+from smfexp.utils.modes import adapters_merged, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class StreamProbeCallback(Callback):
             return
         t0 = time.perf_counter()
         model = pl_module.model
-        with eval_mode(model):
+        with eval_mode(model), adapters_merged(model):
             if not self.rows:
                 self.rows = self._rows()
             if step == 0 and self.cache_start is not None:

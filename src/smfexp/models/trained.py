@@ -45,7 +45,8 @@ def load_trained(model: Any, checkpoint: str | Path) -> tuple[Any, str]:
 
         if not (directory / "adapter_model.safetensors").is_file():  # never a pickled .bin
             raise FileNotFoundError(f"{directory} has no adapter_model.safetensors")
-        return PeftModel.from_pretrained(model, directory).eval(), kind
+        # merged: scoring runs the plain projections, ~1.5x faster than beside the adapters
+        return PeftModel.from_pretrained(model, directory).merge_and_unload().eval(), kind
     from transformers import AutoModelForCausalLM
 
     full = AutoModelForCausalLM.from_pretrained(
