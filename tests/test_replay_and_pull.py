@@ -104,10 +104,12 @@ def test_a_resumed_loader_replays_what_the_whole_run_replayed() -> None:
 
 
 # --------------------------------------------------------------------------- dense replay
-def test_replay_loss_is_part_of_the_stepped_gradient(tokenizer, data_dir):
-    """Full finetuning's first step: the gradient stepped is that of fact loss + 0.5 x the
-    replay loss on the batches the step got, computed here by hand on the same model."""
-    module = _full(tokenizer, replay_weight=0.5, **REPLAY_ON)
+@pytest.mark.parametrize("fact_weight", [1.0, 0.0])
+def test_replay_loss_is_part_of_the_stepped_gradient(tokenizer, data_dir, fact_weight):
+    """Full finetuning's first step: the gradient stepped is that of fact_weight x fact loss
+    + 0.5 x the replay loss on the batches the step got, computed here by hand on the same
+    model; fact_weight 0 (the replay-only control) steps with the replay's alone."""
+    module = _full(tokenizer, replay_weight=0.5, fact_weight=fact_weight, **REPLAY_ON)
     start = copy.deepcopy(module.model)
     record = _Record()
     data = _facts(tokenizer, data_dir)
@@ -116,12 +118,16 @@ def test_replay_loss_is_part_of_the_stepped_gradient(tokenizer, data_dir):
     assert batch[REPLAY]["input_ids"].shape == (2, 32)
     assert batch[TRAIN]["input_ids"].shape[0] == 4  # one fact's phrasings
     start.train()
-    loss = causal_lm_loss(start, batch[TRAIN]) + 0.5 * causal_lm_loss(start, batch[REPLAY])
+    loss = 0.5 * causal_lm_loss(start, batch[REPLAY])
+    if fact_weight:
+        loss = loss + fact_weight * causal_lm_loss(start, batch[TRAIN])
     loss.backward()
     for name, param in start.named_parameters():
         assert torch.allclose(record.grads[0][name], param.grad, atol=1e-6, rtol=1e-4), name
-    assert module.extra_results()["replay"] == {"k": 2, "weight": 0.5, "length": 32,
-                                                "parts": ["wiki"], "seed": 0}
+    recorded = {"k": 2, "weight": 0.5, "length": 32, "parts": ["wiki"], "seed": 0}
+    if fact_weight != 1.0:
+        recorded["fact_weight"] = fact_weight
+    assert module.extra_results()["replay"] == recorded
     assert data.info["replay"]["blocks"] > 0
     assert _full(tokenizer).extra_results() == {}  # off: results as before
 
@@ -317,6 +323,8 @@ def test_the_pull_enters_the_stepped_gradient(tokenizer, data_dir):
     (FullFinetune, {"l2_to_base": -1}, "method.l2_to_base"),
     (FullFinetune, {"ewc": "lots"}, "method.ewc"),
     (FullFinetune, {"ewc_batches": 0}, "method.ewc_batches"),
+    (FullFinetune, {"fact_weight": -1}, "method.fact_weight"),
+    (LoRAFinetune, {"fact_weight": 0, "replay_k": 0}, "method.fact_weight"),
 ])
 def test_invalid_values_are_one_line_errors(cls, args, message) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")) as err:
@@ -348,9 +356,10 @@ def test_the_levers_are_arguments_of_their_methods_only() -> None:
     with pytest.raises(ValueError, match=r"^method\.ewc is not an argument of LoRAFinetune"):
         Target.from_node({"_target_": "smfexp.methods.lora.LoRAFinetune", "ewc": 1.0},
                          "method")
-    with pytest.raises(ValueError, match=r"^method\.l2_to_base is not an argument of Sparse"):
-        Target.from_node({"_target_": "smfexp.methods.smf.SparseMemoryFinetune",
-                          "l2_to_base": 1.0}, "method")
+    for key in ("l2_to_base", "fact_weight"):  # SMF's rows come from the fact: no control
+        with pytest.raises(ValueError, match=rf"^method\.{key} is not an argument of Sparse"):
+            Target.from_node({"_target_": "smfexp.methods.smf.SparseMemoryFinetune",
+                              key: 1.0}, "method")
 
 
 def test_runs_without_the_levers_keep_their_run_keys() -> None:
@@ -359,9 +368,10 @@ def test_runs_without_the_levers_keep_their_run_keys() -> None:
     old = {"method": {"lr": 1e-4}, "seed": 0}
     off = {"lr": 1e-4, "replay_k": 0, "replay_weight": 1.0, "replay_length": 128,
            "replay_source": ["wiki"], "replay_seed": 0, "l2_to_base": 0.0, "ewc": 0.0,
-           "ewc_batches": 64, "row_max_change": None}
+           "ewc_batches": 64, "row_max_change": None, "fact_weight": 1.0}
     assert run_key({"method": off, "seed": 0}) == run_key(old)
-    for change in ({"replay_k": 2}, {"ewc": 1.0}, {"l2_to_base": 0.1}, {"row_max_change": 2.0}):
+    for change in ({"replay_k": 2}, {"ewc": 1.0}, {"l2_to_base": 0.1}, {"row_max_change": 2.0},
+                   {"replay_k": 2, "fact_weight": 0.0}):
         assert run_key({"method": {**off, **change}, "seed": 0}) != run_key(old), change
     ewc = {**off, "ewc": 1.0}
     assert run_key({"method": {**ewc, "replay_length": 64}, "seed": 0}) != run_key(

@@ -59,6 +59,8 @@ def _drop_off_levers(method: dict[str, Any]) -> None:
             method.pop(key)
     if "ewc" not in method:
         method.pop("ewc_batches", None)
+    if method.get("fact_weight", 0) == 1:
+        method.pop("fact_weight")
     if method.get("replay_k", 1) == 0:
         method.pop("replay_k")
         method.pop("replay_weight", None)

@@ -1,7 +1,7 @@
 """Full finetuning: every weight trains (the most forgetting-prone baseline).
 
 Two of the continual-learning baselines a reviewer asks for first ride on it: replay of
-background text (:class:`ReplayFinetune`, ``method.replay_k``) and a pull toward the base
+background text (:class:`DenseReplayFinetune`, ``method.replay_k``) and a pull toward the base
 weights (:mod:`smfexp.training.penalty`): ``method.l2_to_base`` (L2) and ``method.ewc``
 (diagonal-Fisher EWC, the Fisher on ``method.ewc_batches`` background sequences of the base
 model, :mod:`smfexp.training.fisher`). All three off (0, the defaults): plain full finetuning.
@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from smfexp.data.replay import ReplaySpec
-from smfexp.methods.replay import ReplayFinetune
+from smfexp.methods.replay import DenseReplayFinetune
 from smfexp.training.fisher import diagonal_fisher
 from smfexp.training.penalty import BasePull
 from smfexp.utils.configs import require_int, require_number
 
 
-class FullFinetune(ReplayFinetune):
+class FullFinetune(DenseReplayFinetune):
     method_name = "full"
 
     @classmethod

@@ -1,5 +1,5 @@
 """LoRA through peft: low-rank adapters on the attention and MLP projections (replay of
-background text beside each batch: ``method.replay_k``, :class:`ReplayFinetune`)."""
+background text beside each batch: ``method.replay_k``, :class:`DenseReplayFinetune`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from smfexp.methods.replay import ReplayFinetune
+from smfexp.methods.replay import DenseReplayFinetune
 from smfexp.utils.configs import require_int
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def resolve_target_modules(model: nn.Module, requested: Sequence[str]) -> list[s
     return resolved
 
 
-class LoRAFinetune(ReplayFinetune):
+class LoRAFinetune(DenseReplayFinetune):
     method_name = "lora"
 
     @classmethod

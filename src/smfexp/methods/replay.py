@@ -4,9 +4,10 @@
 The data module puts ``replay_k`` background sequences beside each of its batches
 (:func:`smfexp.data.replay.with_replay`, asked for in :meth:`ReplayFinetune.setup`), so a
 fact's phrasings and their replay are one training batch: one forward each, one backward of
-``fact loss + replay_weight x replay loss``, one optimizer step. Off (``replay_k=0``) the
-training step is :class:`CausalLMModule`'s, unchanged. SMF uses the same background batches
-for its background-preserving term (:class:`smfexp.methods.smf.SparseMemoryFinetune`).
+``fact_weight x fact loss + replay_weight x replay loss``, one optimizer step
+(:class:`DenseReplayFinetune`). Off (``replay_k=0``) the training step is
+:class:`CausalLMModule`'s, unchanged. SMF uses the same background batches for its
+background-preserving term (:class:`smfexp.methods.smf.SparseMemoryFinetune`).
 """
 
 from __future__ import annotations
@@ -81,15 +82,6 @@ class ReplayFinetune(FinetuneModule):
                  batch_size=replay["input_ids"].shape[0])
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """The fact's loss (logged as ``train/loss``) + ``replay_weight`` x the replay's:
-        one backward, one optimizer step for both."""
-        batch, replay = self.split_replay(batch)
-        loss = super().training_step(batch, batch_idx)
-        if replay is None:
-            return loss
-        return loss + self.replay_weight * self.replay_loss(replay, batch_idx)
-
     def extra_results(self) -> dict[str, Any]:
         """results.json ``replay`` (only when it is on: runs without it keep their results)."""
         if self.replay is None:
@@ -97,3 +89,47 @@ class ReplayFinetune(FinetuneModule):
         return {"replay": {"k": self.replay.k, "weight": self.replay_weight,
                            "length": self.replay.length, "parts": list(self.replay.parts),
                            "seed": self.replay.seed}}
+
+
+class DenseReplayFinetune(ReplayFinetune):
+    """Replay for methods that train dense weights (full finetuning, LoRA): one loss,
+    ``fact_weight`` x the fact's + ``replay_weight`` x the replay's.
+
+    ``fact_weight=0`` with replay on is the replay-only control: the same steps, schedule
+    and replayed text without the facts' gradient - what replay alone does to the probes.
+    """
+
+    @classmethod
+    def check_arguments(cls, args: Mapping[str, Any]) -> None:
+        """One-line errors for impossible arguments, before any model loads."""
+        super().check_arguments(args)
+        if "fact_weight" in args:
+            require_number(args["fact_weight"], "method.fact_weight", allow_zero=True)
+            if args["fact_weight"] == 0 and args.get("replay_k", 1) == 0:
+                raise ValueError("method.fact_weight=0 trains on nothing without replay: set "
+                                 "method.replay_k > 0 (the replay-only control) or "
+                                 "method.fact_weight > 0")
+
+    def __init__(self, *args: Any, fact_weight: float = 1.0, **kwargs: Any) -> None:
+        DenseReplayFinetune.check_arguments({"fact_weight": fact_weight,
+                                             "replay_k": kwargs.get("replay_k", 0)})
+        self.fact_weight = float(fact_weight)
+        super().__init__(*args, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """``fact_weight`` x the fact's loss (logged unweighted as ``train/loss``) +
+        ``replay_weight`` x the replay's: one backward, one optimizer step for both."""
+        batch, replay = self.split_replay(batch)
+        loss = super().training_step(batch, batch_idx)
+        if self.fact_weight != 1.0:
+            loss = self.fact_weight * loss
+        if replay is None:
+            return loss
+        return loss + self.replay_weight * self.replay_loss(replay, batch_idx)
+
+    def extra_results(self) -> dict[str, Any]:
+        """results.json ``replay``, with ``fact_weight`` where it is not 1."""
+        out = super().extra_results()
+        if self.fact_weight != 1.0 and "replay" in out:
+            out["replay"]["fact_weight"] = self.fact_weight
+        return out
