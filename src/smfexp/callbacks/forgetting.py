@@ -216,8 +216,11 @@ class ForgettingCallback(Callback):
 
     def score_point(self, model: torch.nn.Module, target_rows: list[dict[str, Any]],
                     diagnostics: bool = False) -> Scored:
-        """The target on ``target_rows``, the held-out questions and every probe."""
-        return _merged(self.score_own(model, target_rows, diagnostics), self.score_probes(model))
+        """The target on ``target_rows``, the held-out questions and every probe (LoRA's
+        adapters merged once for both parts)."""
+        with adapters_merged(model):
+            return _merged(self.score_own(model, target_rows, diagnostics),
+                           self.score_probes(model))
 
     def score(self, model: torch.nn.Module) -> Scored:
         """The full before/after scoring: ``eval.limit`` facts spread over the stream."""

@@ -120,9 +120,7 @@ class DenseReplayFinetune(ReplayFinetune):
         """``fact_weight`` x the fact's loss (logged unweighted as ``train/loss``) +
         ``replay_weight`` x the replay's: one backward, one optimizer step for both."""
         batch, replay = self.split_replay(batch)
-        loss = super().training_step(batch, batch_idx)
-        if self.fact_weight != 1.0:
-            loss = self.fact_weight * loss
+        loss = self.fact_weight * super().training_step(batch, batch_idx)
         if replay is None:
             return loss
         return loss + self.replay_weight * self.replay_loss(replay, batch_idx)
