@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from smfexp.errors import record_failure, user_error_message
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim=32",
@@ -15,10 +18,7 @@ TINY = ["memory.layers=[1,2]", "memory.n_keys=16", "memory.knn=4", "memory.k_dim
         "background.n=16", "background.max_length=32"]
 
 
-def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dict:
-    from smfexp.run_config import TrainConfig
-    from smfexp.runner import train
-
+def _compose(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             "model=tiny", "data=triviaqa_facts", "data.n_facts=4", "data.phrasings_per_step=2",
@@ -27,7 +27,14 @@ def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dic
             "eval.limit=4", "eval.probes=[triviaqa,retention]", "eval.limits.retention=2",
             "eval.progress=false", f"paths.data_dir={data_dir}", *overrides])
     cfg.paths.output_dir = str(tmp_path / name)
-    results = train(TrainConfig.from_hydra(cfg))
+    return cfg
+
+
+def _run(tmp_path: Path, data_dir: Path, name: str, overrides: list[str]) -> dict:
+    from smfexp.run_config import TrainConfig
+    from smfexp.runner import train
+
+    results = train(TrainConfig.from_hydra(_compose(tmp_path, data_dir, name, overrides)))
     on_disk = json.loads((tmp_path / name / "results.json").read_text())
     assert on_disk["status"] == "ok"
     return results
@@ -93,8 +100,11 @@ def test_a_sweep_run_again_skips_its_finished_jobs(tmp_path, data_dir):
     again = _run(tmp_path, data_dir, "job", ["method=full", "skip_finished=true"])
     assert again["wall_seconds"] == first["wall_seconds"]  # not run a second time
     written = (tmp_path / "job" / "results.json").read_bytes()
-    with pytest.raises(FileExistsError, match=r"hydra\.sweep\.subdir"):
+    with pytest.raises(FileExistsError, match=r"hydra\.sweep\.subdir") as refused:
         _run(tmp_path, data_dir, "job", ["method=full", "method.lr=3e-5", "skip_finished=true"])
+    # what smfexp.train does with any failure: it must not record it over the finished run
+    record_failure(_compose(tmp_path, data_dir, "job", ["method=full", "method.lr=3e-5"]),
+                   refused.value, user_error_message(refused.value))
     assert (tmp_path / "job" / "results.json").read_bytes() == written
     other = _run(tmp_path, data_dir, "job_lr3e-5", ["method=full", "method.lr=3e-5",
                                                     "skip_finished=true"])

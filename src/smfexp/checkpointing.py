@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from smfexp.errors import RunInterrupted
 from smfexp.utils.configs import plain
-from smfexp.utils.io import stable_hash
+from smfexp.utils.io import holds_finished_run, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def find_resume_checkpoint(resume: str | None, runs_root: Path, key: str) -> Pat
         found = [
             p for p in root.glob(f"**/{CHECKPOINT_DIR}/{LAST}")
             if _read_key(p.parent) == key
-            and not _finished(p.parent.parent)  # kept checkpoints of finished runs
+            and not holds_finished_run(p.parent.parent)  # kept checkpoints of finished runs
         ]
         if not found:
             log.info("resume=auto: no unfinished run with this config under %s; starting fresh",
@@ -152,13 +152,6 @@ def other_finished_run(run_dir: Path, key: str) -> str | None:
         return None
     other = results.get("run_key")
     return str(other) if other and other != key else None
-
-
-def _finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "results.json").read_text()).get("status") == "ok"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""User-fixable errors become one readable line; every failure leaves a results.json."""
+"""User-fixable errors become one readable line; every failure leaves a results.json (never over a
+finished run's)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smfexp.utils.errors import DataUnavailableError, MalformedDataError, ModelUnavailableError
-from smfexp.utils.io import atomic_write_json
+from smfexp.utils.io import atomic_write_json, holds_finished_run
 
 if TYPE_CHECKING:  # the methods import NonFiniteError; they must not need Hydra's config lib
     from omegaconf import DictConfig
@@ -63,10 +64,16 @@ def user_error_message(err: BaseException) -> str | None:
 
 def record_failure(cfg: DictConfig, err: BaseException, message: str | None) -> None:
     """Write ``results.json`` with ``status: failed`` (or ``interrupted``) so reports show the
-    job as not finished, never as a number."""
+    job as not finished, never as a number. A finished run's results in that directory are
+    kept: the failure may be exactly the refusal to overwrite them (a lever swept into the
+    directory another run's settings name)."""
     try:
         out = Path(cfg.paths.output_dir)
     except Exception:  # no resolvable output dir: nothing to record into
+        return
+    if holds_finished_run(out):
+        log.error("%s holds a finished run's results: kept as they are; this job's failure "
+                  "is only in its log", out)
         return
     checkpoint = out / "checkpoints" / "last.ckpt"
     atomic_write_json(out / "results.json", {

@@ -79,6 +79,14 @@ def discard_directory(path: str | os.PathLike) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def holds_finished_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds the results.json of a run that finished (``status: ok``)."""
+    try:
+        return json.loads((Path(run_dir) / "results.json").read_text()).get("status") == "ok"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Short content hash of a JSON-serialisable object (cache keys)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
