@@ -381,6 +381,20 @@ def test_a_baseline_with_replay_or_ewc_is_a_line_of_its_own(tmp_path):
         "smf/tfidf +1.00%" in answer
 
 
+def test_the_replay_only_control_is_in_the_runs_table_not_on_replays_frontier(tmp_path):
+    """fact_weight 0 (replay without the facts) learns nothing and improves WikiText: as a
+    point of the replay line it would drag that line's matched forgetting down."""
+    root = tmp_path / "multirun"
+    _write(root / "0", "smf", "1", 0, {256: (0.5, 2.0)})
+    _write(root / "1", "full", "1e-5", 0, {256: (0.5, 1.0)}, levers={"replay_k": 4})
+    _write(root / "2", "full", "1e-5", 0, {256: (0.0, -10.0)},
+           levers={"replay_k": 4, "fact_weight": 0.0})
+    report = write_report(root, tmp_path / "report")
+    assert set(report.runs["variant"].dropna()) == {"replay", "replay+nofacts"}
+    answer = report.markdown.split("###")[1]
+    assert "full+replay: +0.50%" in answer and "nofacts" not in answer
+
+
 def test_an_smf_lever_is_a_line_of_its_own_not_a_point_of_the_default(tmp_path):
     """A lever run (row bound, background term, fact positions) must not join the default's
     frontier: drawn once, it would move draw 0's interpolation alone."""

@@ -27,6 +27,7 @@ from smfexp.reporting.frontier import (
     choose_levels,
     frontier_figure,
     grid_table,
+    is_control,
     matched_learning,
     matched_markdown,
 )
@@ -102,15 +103,18 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
     out = Path(out) if out is not None else root / "report"
     runs = collect_runs(root, exclude=[out])
     summary = summarize(runs)
-    nested = nested_grid(runs)
-    grid, grid_note = same_length_grid(grid_table(runs), nested)
+    # a control (replay without the facts) learns nothing by design: it sits in the runs
+    # tables beside its baseline, never on a learning-forgetting frontier
+    compared = runs[~runs["variant"].map(is_control)] if "variant" in runs else runs
+    nested = nested_grid(compared)
+    grid, grid_note = same_length_grid(grid_table(compared), nested)
     answer, answer_files = _answer(grid, grid_note, out)
     markdown = markdown_report(runs, summary, title=f"Report for {report_path(root, out)}",
                                lead=answer)
     matched = matched_markdown(grid, note=grid_note)
     if matched:
         markdown = markdown + "\n" + matched
-    scale_md, scale_files = _scale_report(runs, nested, out)
+    scale_md, scale_files = _scale_report(compared, nested, out)
     markdown += scale_md
     files = {
         "summary.md": atomic_write_text(out / "summary.md", markdown),
@@ -122,7 +126,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Report:
         "training_curves.png": save_png(training_curves_figure(runs),
                                         out / "training_curves.png"),
         "frontier.png": save_png(frontier_figure(grid), out / "frontier.png"),
-        "stream.png": save_png(stream_figure(runs), out / "stream.png"),
+        "stream.png": save_png(stream_figure(compared), out / "stream.png"),
         **scale_files,
     }
     return Report(runs=runs, summary=summary, markdown=markdown, files=files)

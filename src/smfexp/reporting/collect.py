@@ -276,6 +276,7 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
 # levers against forgetting (method config key -> name, when on): a line of their own in
 # every table and figure, so a baseline with replay is compared with SMF on its own and an
 # SMF lever does not join the default's frontier (its lr, top_t, slots stay grid points)
+CONTROL = "nofacts"  # the variant of a replay-only control run (fact_weight 0)
 _LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"},
            "lora": {"replay_k": "replay"},
            "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact"}}
@@ -292,7 +293,16 @@ def method_variant(method: Mapping[str, Any], name: object) -> str | None:
     on (``_LEVERS``); None for the method as it is."""
     levers = _LEVERS.get(str(name), {})
     on = [label for key, label in levers.items() if _lever_on(key, method.get(key))]
+    on += _fact_weight_label(method.get("fact_weight"))
     return "+".join(on) or None
+
+
+def _fact_weight_label(weight: Any) -> list[str]:
+    """``nofacts`` for the replay-only control (``fact_weight`` 0), ``facts<w>`` for another
+    weight: such runs are not points of the baseline's own grid (they learn other things)."""
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight == 1:
+        return []
+    return [CONTROL] if weight == 0 else [f"facts{weight:g}"]
 
 
 _METHOD_CLASSES = {"SparseMemoryFinetune": "smf", "LoRAFinetune": "lora", "FullFinetune": "full"}
