@@ -16,6 +16,7 @@ from smfexp.reporting.answer import FIGURE, answer_markdown, matched_figure
 from smfexp.reporting.collect import (
     NoResultsError,
     collect_runs,
+    is_control,
     load_runs,
     portable_runs,
     report_path,
@@ -27,7 +28,6 @@ from smfexp.reporting.frontier import (
     choose_levels,
     frontier_figure,
     grid_table,
-    is_control,
     matched_learning,
     matched_markdown,
 )

@@ -305,6 +305,12 @@ def _fact_weight_label(weight: Any) -> list[str]:
     return [CONTROL] if weight == 0 else [f"facts{weight:g}"]
 
 
+def is_control(variant: object) -> bool:
+    """A control run (the replay-only ``nofacts``): the same steps without the facts, so no
+    point on any learning-forgetting frontier."""
+    return isinstance(variant, str) and CONTROL in variant.split("+")
+
+
 _METHOD_CLASSES = {"SparseMemoryFinetune": "smf", "LoRAFinetune": "lora", "FullFinetune": "full"}
 
 

@@ -34,7 +34,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from smfexp.reporting.collect import (
-    CONTROL,
     TARGET,
     ci_key,
     draw_id,
@@ -79,12 +78,6 @@ BASELINES = ("lora", "full")
 # signed like the value, + = worse), whether it excludes 0, and the items behind them
 INTERVAL_COLUMNS = ("forgetting_lo", "forgetting_hi", "forgetting_resolved", "learning_lo",
                     "learning_hi", "probe_n", "learning_n")
-
-
-def is_control(variant: object) -> bool:
-    """A control run (the replay-only ``nofacts``): the same steps without the facts, so no
-    point on any learning-forgetting frontier."""
-    return isinstance(variant, str) and CONTROL in variant.split("+")
 
 
 def is_baseline(line: str) -> bool:
