@@ -192,3 +192,34 @@ def test_write_load_of_a_run_and_of_its_resume_agree(tokenizer, data_dir, tmp_pa
     assert whole.memory_fill() == second.memory_fill()
     for mine, theirs in zip(whole.memories, second.memories, strict=True):
         assert torch.equal(mine.values, theirs.values)
+
+
+def test_steps_below_learned_loss_write_nothing_and_the_stream_runs_on(tokenizer, data_dir):
+    """A loss no step reaches (learned_loss 1e-9) changes nothing, bit for bit; one every step
+    is under (1e9) skips all 4 steps: the tables stay where they started, no row counts as
+    written, and the step count and the lr schedule run on as in the run that trained."""
+    step = {"lr_unit": "row_rms", "lr": 1.0, "schedule": "linear"}
+    free, data, _ = _smf(tokenizer, data_dir, **step)
+    start = [m.values.detach().clone() for m in free.memories]
+    free_trainer = _trainer(4, enable_checkpointing=False)
+    free_trainer.fit(free, datamodule=data)
+    never, data, _ = _smf(tokenizer, data_dir, learned_loss=1e-9, **step)
+    _fit(never, data, 4)
+    for mine, theirs in zip(free.memories, never.memories, strict=True):
+        assert torch.equal(mine.values, theirs.values)
+    assert never.steps_skipped == 0
+    always, data, _ = _smf(tokenizer, data_dir, learned_loss=1e9, **step)
+    trainer = _trainer(4, enable_checkpointing=False)
+    trainer.fit(always, datamodule=data)
+    for memory, before in zip(always.memories, start, strict=True):
+        assert torch.equal(memory.values.detach(), before)
+    smf = always.extra_results()["smf"]
+    assert smf["steps_skipped"] == 4 and smf["updated_rows_per_layer"] == [0, 0]
+    assert trainer.global_step == free_trainer.global_step == 4
+    assert (always.optimizers().param_groups[0]["lr"]
+            == free.optimizers().param_groups[0]["lr"] < 1.0)
+
+
+def test_learned_loss_must_be_a_positive_loss() -> None:
+    with pytest.raises(ValueError, match="learned_loss"):
+        SparseMemoryFinetune.check_arguments({"learned_loss": 0})

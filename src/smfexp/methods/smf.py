@@ -158,6 +158,7 @@ class SparseMemoryFinetune(ReplayFinetune):
         selector_seed: int = 0,
         written_weight: float = 1.0,
         row_max_change: float | None = None,
+        learned_loss: float | None = None,
         background_stats: BackgroundStats | None = None,
         base_checkpoint: str | None = None,
         **kwargs: Any,
@@ -168,7 +169,8 @@ class SparseMemoryFinetune(ReplayFinetune):
         self.check_arguments({"selector": selector, "top_t": top_t, "optimizer": optimizer,
                               "count_tokens": count_tokens, "lr_unit": lr_unit,
                               "written_weight": written_weight, "gate_lr": gate_lr,
-                              "row_max_change": row_max_change})
+                              "row_max_change": row_max_change,
+                              "learned_loss": learned_loss})
         if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -182,6 +184,9 @@ class SparseMemoryFinetune(ReplayFinetune):
         self.selector_seed = selector_seed
         self.written_weight = written_weight
         self.row_max_change = row_max_change
+        # a row_rms step moves the rows as far for a fact already recalled as for one still
+        # to learn: a step whose loss is below learned_loss is not taken (no backward, no rows)
+        self.learned_loss = learned_loss
         self.background = background_stats
         # the memory checkpoint finetuning starts from: a saved run stores only the rows it
         # changed and takes the others from here
@@ -201,6 +206,8 @@ class SparseMemoryFinetune(ReplayFinetune):
                             for m, z in zip(self.memories, zero, strict=True)]
                            if row_max_change is not None else None)
         self.rows_bounded = [0] * len(self.memories)  # row writes scaled back, per layer
+        self.steps_skipped = 0  # optimizer steps not taken: their fact was already learned
+        self._learning = 0  # micro-batches of the current step that backpropagated
         self.generator: torch.Generator | None = None
         self._restored: dict[str, Any] | None = None  # selector state from a checkpoint
         self.diagnostics = SelectionDiagnostics(
@@ -228,6 +235,11 @@ class SparseMemoryFinetune(ReplayFinetune):
             require_number(args["gate_lr"], "method.gate_lr")
         if args.get("row_max_change") is not None:
             require_number(args["row_max_change"], "method.row_max_change")
+        if args.get("learned_loss") is not None:
+            require_number(args["learned_loss"], "method.learned_loss")
+            if args["learned_loss"] <= 0:
+                raise ValueError(f"method.learned_loss={args['learned_loss']}: a loss, > 0 "
+                                 f"(null = every step is taken)")
 
     # -- stage 1 and what trains -------------------------------------------------------
     @classmethod
@@ -339,6 +351,7 @@ class SparseMemoryFinetune(ReplayFinetune):
         """Write load and the row bound's state from a checkpoint's ``smf`` entry."""
         self.write_load.load_state_dict(saved.get("write_load"), device)
         self.rows_bounded = list(saved.get("rows_bounded", self.rows_bounded))
+        self.steps_skipped = int(saved.get("steps_skipped", 0))
         if self.row_starts is None:
             return
         if "row_starts" not in saved:
@@ -357,7 +370,8 @@ class SparseMemoryFinetune(ReplayFinetune):
                              "touched": [t.cpu() for t in self.touched],
                              "diagnostics": self.diagnostics.state_dict(),
                              "write_load": self.write_load.state_dict(),
-                             "rows_bounded": list(self.rows_bounded)}
+                             "rows_bounded": list(self.rows_bounded),
+                             "steps_skipped": self.steps_skipped}
         if self.row_starts is not None:
             checkpoint["smf"]["row_starts"] = [r.state_dict() for r in self.row_starts]
 
@@ -372,10 +386,12 @@ class SparseMemoryFinetune(ReplayFinetune):
             self._background_backward(background, batch_idx)
         loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
-        self.manual_backward(loss / self.grad_accum)
-        mask = count_mask(batch, self.count_tokens)
-        for layer, memory in enumerate(self.memories):
-            self.counter.add(layer, memory.last_indices, mask)
+        if not self._already_learned(loss.detach()):  # else: no gradient, reads not counted
+            self._learning += 1
+            self.manual_backward(loss / self.grad_accum)
+            mask = count_mask(batch, self.count_tokens)
+            for layer, memory in enumerate(self.memories):
+                self.counter.add(layer, memory.last_indices, mask)
         facts = batch.get("fact_index")
         one_fact = facts is not None and bool((facts == facts[0]).all())
         # diagnostics unit: the fact of a one-fact batch, else the optimizer step
@@ -386,6 +402,17 @@ class SparseMemoryFinetune(ReplayFinetune):
         if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
             self._sparse_step()
         return loss.detach()
+
+    def _already_learned(self, loss: Tensor) -> bool:
+        """Is this micro-batch's loss below ``learned_loss`` (the mean over ranks, so every
+        rank decides alike)?"""
+        if self.learned_loss is None:
+            return False
+        if _distributed():
+            loss = loss.clone()
+            dist.all_reduce(loss)
+            loss /= dist.get_world_size()
+        return float(loss) < self.learned_loss
 
     def _background_backward(self, background: dict[str, Tensor], batch_idx: int) -> None:
         """Backward of ``replay_weight`` x the background batch's loss, before the fact's
@@ -400,6 +427,10 @@ class SparseMemoryFinetune(ReplayFinetune):
         values_opt = wrapped[0] if isinstance(wrapped, list) else wrapped
         raw = self.optimizers(use_pl_optimizer=False)
         raw = raw if isinstance(raw, list) else [raw]
+        learning, self._learning = self._learning, 0
+        if not learning:  # every micro-batch already learned: the step writes nothing
+            self._skip_step(values_opt, raw)
+            return
         self.counter.all_reduce()
         stats: dict[str, float] = self.diagnostics.step(self._unit)
         self.write_load.step(self._unit)
@@ -455,6 +486,23 @@ class SparseMemoryFinetune(ReplayFinetune):
                 if block.gate is not None:
                     stats[f"smf/L{layer}/gate"] = float(block.gate)
         self.log_dict(stats, on_step=True, on_epoch=False)
+
+    def _skip_step(self, values_opt: Any, raw: list[torch.optim.Optimizer]) -> None:
+        """An optimizer step that changes nothing, so the step count (the lr schedule, the
+        facts seen) runs on: the background term's gradients are dropped, no row is chosen."""
+        self.counter.reset()
+        for memory in self.memories:
+            if memory.value_grad_sink is not None:
+                memory.value_grad_sink.clear()
+        for opt in raw:
+            opt.zero_grad(set_to_none=True)
+        values_opt.step()  # no gradient: nothing moves, the global step counts
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sched.step()
+        self.steps_skipped += 1
+        self.log_dict({"train/lr": values_opt.param_groups[0]["lr"], "train/step_skipped": 1.0},
+                      on_step=True, on_epoch=False)
 
     def _bound_rows(self, written: list[Tensor]) -> dict[str, float]:
         """Scale the rows this step wrote back within ``row_max_change`` of their start."""
@@ -541,6 +589,8 @@ class SparseMemoryFinetune(ReplayFinetune):
                 "row_max_change": self.row_max_change,
                 "rows_bounded_per_layer": (list(self.rows_bounded)
                                            if self.row_max_change is not None else None),
+                "learned_loss": self.learned_loss,
+                "steps_skipped": self.steps_skipped,
                 "updated_rows_per_layer": rows,
                 # distinct (fact, row) writes / slots per layer, beside top_t x facts / slots
                 "write_load": self.write_load_summary(),
