@@ -467,6 +467,8 @@ class SparseMemoryFinetune(ReplayFinetune):
         norm = clip_grad_norm_(trainable, clip)  # also the NaN check
         self.check_finite(norm, "gradient norm")
         stats["train/grad_norm"] = float(norm)
+        if self.learned_loss is not None:  # every step: a logged key keeps its last value
+            stats["train/step_skipped"] = 0.0
         if self.lr_unit == "row_rms":
             for memory in self.memories:
                 normalise_row_step(memory.values, memory.v_dim ** -0.5)
@@ -501,8 +503,9 @@ class SparseMemoryFinetune(ReplayFinetune):
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             sched.step()
         self.steps_skipped += 1
-        self.log_dict({"train/lr": values_opt.param_groups[0]["lr"], "train/step_skipped": 1.0},
-                      on_step=True, on_epoch=False)
+        stats = {f"smf/L{layer}/rows_selected": 0.0 for layer in range(len(self.memories))}
+        self.log_dict({**stats, "train/lr": values_opt.param_groups[0]["lr"],
+                       "train/step_skipped": 1.0}, on_step=True, on_epoch=False)
 
     def _bound_rows(self, written: list[Tensor]) -> dict[str, float]:
         """Scale the rows this step wrote back within ``row_max_change`` of their start."""
