@@ -479,9 +479,7 @@ class SparseMemoryFinetune(ReplayFinetune):
             stats.update(self._bound_rows(written))
         for opt in raw:
             opt.zero_grad(set_to_none=True)
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step()
+        self._step_schedulers()
         stats["train/lr"] = values_opt.param_groups[0]["lr"]
         if self.train_gate:
             for layer, block in enumerate(memory_blocks(self.model)):
@@ -499,13 +497,16 @@ class SparseMemoryFinetune(ReplayFinetune):
         for opt in raw:
             opt.zero_grad(set_to_none=True)
         values_opt.step()  # no gradient: nothing moves, the global step counts
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step()
+        self._step_schedulers()
         self.steps_skipped += 1
         stats = {f"smf/L{layer}/rows_selected": 0.0 for layer in range(len(self.memories))}
         self.log_dict({**stats, "train/lr": values_opt.param_groups[0]["lr"],
                        "train/step_skipped": 1.0}, on_step=True, on_epoch=False)
+
+    def _step_schedulers(self) -> None:
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sched.step()
 
     def _bound_rows(self, written: list[Tensor]) -> dict[str, float]:
         """Scale the rows this step wrote back within ``row_max_change`` of their start."""
