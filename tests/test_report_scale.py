@@ -411,6 +411,16 @@ def test_an_smf_lever_is_a_line_of_its_own_not_a_point_of_the_default(tmp_path):
         {"smf/tfidf": 1.0, "smf/tfidf+bound": 0.25, "smf/tfidf+bg+fact": 0.5, "full": 10.0})
 
 
+def test_skipping_learned_steps_and_more_steps_per_fact_are_lines_of_their_own():
+    """SMF with learned_loss, and any method trained 4 steps per fact where the protocol (and
+    the baselines) take 2, must not join the protocol's line at matched learning."""
+    from smfexp.reporting.collect import method_variant
+
+    assert method_variant({"learned_loss": 0.5}, "smf", 4) == "skip+steps4"
+    assert method_variant({"learned_loss": None, "row_max_change": None}, "smf", 2) is None
+    assert method_variant({"replay_k": 4}, "full", 4) == "replay+steps4"
+
+
 def test_a_baseline_run_once_at_full_length_does_not_mix_lengths(tmp_path):
     """Both methods reach 1000 facts, but full finetuning only in draw 0: the table compares
     every draw after 256 facts instead of mixing a 1000-fact run with 256-fact ones."""

@@ -259,9 +259,9 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
     elif method.get("uses_selector", info["method"] == "smf"):
         sel = cfg.get("selector") if isinstance(cfg.get("selector"), Mapping) else {}
         info["selector"] = sel.get("name") or choices.get("selector")
-    info["variant"] = method_variant(method, info["method"])
-    info["seed"] = cfg.get("seed")
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    info["variant"] = method_variant(method, info["method"], data_cfg.get("steps_per_fact"))
+    info["seed"] = cfg.get("seed")
     info["facts_seed"] = data_cfg.get("facts_seed")
     if isinstance(data_cfg.get("schedule"), str) and "${" not in data_cfg["schedule"]:
         info["schedule"] = data_cfg["schedule"]
@@ -279,7 +279,11 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
 CONTROL = "nofacts"  # the variant of a replay-only control run (fact_weight 0)
 _LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"},
            "lora": {"replay_k": "replay"},
-           "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact"}}
+           "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact",
+                   "learned_loss": "skip"}}
+# steps per fact of the fact-stream protocol (conf/data/facts.yaml): a run with another
+# number trained each fact more or less than the baselines did, so it is a line of its own
+PROTOCOL_STEPS_PER_FACT = 2
 
 
 def _lever_on(key: str, value: Any) -> bool:
@@ -288,12 +292,16 @@ def _lever_on(key: str, value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
-def method_variant(method: Mapping[str, Any], name: object) -> str | None:
-    """``replay``, ``ewc+l2``, ``bound`` ... (joined by ``+``) for the levers a run switched
-    on (``_LEVERS``); None for the method as it is."""
+def method_variant(method: Mapping[str, Any], name: object,
+                   steps_per_fact: Any = None) -> str | None:
+    """``replay``, ``ewc+l2``, ``bound``, ``skip+steps4`` ... (joined by ``+``) for the levers
+    a run switched on (``_LEVERS``) and a number of steps per fact other than the protocol's;
+    None for the method as it is."""
     levers = _LEVERS.get(str(name), {})
     on = [label for key, label in levers.items() if _lever_on(key, method.get(key))]
     on += _fact_weight_label(method.get("fact_weight"))
+    if isinstance(steps_per_fact, int) and steps_per_fact != PROTOCOL_STEPS_PER_FACT:
+        on.append(f"steps{steps_per_fact}")
     return "+".join(on) or None
 
 
