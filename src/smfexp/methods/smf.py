@@ -47,6 +47,7 @@ from smfexp.smf.sparse_optim import (
     selected_grad_rows,
 )
 from smfexp.smf.write_load import WriteLoad
+from smfexp.training.learned import already_learned, check_learned_loss
 from smfexp.training.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.utils.configs import require_int, require_number
 
@@ -235,11 +236,7 @@ class SparseMemoryFinetune(ReplayFinetune):
             require_number(args["gate_lr"], "method.gate_lr")
         if args.get("row_max_change") is not None:
             require_number(args["row_max_change"], "method.row_max_change")
-        if args.get("learned_loss") is not None:
-            require_number(args["learned_loss"], "method.learned_loss")
-            if args["learned_loss"] <= 0:
-                raise ValueError(f"method.learned_loss={args['learned_loss']}: a loss, > 0 "
-                                 f"(null = every step is taken)")
+        check_learned_loss(args)
 
     # -- stage 1 and what trains -------------------------------------------------------
     @classmethod
@@ -386,7 +383,8 @@ class SparseMemoryFinetune(ReplayFinetune):
             self._background_backward(background, batch_idx)
         loss = causal_lm_loss(self.model, batch, self.frozen_casts)
         self.check_finite(loss.detach(), "training loss", batch_idx)
-        if not self._already_learned(loss.detach()):  # else: no gradient, reads not counted
+        # a fact already learned: no gradient, its reads not counted
+        if not already_learned(loss.detach(), self.learned_loss):
             self._learning += 1
             self.manual_backward(loss / self.grad_accum)
             mask = count_mask(batch, self.count_tokens)
@@ -402,17 +400,6 @@ class SparseMemoryFinetune(ReplayFinetune):
         if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
             self._sparse_step()
         return loss.detach()
-
-    def _already_learned(self, loss: Tensor) -> bool:
-        """Is this micro-batch's loss below ``learned_loss`` (the mean over ranks, so every
-        rank decides alike)?"""
-        if self.learned_loss is None:
-            return False
-        if _distributed():
-            loss = loss.clone()
-            dist.all_reduce(loss)
-            loss /= dist.get_world_size()
-        return float(loss) < self.learned_loss
 
     def _background_backward(self, background: dict[str, Tensor], batch_idx: int) -> None:
         """Backward of ``replay_weight`` x the background batch's loss, before the fact's
