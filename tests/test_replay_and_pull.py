@@ -325,6 +325,8 @@ def test_the_pull_enters_the_stepped_gradient(tokenizer, data_dir):
     (FullFinetune, {"ewc_batches": 0}, "method.ewc_batches"),
     (FullFinetune, {"fact_weight": -1}, "method.fact_weight"),
     (LoRAFinetune, {"fact_weight": 0, "replay_k": 0}, "method.fact_weight"),
+    (FullFinetune, {"learned_loss": 0}, "method.learned_loss"),
+    (LoRAFinetune, {"learned_loss": "low"}, "method.learned_loss"),
 ])
 def test_invalid_values_are_one_line_errors(cls, args, message) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")) as err:
@@ -368,11 +370,62 @@ def test_runs_without_the_levers_keep_their_run_keys() -> None:
     old = {"method": {"lr": 1e-4}, "seed": 0}
     off = {"lr": 1e-4, "replay_k": 0, "replay_weight": 1.0, "replay_length": 128,
            "replay_source": ["wiki"], "replay_seed": 0, "l2_to_base": 0.0, "ewc": 0.0,
-           "ewc_batches": 64, "row_max_change": None, "fact_weight": 1.0}
+           "ewc_batches": 64, "row_max_change": None, "fact_weight": 1.0,
+           "learned_loss": None}
     assert run_key({"method": off, "seed": 0}) == run_key(old)
     for change in ({"replay_k": 2}, {"ewc": 1.0}, {"l2_to_base": 0.1}, {"row_max_change": 2.0},
-                   {"replay_k": 2, "fact_weight": 0.0}):
+                   {"replay_k": 2, "fact_weight": 0.0}, {"learned_loss": 0.5}):
         assert run_key({"method": {**off, **change}, "seed": 0}) != run_key(old), change
     ewc = {**off, "ewc": 1.0}
     assert run_key({"method": {**ewc, "replay_length": 64}, "seed": 0}) != run_key(
         {"method": ewc, "seed": 0})  # the Fisher reads the corpus settings
+
+
+# --------------------------------------------------------------------------- learned_loss
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_dense_steps_below_learned_loss_change_nothing_and_the_stream_runs_on(
+        tokenizer, data_dir, tiny_model, method):
+    """SMF's skip under the same protocol for the baselines: a loss no step reaches changes
+    nothing, bit for bit; one every step is under leaves every weight where it started (Adam's
+    moments and weight decay included) while the step count and the lr schedule run on."""
+    def build(**kwargs):
+        settings = {"schedule": "linear", "weight_decay": 0.1, **kwargs}
+        if method == "full":
+            return _full(tokenizer, **settings)
+        torch.manual_seed(0)
+        return LoRAFinetune(copy.deepcopy(tiny_model), tokenizer, lr=1e-3, warmup_steps=0,
+                            grad_clip=None, **settings)
+
+    def trained(module):
+        return {n: p.detach().clone() for n, p in module.model.named_parameters()
+                if p.requires_grad}
+
+    free = build()
+    start = trained(free)
+    free_trainer = _trainer(4)
+    free_trainer.fit(free, datamodule=_facts(tokenizer, data_dir))
+    never = build(learned_loss=1e-9)
+    _trainer(4).fit(never, datamodule=_facts(tokenizer, data_dir))
+    assert all(torch.equal(p, trained(free)[n]) for n, p in trained(never).items())
+    assert never.extra_results()["learned"] == {"learned_loss": 1e-9, "steps_skipped": 0}
+    assert any(not torch.equal(p, start[n]) for n, p in trained(free).items())
+    always = build(learned_loss=1e9)
+    trainer = _trainer(4)
+    trainer.fit(always, datamodule=_facts(tokenizer, data_dir))
+    assert all(torch.equal(p, start[n]) for n, p in trained(always).items())
+    assert always.extra_results()["learned"]["steps_skipped"] == 4
+    assert trainer.global_step == free_trainer.global_step == 4
+    assert (always.optimizers().param_groups[0]["lr"]
+            == free.optimizers().param_groups[0]["lr"] < 1e-3)
+
+
+def test_a_resumed_dense_run_keeps_its_skipped_steps(tokenizer, data_dir, tmp_path):
+    module = _full(tokenizer, learned_loss=1e9)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    _trainer(2, [checkpoint], enable_checkpointing=True).fit(
+        module, datamodule=_facts(tokenizer, data_dir))
+    resumed = _full(tokenizer, learned_loss=1e9)
+    trainer = _trainer(4)
+    trainer.fit(resumed, datamodule=_facts(tokenizer, data_dir),
+                ckpt_path=str(next(tmp_path.glob("*.ckpt"))))
+    assert trainer.global_step == 4 and resumed.steps_skipped == 4

@@ -52,8 +52,9 @@ _TYPED_GROUPS = ("model", "memory", "retrofit", "background", "eval")
 def _drop_off_levers(method: dict[str, Any]) -> None:
     """Leave out method keys that change no step as set (a lever at its off value, and the
     settings only it reads), so runs keyed before the levers existed keep their keys."""
-    if method.get("row_max_change", "on") is None:
-        method.pop("row_max_change")
+    for key in ("row_max_change", "learned_loss"):
+        if method.get(key, "on") is None:
+            method.pop(key)
     for key in ("l2_to_base", "ewc"):
         if method.get(key, 1) == 0:
             method.pop(key)

@@ -83,10 +83,11 @@ class FullFinetune(DenseReplayFinetune):
         blocks, _ = data.background_blocks(spec.parts, spec.length, spec.seed)
         return [data.collator([b]) for b in blocks[:self.ewc_batches]]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """The fact's (and replay's) loss, plus the pull toward the base weights."""
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """The fact's (and replay's) loss, plus the pull toward the base weights (None, a
+        step not taken, when the fact is already learned: ``method.learned_loss``)."""
         loss = super().training_step(batch, batch_idx)
-        if self.pull is None:
+        if self.pull is None or self.learned:
             return loss
         penalty = self.pull(self._pulled())
         self.log("train/base_penalty", penalty, on_step=True, on_epoch=False)

@@ -16,12 +16,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from smfexp.data.replay import REPLAY, TRAIN, ReplaySpec, check_replay_arguments
 from smfexp.data.sources import BACKGROUND_PARTS
 from smfexp.methods.base import FinetuneModule
+from smfexp.training.learned import already_learned, check_learned_loss
 from smfexp.training.loss import causal_lm_loss
 from smfexp.utils.configs import require_number
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ReplayFinetune(FinetuneModule):
@@ -103,6 +109,7 @@ class DenseReplayFinetune(ReplayFinetune):
     def check_arguments(cls, args: Mapping[str, Any]) -> None:
         """One-line errors for impossible arguments, before any model loads."""
         super().check_arguments(args)
+        check_learned_loss(args)
         if "fact_weight" in args:
             require_number(args["fact_weight"], "method.fact_weight", allow_zero=True)
             if args["fact_weight"] == 0 and args.get("replay_k", 1) == 0:
@@ -110,24 +117,76 @@ class DenseReplayFinetune(ReplayFinetune):
                                  "method.replay_k > 0 (the replay-only control) or "
                                  "method.fact_weight > 0")
 
-    def __init__(self, *args: Any, fact_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fact_weight: float = 1.0, learned_loss: float | None = None,
+                 **kwargs: Any) -> None:
         DenseReplayFinetune.check_arguments({"fact_weight": fact_weight,
-                                             "replay_k": kwargs.get("replay_k", 0)})
+                                             "replay_k": kwargs.get("replay_k", 0),
+                                             "learned_loss": learned_loss})
         self.fact_weight = float(fact_weight)
+        # SMF's lever, under the same protocol: a step whose fact loss is below it is not
+        # taken (training_step returns None: no backward, the optimizer finds no gradient)
+        self.learned_loss = learned_loss
+        self.steps_skipped = 0  # optimizer steps not taken: their fact was already learned
+        self.learned = False  # this micro-batch's fact is already learned: nothing to add
+        self._learning = 0  # micro-batches of the current step that backpropagated
+        self._drop_grads = False  # the step about to be taken is skipped (under DDP)
         super().__init__(*args, **kwargs)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """``fact_weight`` x the fact's loss (logged unweighted as ``train/loss``) +
-        ``replay_weight`` x the replay's: one backward, one optimizer step for both."""
+        ``replay_weight`` x the replay's: one backward, one optimizer step for both. None
+        (nothing to backpropagate, replay included) when the fact is already learned."""
         batch, replay = self.split_replay(batch)
-        loss = self.fact_weight * super().training_step(batch, batch_idx)
+        fact_loss = super().training_step(batch, batch_idx)
+        if self._skip(fact_loss, batch_idx):
+            # Lightning skips a None step on one process only; under DDP every rank
+            # backpropagates zero and the step's gradients are dropped before it is taken
+            return fact_loss * 0.0 if _distributed() else None
+        loss = self.fact_weight * fact_loss
         if replay is None:
             return loss
         return loss + self.replay_weight * self.replay_loss(replay, batch_idx)
 
+    def _skip(self, fact_loss: torch.Tensor, batch_idx: int) -> bool:
+        """Is this micro-batch's fact already learned? Counts the optimizer steps in which
+        every micro-batch was (``steps_skipped``; ``train/step_skipped`` on every step)."""
+        if self.learned_loss is None:
+            return False
+        self.learned = already_learned(fact_loss, self.learned_loss)
+        self._learning += not self.learned
+        if (batch_idx + 1) % self.grad_accum == 0 or self.trainer.is_last_batch:
+            skipped = self._learning == 0
+            self.steps_skipped += skipped
+            self._drop_grads = skipped
+            self._learning = 0
+            self.log("train/step_skipped", float(skipped), on_step=True, on_epoch=False)
+        return self.learned
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A skipped step's (zero) gradients are dropped: the optimizer then changes nothing,
+        not even through Adam's moments or weight decay, and the step still counts."""
+        if self._drop_grads:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            self._drop_grads = False
+        super().on_before_optimizer_step(optimizer)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["steps_skipped"] = self.steps_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.steps_skipped = int(checkpoint.get("steps_skipped", 0))
+
     def extra_results(self) -> dict[str, Any]:
-        """results.json ``replay``, with ``fact_weight`` where it is not 1."""
+        """results.json ``replay``, with ``fact_weight`` where it is not 1, and ``learned``
+        (``learned_loss``, ``steps_skipped``) when the skip is on."""
         out = super().extra_results()
         if self.fact_weight != 1.0 and "replay" in out:
             out["replay"]["fact_weight"] = self.fact_weight
+        if self.learned_loss is not None:
+            out["learned"] = {"learned_loss": self.learned_loss,
+                              "steps_skipped": self.steps_skipped}
         return out

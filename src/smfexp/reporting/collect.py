@@ -277,8 +277,9 @@ def _hydra_info(run_dir: Path) -> dict[str, Any]:
 # every table and figure, so a baseline with replay is compared with SMF on its own and an
 # SMF lever does not join the default's frontier (its lr, top_t, slots stay grid points)
 CONTROL = "nofacts"  # the variant of a replay-only control run (fact_weight 0)
-_LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2"},
-           "lora": {"replay_k": "replay"},
+_LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2",
+                    "learned_loss": "skip"},
+           "lora": {"replay_k": "replay", "learned_loss": "skip"},
            "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact",
                    "learned_loss": "skip"}}
 # steps per fact of the fact-stream protocol (conf/data/facts.yaml): a run with another
