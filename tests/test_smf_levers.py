@@ -155,7 +155,7 @@ def test_row_bound_holds_after_every_step_and_off_changes_nothing(tokenizer, dat
     free, data, _ = _smf(tokenizer, data_dir, **step)
     start = [m.values.detach().clone() for m in free.memories]
     _fit(free, data, 3)
-    assert free.row_starts is None
+    assert free.row_bound is None
     bounded, data, _ = _smf(tokenizer, data_dir, row_max_change=0.5, **step)
     _fit(bounded, data, 3)
     for layer, memory in enumerate(bounded.memories):

@@ -38,7 +38,7 @@ from smfexp.smf.diagnostics import (
     read_weighted_norm,
     weight_on_rows,
 )
-from smfexp.smf.row_bound import RowStarts, bound_rows
+from smfexp.smf.row_bound import RowBound
 from smfexp.smf.selectors import NEEDS_BACKGROUND, SELECTORS, select, selector_score_stats
 from smfexp.smf.sparse_optim import (
     RowSparseAdam,
@@ -203,10 +203,9 @@ class SparseMemoryFinetune(ReplayFinetune):
         self.started_empty = all(zero)
         self.write_load = WriteLoad([m.n_slots for m in self.memories])
         # row_max_change: the starting values of written rows (none kept when it is off)
-        self.row_starts = ([RowStarts(m.n_slots, m.v_dim, z)
-                            for m, z in zip(self.memories, zero, strict=True)]
-                           if row_max_change is not None else None)
-        self.rows_bounded = [0] * len(self.memories)  # row writes scaled back, per layer
+        self.row_bound = (RowBound(row_max_change, [(m.n_slots, m.v_dim, z) for m, z
+                                                    in zip(self.memories, zero, strict=True)])
+                          if row_max_change is not None else None)
         self.steps_skipped = 0  # optimizer steps not taken: their fact was already learned
         self._learning = 0  # micro-batches of the current step that backpropagated
         self.generator: torch.Generator | None = None
@@ -330,8 +329,8 @@ class SparseMemoryFinetune(ReplayFinetune):
         device = self.memories[0].values.device
         self.counter.to(device)
         self.touched = [t.to(device) for t in self.touched]
-        if self.row_starts is not None:
-            self.row_starts = [r.to(device) for r in self.row_starts]
+        if self.row_bound is not None:
+            self.row_bound.to(device)
         if self.background is not None:
             self.background = self.background.to(device)
             self.diagnostics.reads = list(self.background.reads)
@@ -347,15 +346,9 @@ class SparseMemoryFinetune(ReplayFinetune):
     def _restore_levers(self, saved: dict[str, Any], device: torch.device) -> None:
         """Write load and the row bound's state from a checkpoint's ``smf`` entry."""
         self.write_load.load_state_dict(saved.get("write_load"), device)
-        self.rows_bounded = list(saved.get("rows_bounded", self.rows_bounded))
         self.steps_skipped = int(saved.get("steps_skipped", 0))
-        if self.row_starts is None:
-            return
-        if "row_starts" not in saved:
-            raise ValueError("method.row_max_change is set but the checkpoint holds no "
-                             "starting values of the written rows (resume it without)")
-        for starts, state in zip(self.row_starts, saved["row_starts"], strict=True):
-            starts.load_state_dict(state)
+        if self.row_bound is not None:
+            self.row_bound.load_state_dict(saved)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients were checked in ``_sparse_step`` (they are sparse)."""
@@ -367,10 +360,9 @@ class SparseMemoryFinetune(ReplayFinetune):
                              "touched": [t.cpu() for t in self.touched],
                              "diagnostics": self.diagnostics.state_dict(),
                              "write_load": self.write_load.state_dict(),
-                             "rows_bounded": list(self.rows_bounded),
                              "steps_skipped": self.steps_skipped}
-        if self.row_starts is not None:
-            checkpoint["smf"]["row_starts"] = [r.state_dict() for r in self.row_starts]
+        if self.row_bound is not None:
+            checkpoint["smf"].update(self.row_bound.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -433,8 +425,8 @@ class SparseMemoryFinetune(ReplayFinetune):
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
             self.touched[layer][chosen.indices] = True
             self.write_load.add(layer, chosen.indices)
-            if self.row_starts is not None:  # before the step: where the rows started
-                self.row_starts[layer].remember(memory.values, chosen.indices)
+            if self.row_bound is not None:  # before the step: where the rows started
+                self.row_bound.remember(layer, memory.values, chosen.indices)
             written.append(chosen.indices)
             answer_weight = weight_on_rows(memory.last_indices, memory.last_weights,
                                            self._answer_positions, chosen.indices)
@@ -462,8 +454,8 @@ class SparseMemoryFinetune(ReplayFinetune):
         values_opt.step()  # the wrapped step counts as the trainer's global step
         for opt in raw[1:]:  # gate optimizer: unwrapped so one SMF step = one global step
             opt.step()
-        if self.row_starts is not None:
-            stats.update(self._bound_rows(written))
+        if self.row_bound is not None:
+            stats.update(self.row_bound.apply([m.values for m in self.memories], written))
         for opt in raw:
             opt.zero_grad(set_to_none=True)
         self._step_schedulers()
@@ -494,18 +486,6 @@ class SparseMemoryFinetune(ReplayFinetune):
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             sched.step()
-
-    def _bound_rows(self, written: list[Tensor]) -> dict[str, float]:
-        """Scale the rows this step wrote back within ``row_max_change`` of their start."""
-        assert self.row_starts is not None and self.row_max_change is not None
-        stats = {}
-        for layer, (memory, rows) in enumerate(zip(self.memories, written, strict=True)):
-            start = self.row_starts[layer].of(rows, memory.values)
-            n = bound_rows(memory.values, rows, start,
-                           self.row_max_change * memory.v_dim ** -0.5)
-            self.rows_bounded[layer] += n
-            stats[f"smf/L{layer}/rows_bounded"] = float(n)
-        return stats
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The lr is logged by ``_sparse_step`` (one value per optimizer step)."""
@@ -578,8 +558,8 @@ class SparseMemoryFinetune(ReplayFinetune):
                 "lr_unit": self.lr_unit,
                 "written_weight": self.written_weight,
                 "row_max_change": self.row_max_change,
-                "rows_bounded_per_layer": (list(self.rows_bounded)
-                                           if self.row_max_change is not None else None),
+                "rows_bounded_per_layer": (list(self.row_bound.rows_bounded)
+                                           if self.row_bound is not None else None),
                 "learned_loss": self.learned_loss,
                 "steps_skipped": self.steps_skipped,
                 "updated_rows_per_layer": rows,

@@ -102,3 +102,47 @@ def bound_rows(table: Tensor, rows: Tensor, start: Tensor, max_rms: float) -> in
     moved = start.index_select(0, over) + change.index_select(0, over) * scale
     table.index_copy_(0, rows.index_select(0, over), moved)
     return int(over.numel())
+
+
+class RowBound:
+    """``method.row_max_change`` over every memory layer: each layer's starting values of the
+    rows written so far, the bound applied after each step, and how many row writes it
+    scaled back (per layer). Its state travels in the run's checkpoint."""
+
+    def __init__(self, max_change: float, tables: list[tuple[int, int, bool]]) -> None:
+        """``tables``: (rows, row width, started empty) per memory layer."""
+        self.max_change = max_change
+        self.starts = [RowStarts(n, dim, zero) for n, dim, zero in tables]
+        self.dims = [dim for _, dim, _ in tables]
+        self.rows_bounded = [0] * len(tables)
+
+    def to(self, device: torch.device | str) -> RowBound:
+        self.starts = [s.to(device) for s in self.starts]
+        return self
+
+    def remember(self, layer: int, table: Tensor, rows: Tensor) -> None:
+        """Keep where ``rows`` start (call before the step that writes them)."""
+        self.starts[layer].remember(table, rows)
+
+    def apply(self, tables: list[Tensor], written: list[Tensor]) -> dict[str, float]:
+        """Scale each layer's rows this step wrote back within ``max_change`` row_rms steps
+        of their start; returns the per-layer counts as ``smf/L<i>/rows_bounded``."""
+        stats = {}
+        for layer, (table, rows) in enumerate(zip(tables, written, strict=True)):
+            start = self.starts[layer].of(rows, table)
+            n = bound_rows(table, rows, start, self.max_change * self.dims[layer] ** -0.5)
+            self.rows_bounded[layer] += n
+            stats[f"smf/L{layer}/rows_bounded"] = float(n)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"row_starts": [s.state_dict() for s in self.starts],
+                "rows_bounded": list(self.rows_bounded)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "row_starts" not in state:
+            raise ValueError("method.row_max_change is set but the checkpoint holds no "
+                             "starting values of the written rows (resume it without)")
+        for starts, saved in zip(self.starts, state["row_starts"], strict=True):
+            starts.load_state_dict(saved)
+        self.rows_bounded = list(state.get("rows_bounded", self.rows_bounded))
