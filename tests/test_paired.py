@@ -144,3 +144,38 @@ def test_each_probe_reports_items_that_rebuild_its_metrics(probe, tokenizer, tin
     for metric, items in result.items.items():
         assert items.n == len(rows)
         assert items.value() == pytest.approx(result.metrics[metric], rel=1e-9, abs=1e-12)
+
+
+def _items_file(run_dir, before: list[float], after: list[float]) -> None:
+    """items.json of a run scoring three WikiText-like articles (totals of log-likelihood)."""
+    import json
+
+    def block(num):
+        return {"wikitext": {"word_perplexity": {"num": num, "den": [10.0, 20.0, 30.0],
+                                                 "link": "exp_neg"}}}
+
+    run_dir.mkdir()
+    (run_dir / "items.json").write_text(json.dumps(
+        {"end_facts": "8", "heldout_probe": None,
+         "points": {"end": {"before": block(before), "after": block(after)}}}))
+
+
+def test_runs_whose_starts_differ_by_scoring_noise_compare_each_on_its_own_start(tmp_path):
+    """The same base model scored on two machines differs in the last bf16 digits: the runs
+    still pair item by item, each run's change taken from its own start; another draw's
+    items (other totals) are not paired."""
+    from smfexp.reporting.versus import compare_runs
+
+    start = [-30.0, -50.0, -90.0]
+    noisy = [-30.03, -50.0, -89.95]  # 0.1% on two articles
+    _items_file(tmp_path / "a", start, [-30.6, -51.0, -91.8])
+    _items_file(tmp_path / "b", noisy, [n - 0.3 for n in noisy])  # +0.3 nats on each
+    _items_file(tmp_path / "other", [-20.0, -70.0, -60.0], [-20.0, -70.0, -60.0])
+    (row,), skipped = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert skipped == []
+    own = Items(tuple(noisy), (10.0, 20.0, 30.0), "exp_neg")
+    moved = Items(tuple(n - 0.3 for n in noisy), (10.0, 20.0, 30.0), "exp_neg")
+    assert row.second == pytest.approx(100 * (moved.value() - own.value()) / own.value())
+    assert row.difference == pytest.approx(row.first - row.second)
+    rows, skipped = compare_runs(tmp_path / "a", tmp_path / "other")
+    assert rows == [] and skipped == ["wikitext/word_perplexity"]
