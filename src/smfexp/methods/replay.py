@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from smfexp.data.replay import REPLAY, TRAIN, ReplaySpec, check_replay_arguments
 from smfexp.data.sources import BACKGROUND_PARTS
@@ -24,10 +23,7 @@ from smfexp.methods.base import FinetuneModule
 from smfexp.training.learned import already_learned, check_learned_loss
 from smfexp.training.loss import causal_lm_loss
 from smfexp.utils.configs import require_number
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from smfexp.utils.distributed import distributed
 
 
 class ReplayFinetune(FinetuneModule):
@@ -141,7 +137,7 @@ class DenseReplayFinetune(ReplayFinetune):
         if self._skip(fact_loss, batch_idx):
             # Lightning skips a None step on one process only; under DDP every rank
             # backpropagates zero and the step's gradients are dropped before it is taken
-            return fact_loss * 0.0 if _distributed() else None
+            return fact_loss * 0.0 if distributed() else None
         loss = self.fact_weight * fact_loss
         if replay is None:
             return loss

@@ -50,6 +50,7 @@ from smfexp.smf.write_load import WriteLoad
 from smfexp.training.learned import already_learned, check_learned_loss
 from smfexp.training.loss import causal_lm_loss, loss_bearing_mask
 from smfexp.utils.configs import require_int, require_number
+from smfexp.utils.distributed import distributed
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ COUNT_TOKENS = ("attention", "loss", "fact")
 # transfers across memories and retrofits; the gradient sets the direction and how the
 # rows' steps compare.
 LR_UNITS = ("raw", "row_rms")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _all_reduce_rows(values: torch.nn.Parameter, rows: Tensor) -> None:
@@ -420,7 +417,7 @@ class SparseMemoryFinetune(ReplayFinetune):
             chosen = select(self.selector, counts, bg, self.top_t, self.generator,
                             written=self.touched[layer], written_weight=self.written_weight)
             _build_selected_grad(memory.values, memory.value_grad_sink, chosen.indices)
-            if _distributed():
+            if distributed():
                 _all_reduce_rows(memory.values, chosen.indices)
             values_opt.optimizer.set_selected_rows(memory.values, chosen.indices)
             self.touched[layer][chosen.indices] = True
@@ -533,7 +530,7 @@ class SparseMemoryFinetune(ReplayFinetune):
     def on_fit_end(self) -> None:
         """Under data parallelism, check that every rank ended with the same value tables."""
         self.ranks_agree: bool | None = None
-        if not _distributed():
+        if not distributed():
             return
         local = torch.stack([m.values.detach().double().sum() for m in self.memories]
                             + [t.double().sum() for t in self.touched])
@@ -580,7 +577,7 @@ class SparseMemoryFinetune(ReplayFinetune):
                 ] if self.background else None,
                 # how specific the updated rows are (smf/diagnostics.py), per layer
                 "diagnostics": self.diagnostics.summary(self.touched),
-                "world_size": dist.get_world_size() if _distributed() else 1,
+                "world_size": dist.get_world_size() if distributed() else 1,
                 "ranks_agree": getattr(self, "ranks_agree", None),
             }
         }

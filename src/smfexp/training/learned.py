@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from smfexp.utils.configs import require_number
+from smfexp.utils.distributed import distributed
 
 
 def check_learned_loss(args: Mapping[str, Any]) -> None:
@@ -34,7 +35,7 @@ def already_learned(loss: Tensor, learned_loss: float | None) -> bool:
     if learned_loss is None:
         return False
     loss = loss.detach()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if distributed():
         loss = loss.clone()
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
