@@ -95,3 +95,27 @@ def test_help_names_every_lever_and_baseline_key():
         keys = set(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
         for key in sorted(keys & levers):
             assert key in header, f"{method}: method.{key} is not in --help"
+
+
+@pytest.mark.parametrize("experiment,run_dir", [
+    ("scale_smf", "smf/n1000/k512_t1024_lr300.0_linear/s0"),          # the grid's protocol
+    ("scale_smf_skip", "smf/n1000/k512_t1024_lr150_linear_learned0.5_spf4/s0"),  # the default
+])
+def test_committed_scale_runs_keep_their_directory_and_key(experiment, run_dir):
+    """`make scale` skips finished jobs only when today's config composes to the committed
+    run's directory and run key: moving a default must not rerun (or overwrite) hours of runs."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from smfexp.checkpointing import run_key
+
+    cfg = _compose([f"experiment={experiment}", "seed=0"])
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.hydra.sweep.subdir == run_dir
+    with open_dict(cfg):
+        del cfg["hydra"]
+    results = CONF.parent / "results" / "scale" / run_dir / "results.json"
+    committed = json.loads(results.read_text())
+    assert run_key(OmegaConf.to_container(cfg, resolve=True)) == committed["run_key"]

@@ -282,8 +282,9 @@ _LEVERS = {"full": {"replay_k": "replay", "ewc": "ewc", "l2_to_base": "l2",
            "lora": {"replay_k": "replay", "learned_loss": "skip"},
            "smf": {"row_max_change": "bound", "replay_k": "bg", "count_tokens": "fact",
                    "learned_loss": "skip"}}
-# steps per fact of the fact-stream protocol (conf/data/facts.yaml): a run with another
-# number trained each fact more or less than the baselines did, so it is a line of its own
+# steps per fact of the scale grid's protocol (experiment=scale, the default until 2026-12-07):
+# a run with another number trained each fact more or less than the grid's baselines did, so it
+# is a line of its own (today's default, up to 4 steps skipping learned facts: skip+steps4)
 PROTOCOL_STEPS_PER_FACT = 2
 
 
