@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -103,9 +104,16 @@ def test_smf_run_retrofits_once_and_reports_rows(tmp_path, data_dir):
     from smfexp.run_config import TrainConfig
     from smfexp.runner import train
 
-    overrides = ["method=smf", "selector=kl", "method.top_t=8", *TINY_MEMORY, *TINY_RETROFIT]
+    overrides = ["method=smf", "selector=kl", "method.top_t=8", "method.log_selection_every=2",
+                 *TINY_MEMORY, *TINY_RETROFIT]
     first = train(TrainConfig.from_hydra(compose_train(tmp_path / "a", data_dir, overrides)))
     _check_common(first, "smf")
+    # the loss on every step; the per-layer selection numbers on every 2nd (a small CSV)
+    log = pd.read_csv(tmp_path / "a" / "csv" / "version_0" / "metrics.csv")
+    stepped = log.dropna(subset=["train/grad_norm"])  # the optimizer steps' rows
+    rows = log.dropna(subset=["smf/L0/rows_selected"])
+    assert len(stepped) >= 2 and len(rows) == 1  # the second (the last) step only
+    assert rows.index[0] == stepped.index[-1] and rows["smf/L0/rows_selected"].item() == 8
     assert first["selector"] == "kl"
     smf = first["smf"]
     assert all(0 < r <= 2 * 8 for r in smf["updated_rows_per_layer"])  # <= steps * top_t

@@ -51,7 +51,9 @@ _TYPED_GROUPS = ("model", "memory", "retrofit", "background", "eval")
 
 def _drop_off_levers(method: dict[str, Any]) -> None:
     """Leave out method keys that change no step as set (a lever at its off value, and the
-    settings only it reads), so runs keyed before the levers existed keep their keys."""
+    settings only it reads), so runs keyed before the levers existed keep their keys, and
+    how often a step's numbers are logged, which changes no step."""
+    method.pop("log_selection_every", None)
     for key in ("row_max_change", "learned_loss"):
         if method.get(key, "on") is None:
             method.pop(key)

@@ -157,6 +157,7 @@ class SparseMemoryFinetune(ReplayFinetune):
         written_weight: float = 1.0,
         row_max_change: float | None = None,
         learned_loss: float | None = None,
+        log_selection_every: int = 1,
         background_stats: BackgroundStats | None = None,
         base_checkpoint: str | None = None,
         **kwargs: Any,
@@ -168,7 +169,8 @@ class SparseMemoryFinetune(ReplayFinetune):
                               "count_tokens": count_tokens, "lr_unit": lr_unit,
                               "written_weight": written_weight, "gate_lr": gate_lr,
                               "row_max_change": row_max_change,
-                              "learned_loss": learned_loss})
+                              "learned_loss": learned_loss,
+                              "log_selection_every": log_selection_every})
         if selector in NEEDS_BACKGROUND and background_stats is None:
             raise ValueError(f"selector {selector!r} needs background statistics")
         self.selector = selector
@@ -185,6 +187,10 @@ class SparseMemoryFinetune(ReplayFinetune):
         # a row_rms step moves the rows as far for a fact already recalled as for one still
         # to learn: a step whose loss is below learned_loss is not taken (no backward, no rows)
         self.learned_loss = learned_loss
+        # the per-layer selection diagnostics (smf/L*) are 27 of a step's ~32 logged numbers:
+        # logging them every N steps keeps a long run's CSV small; results.json's summary
+        # still reads every step
+        self.log_selection_every = log_selection_every
         self.background = background_stats
         # the memory checkpoint finetuning starts from: a saved run stores only the rows it
         # changed and takes the others from here
@@ -233,6 +239,8 @@ class SparseMemoryFinetune(ReplayFinetune):
         if args.get("row_max_change") is not None:
             require_number(args["row_max_change"], "method.row_max_change")
         check_learned_loss(args)
+        if "log_selection_every" in args:
+            require_int(args["log_selection_every"], "method.log_selection_every")
 
     # -- stage 1 and what trains -------------------------------------------------------
     @classmethod
@@ -461,7 +469,7 @@ class SparseMemoryFinetune(ReplayFinetune):
             for layer, block in enumerate(memory_blocks(self.model)):
                 if block.gate is not None:
                     stats[f"smf/L{layer}/gate"] = float(block.gate)
-        self.log_dict(stats, on_step=True, on_epoch=False)
+        self._log_step(stats)
 
     def _skip_step(self, values_opt: Any, raw: list[torch.optim.Optimizer]) -> None:
         """An optimizer step that changes nothing, so the step count (the lr schedule, the
@@ -476,8 +484,16 @@ class SparseMemoryFinetune(ReplayFinetune):
         self._step_schedulers()
         self.steps_skipped += 1
         stats = {f"smf/L{layer}/rows_selected": 0.0 for layer in range(len(self.memories))}
-        self.log_dict({**stats, "train/lr": values_opt.param_groups[0]["lr"],
-                       "train/step_skipped": 1.0}, on_step=True, on_epoch=False)
+        self._log_step({**stats, "train/lr": values_opt.param_groups[0]["lr"],
+                        "train/step_skipped": 1.0})
+
+    def _log_step(self, stats: dict[str, float]) -> None:
+        """Log a step's numbers; the per-layer ``smf/L*`` ones only on every
+        ``log_selection_every``-th step (counted from 1) and the run's last."""
+        due = self.global_step % self.log_selection_every == 0 or self.trainer.is_last_batch
+        if not due:
+            stats = {k: v for k, v in stats.items() if not k.startswith("smf/L")}
+        self.log_dict(stats, on_step=True, on_epoch=False)
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
