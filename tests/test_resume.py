@@ -104,8 +104,10 @@ def test_kill_and_sigterm_resume_match_uninterrupted_run(method, tmp_path, data_
     code, err = _finish(_cli(method, runs, "reference", data_dir, cache))
     assert code == 0, err
 
-    # kill -9 as soon as the first periodic checkpoint exists, then resume=auto
-    proc = _cli(method, runs, "killed", data_dir, cache)
+    # kill -9 as soon as the first periodic checkpoint exists, then resume=auto; this run
+    # checkpoints by time (every optimizer step, the interval being ~0), the others by steps
+    proc = _cli(method, runs, "killed", data_dir, cache, "checkpoint_every_n_steps=null",
+                "checkpoint_every_minutes=1e-9")
     ckpt = runs / "killed" / "checkpoints" / "last.ckpt"
     _wait_for(ckpt, proc)
     proc.send_signal(signal.SIGKILL)
@@ -146,6 +148,23 @@ def test_checkpoint_holds_only_what_trains(tmp_path, data_dir):
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
     assert saved["smfexp_method"] == "lora" and saved["global_step"] == 2
+
+
+def test_checkpoints_come_by_the_minute_not_every_step(tmp_path, data_dir):
+    """The default interval is minutes: a short run writes none (a SIGTERM still would),
+    where every optimizer step of a 262K-slot memory would cost ~10 s of writing."""
+    from smfexp.run_config import TrainConfig
+    from smfexp.runner import train
+
+    cfg = compose_train(tmp_path, data_dir, ["method=lora", "keep_checkpoints=true"])
+    assert cfg.checkpoint_every_minutes == 10 and cfg.checkpoint_every_n_steps is None
+    train(TrainConfig.from_hydra(cfg))
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    cfg = compose_train(tmp_path / "b", data_dir, ["method=lora", "keep_checkpoints=true",
+                                                   "checkpoint_every_minutes=1e-9"])
+    train(TrainConfig.from_hydra(cfg))
+    saved = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2  # the last optimizer step's, at its end
 
 
 def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):

@@ -27,7 +27,7 @@ from smfexp.models.loading import ModelSpec, model_depth
 from smfexp.stages.background import BackgroundConfig
 from smfexp.stages.retrofit import RetrofitConfig
 from smfexp.tasks import check_probes
-from smfexp.utils.configs import plain, require_int, unknown_key_error
+from smfexp.utils.configs import plain, require_int, require_number, unknown_key_error
 from smfexp.utils.net import hub_reachable
 
 
@@ -134,7 +134,8 @@ class TrainConfig:
     paths: Paths
     seed: int
     resume: str | None
-    checkpoint_every_n_steps: int
+    checkpoint_every_n_steps: int     # > 0: exact steps, in place of the minutes
+    checkpoint_every_minutes: float
     keep_checkpoints: bool
     skip_finished: bool
     save_trained: bool
@@ -169,6 +170,11 @@ class TrainConfig:
         if getattr(method.cls, "uses_memory", False):
             check_memory(memory, model)
         check_data_dir(paths.get("data_dir"), "paths.data_dir")
+        if resolved.get("checkpoint_every_minutes"):
+            require_number(resolved["checkpoint_every_minutes"], "checkpoint_every_minutes",
+                           allow_zero=True)
+        if resolved.get("checkpoint_every_n_steps"):
+            require_int(resolved["checkpoint_every_n_steps"], "checkpoint_every_n_steps")
         if evaluation.data_dir != paths.get("data_dir"):  # set apart: check it too
             check_data_dir(evaluation.data_dir, "eval.data_dir")
         return cls(
@@ -181,6 +187,7 @@ class TrainConfig:
             seed=int(resolved.get("seed", 0)),
             resume=resolved.get("resume") or resolved.get("ckpt_path"),
             checkpoint_every_n_steps=int(resolved.get("checkpoint_every_n_steps") or 0),
+            checkpoint_every_minutes=float(resolved.get("checkpoint_every_minutes") or 0),
             keep_checkpoints=bool(resolved.get("keep_checkpoints", False)),
             skip_finished=bool(resolved.get("skip_finished", False)),
             save_trained=bool(resolved.get("save_trained", True)),

@@ -201,7 +201,9 @@ def train(run: TrainConfig) -> dict[str, Any]:
         trainer_kwargs["strategy"] = hydra.utils.instantiate(trainer_kwargs["strategy"])
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"),
                                                     accelerator)
-    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, run.key)
+    # checkpoint_every_n_steps, when set, replaces the interval in minutes
+    minutes = 0.0 if run.checkpoint_every_n_steps else run.checkpoint_every_minutes
+    checkpointer = ResumableCheckpoint(output_dir / CHECKPOINT_DIR, run.key, minutes)
     periodic = periodic_checkpoint(output_dir / CHECKPOINT_DIR, run.checkpoint_every_n_steps)
     stream = build_stream_callback(eval_cfg, datamodule, tokenizer, forgetting, accelerator)
     nested = build_nested_callback(eval_cfg, datamodule, forgetting)

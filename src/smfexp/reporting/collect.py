@@ -105,7 +105,7 @@ def summary_keys(df: pd.DataFrame) -> list[str]:
 _NOT_GRID = re.compile(r"^(seed|method|selector|method\.selector|data\.facts_seed|"
                        r"callbacks\.[\w.]+|logger|"
                        r"paths\.[\w.]+|resume|skip_finished|keep_checkpoints|save_trained|"
-                       r"checkpoint_every_n_steps)=")
+                       r"checkpoint_every_n_steps|checkpoint_every_minutes)=")
 
 
 def grid_point(overrides: object) -> str:
