@@ -167,6 +167,20 @@ def test_checkpoints_come_by_the_minute_not_every_step(tmp_path, data_dir):
     assert saved["global_step"] == 2  # the last optimizer step's, at its end
 
 
+def test_a_failed_save_keeps_the_last_checkpoint(tmp_path):
+    """Checkpoints stream to disk (no in-memory copy) and stay atomic: a save that fails half
+    way leaves the previous checkpoint whole and no partial file behind."""
+    from smfexp.checkpointing import StreamingCheckpointIO
+
+    io, path = StreamingCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.arange(4.0)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises
+        io.save_checkpoint({"step": 2, "w": torch.ones(4), "bad": lambda: None}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["step"] == 1 and torch.equal(kept["w"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
 def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
     from smfexp.run_config import TrainConfig
     from smfexp.runner import train

@@ -28,6 +28,7 @@ from smfexp.callbacks.stream import StreamProbeCallback
 from smfexp.checkpointing import (
     CHECKPOINT_DIR,
     ResumableCheckpoint,
+    StreamingCheckpointIO,
     find_resume_checkpoint,
     finished_results,
     other_finished_run,
@@ -213,7 +214,7 @@ def train(run: TrainConfig) -> dict[str, Any]:
     trainer_kwargs["enable_checkpointing"] = periodic is not None  # else Lightning adds its own
     loggers = build_loggers(run.loggers, run_metadata(run, module))
     trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks,
-                        default_root_dir=str(output_dir),
+                        default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()],
                         enable_progress_bar=run.progress_bar != "none")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
