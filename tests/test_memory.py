@@ -72,6 +72,17 @@ def test_validation_errors(overrides: dict, match: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_a_memory_the_host_cannot_hold_is_a_clear_error_not_a_kill() -> None:
+    """2 x 32768\u00b2 x 64 fp32 = 512 GB: refused before any table is allocated, with the
+    smaller setting to use; the model is left as it was."""
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=r"memory.n_keys=32768: 2 value tables .* "
+                                         r"GB of memory is available: use memory.n_keys=512"):
+        attach_memory(model, {**SMALL, "n_keys": 32768})
+    assert memory_modules(model) == []
+    assert len(attach_memory(model, SMALL)) == 2  # the same call with a table that fits
+
+
 def test_from_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="n_key"):
         MemoryConfig.from_config({"n_key": 3})
