@@ -222,6 +222,9 @@ def train(run: TrainConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*your dataloader is\\s+not resumable")
         # SMF steps its optimizer itself; the state after the step is what a resume continues
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        # a baseline's step of a fact already learned (method.learned_loss) returns None:
+        # Lightning's documented way to skip it
+        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`")
         trainer.fit(module, datamodule=datamodule,
                     ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     fit_seconds = time.perf_counter() - t0
