@@ -99,7 +99,9 @@ def test_help_names_every_lever_and_baseline_key():
 
 @pytest.mark.parametrize("experiment,run_dir", [
     ("scale_smf", "smf/n1000/k512_t1024_lr300.0_linear/s0"),          # the grid's protocol
-    ("scale_smf_skip", "smf/n1000/k512_t1024_lr150_linear_learned0.5_spf4/s0"),  # the default
+    ("scale_smf_skip", "smf/n1000/k512_t1024_lr150_linear_learned0.5_spf4/s0"),  # on 262K
+    ("scale_smf_skip memory.n_keys=1024",  # the defaults of python -m smfexp.train
+     "smf/n1000/k1024_t1024_lr150_linear_learned0.5_spf4/s0"),
 ])
 def test_committed_scale_runs_keep_their_directory_and_key(experiment, run_dir):
     """`make scale` skips finished jobs only when today's config composes to the committed
@@ -111,7 +113,7 @@ def test_committed_scale_runs_keep_their_directory_and_key(experiment, run_dir):
 
     from smfexp.checkpointing import run_key
 
-    cfg = _compose([f"experiment={experiment}", "seed=0"])
+    cfg = _compose([f"experiment={experiment.split()[0]}", *experiment.split()[1:], "seed=0"])
     HydraConfig.instance().set_config(cfg)
     assert cfg.hydra.sweep.subdir == run_dir
     with open_dict(cfg):
