@@ -43,6 +43,7 @@ run: setup  ## the main job: SMF / LoRA / full frontiers on the fact stream (emb
 	$(BIN)/python -m smfexp.report outputs/frontier --out docs/frontier
 
 scale: setup  ## the scale experiment: nested 64/256/1000-fact streams, 3 draws (hours on 2 cores; resumable, finished jobs skipped) + report
+	$(BIN)/python -m smfexp.train --multirun experiment=scale_smf_skip memory.n_keys=1024
 	$(BIN)/python -m smfexp.train --multirun experiment=scale_smf_skip
 	$(BIN)/python -m smfexp.train --multirun experiment=scale_smf
 	$(BIN)/python -m smfexp.train --multirun experiment=scale_full
