@@ -55,7 +55,7 @@ TRAIN_CASES: list[tuple[list[str], str]] = [
     (["method=smf", "method.top_t=0"], "method.top_t"),
     (["method=smf", "method.top_t=-8"], "method.top_t"),
     (["method=smf", "method.selector=nope"], "kl"),
-    (["method=smf", "memory.knn=999"], "memory.knn"),
+    (["method=smf", "memory.knn=2000"], "memory.knn"),
     (["method=smf", "memory.n_keys=0"], "memory.n_keys"),
     (["method=smf", "memory.k_dim=33"], "memory.k_dim"),
     (["method=smf", "memory.mode=sideways"], "replacement"),

@@ -136,7 +136,7 @@ def test_invalid_values_fail_before_loading(tmp_path, data_dir):
 
     for override, message in [("method.lr=0", "method.lr"),
                               ("eval.limit=-1", "eval.limit"),
-                              ("memory.knn=999", "knn")]:
+                              ("memory.knn=2000", "knn")]:
         cfg = compose_train(tmp_path, data_dir, ["method=smf", override])
         with pytest.raises(ValueError, match=message):
             train(TrainConfig.from_hydra(cfg))
