@@ -489,11 +489,16 @@ class SparseMemoryFinetune(ReplayFinetune):
 
     def _log_step(self, stats: dict[str, float]) -> None:
         """Log a step's numbers; the per-layer ``smf/L*`` ones only on every
-        ``log_selection_every``-th step (counted from 1) and the run's last."""
+        ``log_selection_every``-th step (counted from 1) and the run's last, straight to the
+        loggers: a key given to ``self.log`` is logged again, with its last value, on every
+        later step."""
+        selection = {k: v for k, v in stats.items() if k.startswith("smf/L")}
+        self.log_dict({k: v for k, v in stats.items() if k not in selection},
+                      on_step=True, on_epoch=False)
         due = self.global_step % self.log_selection_every == 0 or self.trainer.is_last_batch
-        if not due:
-            stats = {k: v for k, v in stats.items() if not k.startswith("smf/L")}
-        self.log_dict(stats, on_step=True, on_epoch=False)
+        if selection and due:
+            for logger in self.loggers:
+                logger.log_metrics(selection, step=self.global_step)
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
