@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from dense_masked import DenseMaskedAdamW
 from torch import nn
 
+from smfexp.memory.attach import available_host_gb
 from smfexp.smf.background import LayerBackground
 from smfexp.smf.counting import AccessCounter
 from smfexp.smf.selectors import select
@@ -37,14 +38,9 @@ SMALL, MID, LARGE = 16_384, 262_144, 1_048_576
 
 
 def _available_gb() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("inf")
+    """MemAvailable in GB (the library's reading; inf where it is unknown)."""
+    available = available_host_gb()
+    return float("inf") if available is None else available
 
 
 @dataclass
