@@ -29,7 +29,7 @@ from smfexp.reporting.scale import (
 )
 from smfexp.reporting.selection import selection_points
 from smfexp.reporting.stats import MeanCI, mean_ci, overlap, t_quantile
-from smfexp.reporting.write_load import write_load_points
+from smfexp.reporting.write_load import write_load_figure, write_load_points
 
 T2 = 4.302652729911275  # t_{0.975, 2}: 3 draws
 
@@ -307,6 +307,25 @@ def test_write_load_points_join_each_runs_load_with_its_nested_scores(scale_swee
     report = write_report(scale_sweep, tmp_path / "report")
     assert "write_load.png" in report.files
     assert "### Learning and forgetting against the write load" in report.markdown
+
+
+def test_write_load_figure_gives_every_curve_of_a_row_its_own_colour():
+    """Eight grid points of one line: two rows of at most six curves, each curve in a row a
+    colour of its own and a legend entry naming only the override that differs."""
+    points = pd.DataFrame([
+        {"line": "smf/tfidf", "point": f"experiment=scale_smf method.lr={lr}", "facts": n,
+         "probe": "wikitext", "write_load": n / 64 * lr, "learning": 0.1 * lr,
+         "forgetting": float(lr), "n": 1}
+        for lr in range(1, 9) for n in (64, 256)])
+    fig = write_load_figure(points)
+    rows = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(rows) == 4  # 2 rows x (learning, wikitext)
+    for ax in rows:
+        colors = [line.get_color() for line in ax.get_lines() if line.get_label()[0] != "_"]
+        assert len(colors) == len(set(colors)) <= 6
+    legends = [t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes
+               if a.get_legend()] for t in leg.get_texts()]
+    assert sorted(legends) == sorted(f"method.lr={lr}" for lr in range(1, 9))
 
 
 def test_every_grid_point_after_each_n_with_its_interval_over_draws(scale_sweep, tmp_path):

@@ -11,11 +11,19 @@ forgetting grow with the load.
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from smfexp.reporting.frontier import FORGETTING_METRICS
-from smfexp.reporting.plots import empty_figure, figure_legend, line_order, new_figure
+from smfexp.reporting.plots import (
+    Facet,
+    empty_figure,
+    facet_axes,
+    facets_of,
+    line_order,
+    row_legend,
+)
 
 EMPTY = "no SMF run records its write load (results.json memory 'write_load', since 2026-12-06)"
 
@@ -44,48 +52,49 @@ def write_load_points(nested: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFram
 
 
 def write_load_figure(points: pd.DataFrame) -> Figure:
-    """Learning (first panel) and each forgetting probe against the write load (log x): a
-    curve per SMF grid point through its nested N (N written beside each marker), mean over
-    draws."""
+    """Learning (first column) and each forgetting probe against the write load (log x): a
+    row per SMF line (at most :data:`~smfexp.reporting.plots.MAX_LINES` grid points each, so
+    every curve in a row has its own colour), a curve per grid point through its nested N
+    (N beside each marker), mean over draws; each row's legend names what its points change."""
     if points.empty:
         return empty_figure(EMPTY)
     probes = [p for p in FORGETTING_METRICS if p in set(points["probe"])]
-    curves = list(dict.fromkeys(zip(points["line"], points["point"], strict=True)))
-    colors = {curve: f"C{i % 10}" for i, curve in enumerate(curves)}
-    fig = new_figure(3.9 * (len(probes) + 1) + 2.6, 3.6)
+    columns = [("learning", "learning beyond held-out\n(target gain, ↑ learned)")]
+    columns += [(probe, f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)")
+                for probe in probes]
+    rows = facets_of(points)
+    fig, axes = facet_axes(len(rows), len(columns), share_y=True)
     learning = points.drop_duplicates(["line", "point", "facts"])
-    panels = [("learning", learning, "learning beyond held-out\n(target gain, ↑ learned)",
-               "learning")]
-    panels += [(probe, points[points["probe"] == probe],
-                f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)", probe)
-               for probe in probes]
-    axes = []
-    for i, (column, block, ylabel, title) in enumerate(panels, 1):
-        ax = fig.add_subplot(1, len(panels), i)
-        axes.append(ax)
-        value = "learning" if column == "learning" else "forgetting"
-        for curve, color in colors.items():
-            mine = block[(block["line"] == curve[0]) & (block["point"] == curve[1])] \
-                .sort_values("facts")
-            if mine.empty:
-                continue
-            label = f"{curve[0]} {curve[1]}".strip()
-            ax.plot(mine["write_load"], mine[value].astype(float), "o-", color=color,
-                    lw=1.3, ms=4, label=label)
-            for row in mine.itertuples():
-                ax.annotate(str(row.facts), (row.write_load, getattr(row, value)),
-                            textcoords="offset points", xytext=(3, 3), fontsize=6,
-                            color=color)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-        ax.grid(alpha=0.25)
+    for r, facet in enumerate(rows):
+        for c, (column, ylabel) in enumerate(columns):
+            block = learning if column == "learning" else points[points["probe"] == column]
+            value = "learning" if column == "learning" else "forgetting"
+            _draw_loads(axes[r][c], block[block["line"] == facet.line], facet, value)
+            axes[r][c].set_ylabel(ylabel, fontsize=8)
+            axes[r][c].set_title(column if r == 0 else "", fontsize=9)
+        row_legend(list(axes[r]), facet.title)
+    for ax in axes[-1]:
         ax.set_xlabel("write load (distinct writes per slot)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-    figure_legend(fig, axes, title="SMF grid point (mean over draws;\nN beside each marker)")
     return fig
+
+
+def _draw_loads(ax: Axes, block: pd.DataFrame, facet: Facet, value: str) -> None:
+    """One curve per grid point of ``facet``: ``value`` against the write load, N annotated."""
+    for point in facet.points:
+        mine = block[block["point"] == point].sort_values("facts")
+        if mine.empty:
+            continue
+        color = facet.color(point)
+        ax.plot(mine["write_load"], mine[value].astype(float), "o-", color=color, lw=1.3,
+                ms=4, label=facet.labels[point])
+        for row in mine.itertuples():
+            ax.annotate(str(row.facts), (row.write_load, getattr(row, value)),
+                        textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.grid(alpha=0.25)
 
 
 def write_load_markdown(points: pd.DataFrame) -> str:
