@@ -290,3 +290,21 @@ def test_relocate_cli(tmp_path, capsys):
     assert "rewrote 4 file(s)" in err and "/tmp/elsewhere/thing" in err
     assert "/work/" not in (run_dir / "results.json").read_text()
     assert main(["--relocate", str(tmp_path / "missing")]) == 2
+
+
+def test_the_baseline_that_beats_smf_is_said_once_per_probe_with_its_levels():
+    """Replay beating two SMF lines at two levels: one clause naming the levels, the
+    baseline's forgetting and both lines' range - not four clauses to read through."""
+    from smfexp.reporting.answer import beaten_note
+    from smfexp.reporting.frontier import MATCHED_COLUMNS
+
+    rows = [{"line": line, "probe": "wikitext", "level": level, "forgetting": value,
+             "ci": 0.1, "draws": 3, "of": 3}
+            for level, values in ((0.05, {"smf/tfidf": 0.05, "smf/tfidf+bg": 0.13,
+                                          "full+replay": -5.64, "full": 2.0}),
+                                  (0.25, {"smf/tfidf": 0.27, "smf/tfidf+bg": 0.66,
+                                          "full+replay": -5.64, "full": 9.0}))
+            for line, value in values.items()]
+    note = beaten_note(pd.DataFrame(rows, columns=MATCHED_COLUMNS))
+    assert note == ("**A baseline forgets less than SMF** - wikitext at 5%-25%: full+replay "
+                    "-5.64% vs smf/tfidf, smf/tfidf+bg +0.05 to +0.66%.")
