@@ -10,20 +10,15 @@ forgetting grow with the load.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from smfexp.reporting.frontier import FORGETTING_METRICS
-from smfexp.reporting.plots import (
-    Facet,
-    empty_figure,
-    facet_axes,
-    facets_of,
-    line_order,
-    row_legend,
-)
+from smfexp.reporting.plots import Extra, Facet, curve_grid, empty_figure, line_order
 
 EMPTY = "no SMF run records its write load (results.json memory 'write_load', since 2026-12-06)"
 
@@ -59,29 +54,21 @@ def write_load_figure(points: pd.DataFrame) -> Figure:
     if points.empty:
         return empty_figure(EMPTY)
     probes = [p for p in FORGETTING_METRICS if p in set(points["probe"])]
-    columns = [("learning", "learning beyond held-out\n(target gain, ↑ learned)")]
-    columns += [(probe, f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)")
-                for probe in probes]
-    rows = facets_of(points)
-    fig, axes = facet_axes(len(rows), len(columns), share_y=True)
     learning = points.drop_duplicates(["line", "point", "facts"])
-    for r, facet in enumerate(rows):
-        for c, (column, ylabel) in enumerate(columns):
-            block = learning if column == "learning" else points[points["probe"] == column]
-            value = "learning" if column == "learning" else "forgetting"
-            _draw_loads(axes[r][c], block[block["line"] == facet.line], facet, value)
-            axes[r][c].set_ylabel(ylabel, fontsize=8)
-            axes[r][c].set_title(column if r == 0 else "", fontsize=9)
-        row_legend(list(axes[r]), facet.title)
-    for ax in axes[-1]:
-        ax.set_xlabel("write load (distinct writes per slot)")
-    return fig
+    columns: list[Extra] = [("learning", partial(
+        _draw_loads, learning, "learning", "learning beyond held-out\n(target gain, ↑ learned)"))]
+    columns += [(probe, partial(
+        _draw_loads, points[points["probe"] == probe], "forgetting",
+        f"{FORGETTING_METRICS[probe][0]} change (%)\n(↑ more forgetting)"))
+        for probe in probes]
+    return curve_grid(points, points.iloc[0:0], (), "", extra=columns, empty=EMPTY)
 
 
-def _draw_loads(ax: Axes, block: pd.DataFrame, facet: Facet, value: str) -> None:
+def _draw_loads(block: pd.DataFrame, value: str, ylabel: str, ax: Axes, facet: Facet) -> None:
     """One curve per grid point of ``facet``: ``value`` against the write load, N annotated."""
+    mine_line = block[block["line"] == facet.line]
     for point in facet.points:
-        mine = block[block["point"] == point].sort_values("facts")
+        mine = mine_line[mine_line["point"] == point].sort_values("facts")
         if mine.empty:
             continue
         color = facet.color(point)
@@ -94,7 +81,8 @@ def _draw_loads(ax: Axes, block: pd.DataFrame, facet: Facet, value: str) -> None
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-    ax.grid(alpha=0.25)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_xlabel("write load (distinct writes per slot)")
 
 
 def write_load_markdown(points: pd.DataFrame) -> str:
